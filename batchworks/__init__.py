@@ -1,0 +1,54 @@
+"""batchworks: an asyncio-native batch job processor with concurrency limits.
+
+A :class:`Runner` claims batches of jobs from a backend, runs one handler call per job under
+a concurrency limit with allSettled semantics, and settles every job on its own.
+"""
+
+from __future__ import annotations
+
+from batchworks.backends.base import Backend
+from batchworks.backends.memory import MemoryBackend
+from batchworks.errors import (
+    BackendError,
+    BatchworksError,
+    ConfigurationError,
+    HandlerSignal,
+    LeaseLost,
+    LifecycleError,
+    PayloadError,
+    Retryable,
+    SchemaNotMigrated,
+    Snooze,
+    Terminal,
+    WorkerLost,
+)
+from batchworks.job import Job, JobRecord, JobState
+from batchworks.report import RunReport
+from batchworks.retry import RetryPolicy
+from batchworks.runner import Handler, Runner
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "BatchworksError",
+    "ConfigurationError",
+    "Handler",
+    "HandlerSignal",
+    "Job",
+    "JobRecord",
+    "JobState",
+    "LeaseLost",
+    "LifecycleError",
+    "MemoryBackend",
+    "PayloadError",
+    "RetryPolicy",
+    "Retryable",
+    "RunReport",
+    "Runner",
+    "SchemaNotMigrated",
+    "Snooze",
+    "Terminal",
+    "WorkerLost",
+]

@@ -1,0 +1,109 @@
+"""JSON encoding of payloads, results and checkpoints, with errors that say what to change.
+
+Both backends store exactly what this module accepts, so a value that PostgreSQL's ``jsonb``
+would refuse (NUL characters, lone surrogates, NaN) is refused here, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from batchworks.errors import PayloadError
+
+MAX_PAYLOAD_BYTES = 1024 * 1024  # bytes of encoded JSON; backends take max_payload_bytes=
+
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# An escaped NUL that is not itself an escaped backslash followed by "u0000".
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+_HINTS = {
+    "datetime": "pass an ISO string (value.isoformat())",
+    "date": "pass an ISO string (value.isoformat())",
+    "time": "pass an ISO string (value.isoformat())",
+    "Decimal": "pass a str, or a float if rounding is fine",
+    "UUID": "pass str(value)",
+    "bytes": "pass a str (for example base64)",
+    "bytearray": "pass a str (for example base64)",
+    "set": "pass a list",
+    "frozenset": "pass a list",
+}
+
+
+def dumps(value: Any, *, what: str, limit: int = MAX_PAYLOAD_BYTES) -> str:
+    """Encode ``value`` as compact JSON text, or raise :class:`PayloadError`.
+
+    :param what: names the value in the error, for example ``"payload for queue 'emails'"``.
+    :param limit: the most bytes the encoded UTF-8 text may have.
+    """
+    try:
+        text = _encoder.encode(value)
+    except RecursionError:
+        raise PayloadError(f"{what} is nested too deeply to encode; flatten it") from None
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(_describe(value, what, exc)) from None
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise PayloadError(
+            f"{what} contains a lone surrogate character, which is not valid Unicode; "
+            "decode the text it came from with errors='replace'"
+        ) from None
+    if size > limit:
+        raise PayloadError(
+            f"{what} is {size} bytes of JSON, over the limit of {limit}; store the data "
+            "elsewhere and pass a reference, or raise max_payload_bytes on the backend"
+        )
+    if "\\u0000" in text and _NUL.search(text):
+        raise PayloadError(
+            f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store; "
+            "remove it or encode the text (for example base64)"
+        )
+    return text
+
+
+def loads(text: str) -> Any:
+    """Decode JSON text written by :func:`dumps`."""
+    return json.loads(text)
+
+
+def clone(value: Any, *, what: str, limit: int = MAX_PAYLOAD_BYTES) -> Any:
+    """Validate ``value`` and return an independent copy, as a database round trip would."""
+    return json.loads(dumps(value, what=what, limit=limit))
+
+
+def _describe(value: Any, what: str, exc: Exception) -> str:
+    for path, bad in _walk(value, "$"):
+        if isinstance(bad, float):
+            return (
+                f"{what} is not JSON: {bad!r} at {path!r}; JSON has no NaN or Infinity, "
+                "pass None or a string"
+            )
+        name = type(bad).__name__
+        hint = _HINTS.get(name, "convert it to a str, number, bool, None, list or dict")
+        return f"{what} is not JSON: {name} at {path!r}; {hint}"
+    return f"{what} is not JSON: {exc}"
+
+
+def _walk(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """Yield (path, value) for each value that JSON cannot encode, depth first, iteratively."""
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        path, value = stack.pop()
+        if value is None or isinstance(value, (str, bool, int)):
+            continue
+        if isinstance(value, float):
+            if value != value or value in (float("inf"), float("-inf")):
+                yield path, value
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                if not isinstance(key, (str, int, float, bool)) and key is not None:
+                    yield f"{path} key {key!r}", key
+                else:
+                    stack.append((f"{path}.{key}", item))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+        else:
+            yield path, value

@@ -1,0 +1,278 @@
+"""The interface every backend implements, and the input checks they share.
+
+A backend stores jobs; it knows nothing of handlers. The Runner drives it through the
+worker-side operations below, each of which covers a whole batch in one call (for
+PostgreSQL: one round trip): ``claim`` a batch, ``settle`` a flush of outcomes, ``heartbeat``
+every held job at once.
+
+Worker tokens: each Runner incarnation registers and gets a fresh token (a UUID). Every write
+a worker makes to a job is fenced by it: a job changes only while it is running under that
+token. A worker that lost a job (pruned, replaced, lease expired) writes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
+
+from batchworks.errors import ConfigurationError
+from batchworks.job import JobRecord
+from batchworks.outcome import Outcome
+
+__all__ = [
+    "Backend",
+    "ClaimedJob",
+    "EnqueueOptions",
+    "Heartbeat",
+    "WorkerToken",
+    "check_queue",
+    "seconds",
+]
+
+WorkerToken = uuid.UUID
+
+_QUEUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
+_INT32 = 2**31 - 1
+MAX_DEDUPE_KEY = 512  # characters
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job as a claim hands it to a worker (the worker wraps it into a :class:`Job`)."""
+
+    id: int
+    queue: str
+    payload: Any
+    #: this attempt's number, 1-based
+    attempt: int
+    max_attempts: int
+    checkpoint: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """What a heartbeat learned about the worker and the jobs it holds."""
+
+    #: False once the worker was pruned or replaced: it must stop claiming
+    alive: bool
+    #: held jobs that are no longer this worker's (their outcome would be fenced out)
+    lost: tuple[int, ...] = ()
+    #: held jobs an operator asked to cancel
+    cancel: tuple[int, ...] = ()
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Where jobs live. See DESIGN.md for the semantics both backends share."""
+
+    # -- lifecycle and user-facing operations ------------------------------------------------
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def migrate(self) -> None:
+        """Create or upgrade the schema; idempotent."""
+
+    async def enqueue(
+        self,
+        queue: str,
+        payload: Any,
+        *,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        dedupe_key: str | None = None,
+        connection: Any = None,
+    ) -> int:
+        """Add one job and return its id (or, for a live duplicate ``dedupe_key``, that job's)."""
+
+    async def enqueue_many(
+        self,
+        queue: str,
+        payloads: Sequence[Any],
+        *,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        dedupe_keys: Sequence[str | None] | None = None,
+        connection: Any = None,
+    ) -> list[int]:
+        """Add jobs in one go; ids come back in payload order."""
+
+    async def get_job(self, job_id: int) -> JobRecord | None: ...
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """``{queue: {state: count}}`` with every state present."""
+
+    async def retry_failed(
+        self, *, queue: str | None = None, ids: Sequence[int] | None = None
+    ) -> int:
+        """Queue failed jobs again with fresh attempts; returns how many."""
+
+    async def cancel(self, job_id: int) -> bool:
+        """Cancel a queued job now, or a running one at its worker's next heartbeat."""
+
+    async def purge(self, older_than: float | timedelta) -> int:
+        """Delete jobs that reached a final state more than ``older_than`` ago."""
+
+    # -- worker-side operations (the Runner's) -----------------------------------------------
+
+    async def register_worker(self, name: str, queues: Sequence[str]) -> WorkerToken:
+        """Start a worker incarnation named ``name``; earlier incarnations of the same name
+        are marked replaced and their jobs recovered at once."""
+
+    async def unregister_worker(self, worker: WorkerToken) -> None:
+        """Mark the incarnation stopped (after it released or settled everything)."""
+
+    async def claim(
+        self,
+        worker: WorkerToken,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        lease: float,
+        max_attempts: int,
+    ) -> list[ClaimedJob]:
+        """Take up to ``limit`` due jobs, highest priority then earliest ``run_at`` first.
+
+        Each claim uses an attempt and holds the job for ``lease`` seconds. ``max_attempts``
+        is the policy's, for jobs enqueued without their own.
+        """
+
+    async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:
+        """Write outcomes, fenced; returns the ids that could not be settled (lost leases)."""
+
+    async def heartbeat(
+        self, worker: WorkerToken, job_ids: Sequence[int], *, lease: float
+    ) -> Heartbeat:
+        """Prove the worker alive and extend the lease of each job it still holds."""
+
+    async def recover(self, *, prune_after: float) -> int:
+        """Prune workers silent for ``prune_after`` seconds and recover their jobs and every
+        job whose lease passed; returns how many jobs were recovered."""
+
+    async def save_checkpoint(
+        self, worker: WorkerToken, job_id: int, checkpoint_json: str, *, lease: float
+    ) -> None:
+        """Store a checkpoint, fenced, and extend the job's lease.
+
+        :raises LeaseLost: the worker does not hold the job.
+        """
+
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        """Seconds until the earliest queued job is due (0 when one is due now), or None."""
+
+    async def wait_for_work(self, queues: Sequence[str], max_wait: float) -> None:
+        """Return when a job may have become due, or after ``max_wait`` seconds."""
+
+
+def check_queue(queue: object) -> str:
+    """Return ``queue`` if it is a valid queue name, or raise :class:`ConfigurationError`."""
+    if not isinstance(queue, str) or not _QUEUE.fullmatch(queue):
+        raise ConfigurationError(
+            f"queue name {queue!r} is invalid: use 1-128 characters of letters, digits, "
+            "'_', '-', '.' or ':', starting with a letter or digit"
+        )
+    return queue
+
+
+def seconds(value: float | timedelta, *, name: str) -> float:
+    """A non-negative, finite duration in seconds from a number or a timedelta."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be seconds (a number) or a timedelta, not {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueOptions:
+    """The checked options of an enqueue; each backend turns them into its own writes."""
+
+    queue: str
+    #: seconds from now (on the backend's clock) until due, when ``run_at`` is None
+    delay: float
+    run_at: datetime | None
+    priority: int
+    max_attempts: int | None
+
+    @classmethod
+    def build(
+        cls,
+        queue: str,
+        *,
+        delay: float | timedelta | None,
+        run_at: datetime | None,
+        priority: int,
+        max_attempts: int | None,
+    ) -> EnqueueOptions:
+        check_queue(queue)
+        if delay is not None and run_at is not None:
+            raise ConfigurationError("pass delay= or run_at=, not both")
+        if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
+            raise ConfigurationError(
+                f"run_at must be a timezone-aware datetime, got {run_at!r}; "
+                "use datetime.now(timezone.utc) + timedelta(...)"
+            )
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ConfigurationError(f"priority must be an int, got {priority!r}")
+        if not -_INT32 <= priority <= _INT32:
+            raise ConfigurationError(f"priority must be within ±{_INT32}, got {priority}")
+        if max_attempts is not None and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        ):
+            raise ConfigurationError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+        if max_attempts is not None and max_attempts > _INT32:
+            raise ConfigurationError(f"max_attempts must be at most {_INT32}, got {max_attempts}")
+        return cls(
+            queue=queue,
+            delay=0.0 if delay is None else seconds(delay, name="delay"),
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts,
+        )
+
+
+def check_dedupe_key(key: object) -> str | None:
+    """Return a valid dedupe key (or None), or raise :class:`ConfigurationError`."""
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > MAX_DEDUPE_KEY or "\x00" in key:
+        raise ConfigurationError(
+            f"dedupe_key must be a non-empty str of at most {MAX_DEDUPE_KEY} characters "
+            f"without NUL, got {key!r:.80}"
+        )
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError("dedupe_key contains a lone surrogate; pass valid text") from None
+    return key
+
+
+def check_dedupe_keys(keys: Sequence[str | None] | None, count: int) -> list[str | None]:
+    """Dedupe keys for ``count`` payloads (all None when not given)."""
+    if keys is None:
+        return [None] * count
+    if isinstance(keys, str) or len(keys) != count:
+        raise ConfigurationError(
+            "dedupe_keys must be a sequence with one key (or None) per payload"
+        )
+    return [check_dedupe_key(key) for key in keys]

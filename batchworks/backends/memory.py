@@ -1,0 +1,545 @@
+"""The in-memory backend: the embedded default, with the semantics of the PostgreSQL one.
+
+Everything runs on one event loop, so each operation is atomic: several Runners in one
+process may share a backend and no job is handed to two of them at once. Values are stored as
+JSON copies, so a handler sees what PostgreSQL would hand it (tuples become lists) and a
+caller that mutates its payload after enqueue changes nothing.
+
+Ready jobs sit in one heap per queue, ordered by (-priority, run_at, id); jobs due later sit
+in a second heap by run_at and move over when due. Entries are invalidated lazily: each row
+carries a ``seq`` that an entry must match.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+from batchworks import _json
+from batchworks.backends.base import (
+    ClaimedJob,
+    EnqueueOptions,
+    Heartbeat,
+    WorkerToken,
+    check_dedupe_key,
+    check_dedupe_keys,
+    check_queue,
+    seconds,
+)
+from batchworks.errors import ConfigurationError, LeaseLost, LifecycleError
+from batchworks.job import ErrorEntry, JobRecord, JobState
+from batchworks.outcome import Outcome, OutcomeKind
+
+__all__ = ["MemoryBackend"]
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True, eq=False)
+class _Row:
+    id: int
+    queue: str
+    payload: Any
+    priority: int
+    run_at: float
+    created_at: float
+    max_attempts: int | None
+    dedupe_key: str | None
+    state: JobState = JobState.QUEUED
+    attempts: int = 0
+    seq: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    errors: list[ErrorEntry] = field(default_factory=list)
+    result: Any = None
+    checkpoint: Any = None
+    worker: WorkerToken | None = None
+    worker_name: str | None = None
+    lease_until: float = 0.0
+    cancel_requested: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Worker:
+    token: WorkerToken
+    name: str
+    queues: tuple[str, ...]
+    started_at: float
+    heartbeat_at: float
+    state: str = "active"  # active, stopped, pruned, replaced
+
+
+class MemoryBackend:
+    """Jobs in this process's memory: for in-process batches, tests and the demo.
+
+    :param clock: seconds since the epoch; tests pass a fake one to move time.
+    :param max_payload_bytes: the largest encoded payload, result or checkpoint accepted.
+    """
+
+    def __init__(
+        self, *, clock: Clock = time.time, max_payload_bytes: int = _json.MAX_PAYLOAD_BYTES
+    ) -> None:
+        self._clock = clock
+        self._max_bytes = max_payload_bytes
+        self._rows: dict[int, _Row] = {}
+        self._running: dict[int, _Row] = {}
+        self._ready: dict[str, list[tuple[int, float, int, int]]] = {}
+        self._delayed: dict[str, list[tuple[float, int, int]]] = {}
+        self._dedupe: dict[tuple[str, str], int] = {}
+        self._workers: dict[WorkerToken, _Worker] = {}
+        self._next_id = 1
+        self._closed = False
+        self._wake: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<MemoryBackend jobs={len(self._rows)} running={len(self._running)}>"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Nothing to release; the jobs stay readable."""
+
+    async def migrate(self) -> None:
+        """Nothing to migrate: exists so code written for PostgreSQL runs unchanged."""
+
+    # -- enqueue --------------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        queue: str,
+        payload: Any,
+        *,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        dedupe_key: str | None = None,
+        connection: Any = None,
+    ) -> int:
+        """Add one job; see :meth:`Backend.enqueue`."""
+        options = EnqueueOptions.build(
+            queue, delay=delay, run_at=run_at, priority=priority, max_attempts=max_attempts
+        )
+        self._check_connection(connection)
+        value = self._clone(payload, f"payload for queue {queue!r}")
+        return self._insert(options, value, check_dedupe_key(dedupe_key))
+
+    async def enqueue_many(
+        self,
+        queue: str,
+        payloads: Sequence[Any],
+        *,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        dedupe_keys: Sequence[str | None] | None = None,
+        connection: Any = None,
+    ) -> list[int]:
+        """Add many jobs at once; every payload is checked before any is stored."""
+        options = EnqueueOptions.build(
+            queue, delay=delay, run_at=run_at, priority=priority, max_attempts=max_attempts
+        )
+        self._check_connection(connection)
+        values = [
+            self._clone(payload, f"payload #{index} for queue {queue!r}")
+            for index, payload in enumerate(payloads)
+        ]
+        keys = check_dedupe_keys(dedupe_keys, len(values))
+        return [self._insert(options, value, key) for value, key in zip(values, keys, strict=True)]
+
+    def _check_connection(self, connection: object) -> None:
+        self._check_open()
+        if connection is not None:
+            raise ConfigurationError(
+                "MemoryBackend has no connections: connection= is for PostgresBackend"
+            )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LifecycleError("MemoryBackend was closed; create a new one")
+
+    def _clone(self, value: Any, what: str) -> Any:
+        return _json.clone(value, what=what, limit=self._max_bytes)
+
+    def _insert(self, options: EnqueueOptions, payload: Any, dedupe_key: str | None) -> int:
+        queue = options.queue
+        if dedupe_key is not None:
+            existing = self._dedupe.get((queue, dedupe_key))
+            if existing is not None:
+                return existing
+        now = self._clock()
+        run_at = options.run_at.timestamp() if options.run_at else now + options.delay
+        row = _Row(
+            id=self._next_id,
+            queue=queue,
+            payload=payload,
+            priority=options.priority,
+            run_at=run_at,
+            created_at=now,
+            max_attempts=options.max_attempts,
+            dedupe_key=dedupe_key,
+        )
+        self._next_id += 1
+        self._rows[row.id] = row
+        if dedupe_key is not None:
+            self._dedupe[(queue, dedupe_key)] = row.id
+        self._push(row, now)
+        self._notify()
+        return row.id
+
+    # -- queue structure ----------------------------------------------------------------------
+
+    def _push(self, row: _Row, now: float) -> None:
+        row.seq += 1
+        if row.run_at <= now:
+            heapq.heappush(
+                self._ready.setdefault(row.queue, []), (-row.priority, row.run_at, row.id, row.seq)
+            )
+        else:
+            heapq.heappush(self._delayed.setdefault(row.queue, []), (row.run_at, row.id, row.seq))
+
+    def _promote(self, queue: str, now: float) -> list[tuple[int, float, int, int]]:
+        """Move the due entries of ``queue`` to its ready heap and return that heap."""
+        ready = self._ready.setdefault(queue, [])
+        delayed = self._delayed.get(queue)
+        while delayed and delayed[0][0] <= now:
+            _, job_id, seq = heapq.heappop(delayed)
+            row = self._rows.get(job_id)
+            if row is not None and row.seq == seq and row.state is JobState.QUEUED:
+                heapq.heappush(ready, (-row.priority, row.run_at, row.id, row.seq))
+        return ready
+
+    def _valid_head(self, heap: list[tuple[int, float, int, int]]) -> bool:
+        """Drop stale entries from the top of ``heap``; True if a live one is left."""
+        while heap:
+            _, _, job_id, seq = heap[0]
+            row = self._rows.get(job_id)
+            if row is not None and row.seq == seq and row.state is JobState.QUEUED:
+                return True
+            heapq.heappop(heap)
+        return False
+
+    def _notify(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
+
+    # -- inspection and operator calls --------------------------------------------------------
+
+    async def get_job(self, job_id: int) -> JobRecord | None:
+        """The job as stored, or None."""
+        row = self._rows.get(job_id)
+        if row is None:
+            return None
+        return JobRecord(
+            id=row.id,
+            queue=row.queue,
+            payload=row.payload,
+            state=row.state,
+            attempts=row.attempts,
+            max_attempts=row.max_attempts or 0,
+            priority=row.priority,
+            run_at=_dt(row.run_at),
+            created_at=_dt(row.created_at),
+            started_at=_dt(row.started_at),
+            finished_at=_dt(row.finished_at),
+            errors=tuple(dict(entry) for entry in row.errors),
+            result=row.result,
+            dedupe_key=row.dedupe_key,
+            checkpoint=row.checkpoint,
+            worker=row.worker_name,
+        )
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """``{queue: {state: count}}``, every state present."""
+        counts: dict[str, dict[str, int]] = {}
+        for row in self._rows.values():
+            per_queue = counts.get(row.queue)
+            if per_queue is None:
+                per_queue = counts[row.queue] = {state.value: 0 for state in JobState}
+            per_queue[row.state.value] += 1
+        return counts
+
+    async def retry_failed(
+        self, *, queue: str | None = None, ids: Sequence[int] | None = None
+    ) -> int:
+        """Queue failed jobs again, now, with their attempts reset; returns how many."""
+        if queue is not None:
+            check_queue(queue)
+        wanted = None if ids is None else set(ids)
+        now = self._clock()
+        count = 0
+        for row in list(self._rows.values()):
+            if row.state is not JobState.FAILED:
+                continue
+            if (queue is not None and row.queue != queue) or (
+                wanted is not None and row.id not in wanted
+            ):
+                continue
+            row.state, row.attempts, row.run_at, row.finished_at = JobState.QUEUED, 0, now, None
+            if row.dedupe_key is not None:
+                self._dedupe.setdefault((row.queue, row.dedupe_key), row.id)
+            self._push(row, now)
+            count += 1
+        if count:
+            self._notify()
+        return count
+
+    async def cancel(self, job_id: int) -> bool:
+        """Cancel a queued job now; flag a running one for its worker's next heartbeat."""
+        row = self._rows.get(job_id)
+        if row is None:
+            return False
+        if row.state is JobState.QUEUED:
+            self._finish(row, JobState.CANCELLED, self._clock())
+            return True
+        if row.state is JobState.RUNNING:
+            row.cancel_requested = True
+            return True
+        return False
+
+    async def purge(self, older_than: float | timedelta) -> int:
+        """Delete jobs that reached a final state more than ``older_than`` ago."""
+        cutoff = self._clock() - seconds(older_than, name="older_than")
+        old = [
+            row.id
+            for row in self._rows.values()
+            if row.state.is_final and row.finished_at is not None and row.finished_at < cutoff
+        ]
+        for job_id in old:
+            del self._rows[job_id]
+        return len(old)
+
+    # -- worker side ----------------------------------------------------------------------------
+
+    async def register_worker(self, name: str, queues: Sequence[str]) -> WorkerToken:
+        """A new incarnation of ``name``; earlier live ones are replaced, their jobs recovered."""
+        self._check_open()
+        now = self._clock()
+        for worker in self._workers.values():
+            if worker.name == name and worker.state == "active":
+                worker.state = "replaced"
+                self._recover_worker(worker, "was replaced by a restart of the same name", now)
+        token = uuid.uuid4()
+        self._workers[token] = _Worker(token, name, tuple(queues), now, now)
+        return token
+
+    async def unregister_worker(self, worker: WorkerToken) -> None:
+        """Mark the incarnation stopped; jobs it still holds (none, normally) are recovered."""
+        record = self._workers.get(worker)
+        if record is not None and record.state == "active":
+            record.state = "stopped"
+            self._recover_worker(record, "stopped while holding it", self._clock())
+
+    async def claim(
+        self,
+        worker: WorkerToken,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        lease: float,
+        max_attempts: int,
+    ) -> list[ClaimedJob]:
+        """Take up to ``limit`` due jobs for ``worker``; see :meth:`Backend.claim`."""
+        record = self._workers.get(worker)
+        if record is None or record.state != "active":
+            return []
+        now = self._clock()
+        heaps = [self._promote(queue, now) for queue in queues]
+        claimed: list[ClaimedJob] = []
+        while len(claimed) < limit:
+            live = [heap for heap in heaps if self._valid_head(heap)]
+            if not live:
+                break
+            heap = live[0] if len(live) == 1 else min(live, key=lambda h: h[0])
+            row = self._rows[heapq.heappop(heap)[2]]
+            row.state = JobState.RUNNING
+            row.attempts += 1
+            row.max_attempts = row.max_attempts or max_attempts
+            row.worker, row.worker_name = worker, record.name
+            row.started_at, row.lease_until = now, now + lease
+            self._running[row.id] = row
+            claimed.append(
+                ClaimedJob(
+                    row.id, row.queue, row.payload, row.attempts, row.max_attempts, row.checkpoint
+                )
+            )
+        return claimed
+
+    async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:
+        """Write outcomes, fenced by ``worker``; returns the ids it no longer held."""
+        now = self._clock()
+        lost: list[int] = []
+        requeued = False
+        for outcome in outcomes:
+            row = self._running.get(outcome.job_id)
+            if row is None or row.worker != worker:
+                lost.append(outcome.job_id)
+                continue
+            requeued |= self._apply(row, outcome, now)
+        if requeued:
+            self._notify()
+        return lost
+
+    def _apply(self, row: _Row, outcome: Outcome, now: float) -> bool:
+        """Settle one running row; True if it went back to the queue."""
+        kind = outcome.kind
+        if outcome.error is not None:
+            row.errors.append({**outcome.error, "at": _dt(now).isoformat()})
+        if not kind.uses_attempt:
+            row.attempts -= 1
+        if kind.state is JobState.QUEUED:
+            del self._running[row.id]
+            row.state, row.worker, row.run_at = JobState.QUEUED, None, now + outcome.delay
+            self._push(row, now)
+            return True
+        if kind is OutcomeKind.SUCCEEDED and outcome.result_json is not None:
+            row.result = _json.loads(outcome.result_json)
+        self._finish(row, kind.state, now)
+        return False
+
+    def _finish(self, row: _Row, state: JobState, now: float) -> None:
+        self._running.pop(row.id, None)
+        row.state, row.finished_at, row.worker = state, now, None
+        row.seq += 1
+        if row.dedupe_key is not None and self._dedupe.get((row.queue, row.dedupe_key)) == row.id:
+            del self._dedupe[(row.queue, row.dedupe_key)]
+
+    async def heartbeat(
+        self, worker: WorkerToken, job_ids: Sequence[int], *, lease: float
+    ) -> Heartbeat:
+        """Extend the leases of the held jobs; report lost and cancel-requested ones."""
+        record = self._workers.get(worker)
+        if record is None or record.state != "active":
+            return Heartbeat(alive=False, lost=tuple(job_ids))
+        now = self._clock()
+        record.heartbeat_at = now
+        lost: list[int] = []
+        cancel: list[int] = []
+        for job_id in job_ids:
+            row = self._running.get(job_id)
+            if row is None or row.worker != worker:
+                lost.append(job_id)
+                continue
+            row.lease_until = now + lease
+            if row.cancel_requested:
+                cancel.append(job_id)
+        return Heartbeat(alive=True, lost=tuple(lost), cancel=tuple(cancel))
+
+    async def recover(self, *, prune_after: float) -> int:
+        """Prune silent workers and recover their jobs and every job whose lease passed."""
+        now = self._clock()
+        recovered = 0
+        for record in self._workers.values():
+            if record.state == "active" and record.heartbeat_at < now - prune_after:
+                record.state = "pruned"
+                logger.warning(
+                    "pruned worker %r: no heartbeat for %.1fs",
+                    record.name,
+                    now - record.heartbeat_at,
+                    extra={"action": "worker_pruned", "worker": record.name},
+                )
+                recovered += self._recover_worker(record, "stopped heartbeating", now)
+        for row in [row for row in self._running.values() if row.lease_until < now]:
+            self._lose(row, f"worker {row.worker_name!r} let the job's lease expire", now)
+            recovered += 1
+        return recovered
+
+    def _recover_worker(self, record: _Worker, why: str, now: float) -> int:
+        rows = [row for row in self._running.values() if row.worker == record.token]
+        for row in rows:
+            self._lose(row, f"worker {record.name!r} {why}", now)
+        return len(rows)
+
+    def _lose(self, row: _Row, why: str, now: float) -> None:
+        """Recover a running job whose worker is gone: the attempt it used stays used."""
+        del self._running[row.id]
+        row.errors.append(
+            {
+                "attempt": row.attempts,
+                "type": "WorkerLost",
+                "message": why,
+                "traceback": None,
+                "at": _dt(now).isoformat(),
+            }
+        )
+        row.worker = None
+        if row.attempts >= (row.max_attempts or 1):
+            self._finish(row, JobState.FAILED, now)
+        else:
+            row.state, row.run_at = JobState.QUEUED, now
+            self._push(row, now)
+            self._notify()
+        logger.warning(
+            "recovered job %s: %s",
+            row.id,
+            why,
+            extra={"action": "job_recovered", "job_id": row.id, "queue": row.queue},
+        )
+
+    async def save_checkpoint(
+        self, worker: WorkerToken, job_id: int, checkpoint_json: str, *, lease: float
+    ) -> None:
+        """Store a checkpoint, fenced by ``worker``, and extend the job's lease."""
+        row = self._running.get(job_id)
+        if row is None or row.worker != worker:
+            raise LeaseLost(f"job {job_id} is no longer held by this worker; nothing was saved")
+        row.checkpoint = _json.loads(checkpoint_json)
+        row.lease_until = self._clock() + lease
+
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        """Seconds until the earliest queued job of ``queues`` is due, or None."""
+        now = self._clock()
+        earliest: float | None = None
+        for queue in queues:
+            if self._valid_head(self._promote(queue, now)):
+                return 0.0
+            delayed = self._delayed.get(queue)
+            while delayed:
+                run_at, job_id, seq = delayed[0]
+                row = self._rows.get(job_id)
+                if row is not None and row.seq == seq and row.state is JobState.QUEUED:
+                    earliest = run_at if earliest is None else min(earliest, run_at)
+                    break
+                heapq.heappop(delayed)
+        return None if earliest is None else max(0.0, earliest - now)
+
+    async def wait_for_work(self, queues: Sequence[str], max_wait: float) -> None:
+        """Return when a job is enqueued or re-queued, when one falls due, or after ``max_wait``."""
+        due = await self.next_due(queues)
+        if due is not None:
+            max_wait = min(max_wait, due)
+        if max_wait <= 0:
+            return
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        wake = self._wake
+        try:
+            async with asyncio.timeout(max_wait):
+                await wake.wait()
+        except TimeoutError:
+            pass
+
+
+def _dt(timestamp: float | None) -> Any:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)

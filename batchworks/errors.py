@@ -1,0 +1,105 @@
+"""Exceptions of batchworks.
+
+Two families, kept apart on purpose: handlers *raise* signals to steer the outcome of their
+job, and batchworks *raises* errors when something is wrong with the input, the setup or the
+backend::
+
+    Exception
+    ├── HandlerSignal                  raised by a handler to choose its job's outcome
+    │   ├── Retryable                  retry (if attempts are left), whatever the policy says
+    │   ├── Terminal                   fail now, whatever the policy says
+    │   └── Snooze                     run again in `seconds`, without using an attempt
+    └── BatchworksError                raised by batchworks
+        ├── ConfigurationError         (also ValueError) bad Runner/backend arguments
+        ├── PayloadError               (also ValueError, TypeError) a value that is not JSON
+        ├── LifecycleError             (also RuntimeError) an object used in the wrong state
+        ├── BackendError               the backend failed (driver errors are its __cause__)
+        │   └── SchemaNotMigrated      the database has no batchworks schema yet
+        ├── LeaseLost                  this worker no longer holds the job
+        └── WorkerLost                 recorded on a job whose worker died or hung
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BatchworksError",
+    "ConfigurationError",
+    "HandlerSignal",
+    "LeaseLost",
+    "LifecycleError",
+    "PayloadError",
+    "Retryable",
+    "SchemaNotMigrated",
+    "Snooze",
+    "Terminal",
+    "WorkerLost",
+]
+
+
+class HandlerSignal(Exception):
+    """Base of the exceptions a handler raises to choose its job's outcome."""
+
+
+class Retryable(HandlerSignal):
+    """The job failed in a way a later attempt may fix: retry it while attempts are left.
+
+    Overrides the policy's ``retry`` predicate. ``delay`` (seconds), when given, replaces the
+    policy's wait for this retry.
+    """
+
+    def __init__(self, message: str = "", *, delay: float | None = None) -> None:
+        super().__init__(message)
+        if delay is not None and delay < 0:
+            raise ValueError(f"Retryable delay must be >= 0 seconds, got {delay!r}")
+        self.delay = delay
+
+
+class Terminal(HandlerSignal):
+    """The job failed in a way no retry can fix: fail it now, whatever attempts are left."""
+
+
+class Snooze(HandlerSignal):
+    """Put the job back to run again in ``seconds``, without using an attempt."""
+
+    def __init__(self, seconds: float) -> None:
+        if not seconds >= 0:  # also rejects NaN
+            raise ValueError(f"Snooze takes seconds >= 0, got {seconds!r}")
+        super().__init__(f"snoozed for {seconds:g}s")
+        self.seconds = float(seconds)
+
+
+class BatchworksError(Exception):
+    """Base of the errors batchworks raises."""
+
+
+class ConfigurationError(BatchworksError, ValueError):
+    """An argument of a Runner, a backend or an enqueue call cannot work; the message says
+    what to change."""
+
+
+class PayloadError(BatchworksError, ValueError, TypeError):
+    """A payload, result or checkpoint is not storable JSON (or is too large)."""
+
+
+class LifecycleError(BatchworksError, RuntimeError):
+    """An object was used in a state that does not allow it (a Runner run twice, a backend
+    used after it was closed)."""
+
+
+class BackendError(BatchworksError):
+    """The backend could not do what was asked; the driver's error is the ``__cause__``."""
+
+
+class SchemaNotMigrated(BackendError):
+    """The database has no (or an older) batchworks schema: run ``await backend.migrate()``
+    or ``batchworks migrate``."""
+
+
+class LeaseLost(BatchworksError):
+    """This worker no longer holds the job (it was presumed dead and the job moved on, or the
+    job was cancelled): nothing was written. Let it propagate from the handler."""
+
+
+class WorkerLost(BatchworksError):
+    """The worker running the job died, hung or restarted; recorded in the job's errors."""

@@ -1,0 +1,103 @@
+"""What a handler sees (:class:`Job`), what an operator inspects (:class:`JobRecord`), and the
+states a job moves through (:class:`JobState`)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from batchworks.errors import LifecycleError
+
+__all__ = ["ErrorEntry", "Job", "JobRecord", "JobState"]
+
+#: One failed attempt as kept in :attr:`JobRecord.errors`: at least ``attempt`` (int),
+#: ``type`` (the exception's class name), ``message``, ``traceback`` (its head) and ``at``
+#: (ISO timestamp).
+ErrorEntry = dict[str, Any]
+
+
+class JobState(enum.StrEnum):
+    """The state of a job; values are the strings the database stores."""
+
+    #: waiting to run, now or at ``run_at``
+    QUEUED = "queued"
+    #: claimed by a worker, which holds a lease on it
+    RUNNING = "running"
+    #: the handler returned; final
+    SUCCEEDED = "succeeded"
+    #: terminal error, or no attempts left; final until an operator retries it
+    FAILED = "failed"
+    #: cancelled by an operator; final
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """True for the states a job rests in: succeeded, failed, cancelled."""
+        return self in _FINAL
+
+
+_FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+CheckpointSaver = Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(slots=True, kw_only=True, eq=False)
+class Job:
+    """One attempt at a job, as its handler sees it.
+
+    ``attempt`` is 1-based and counts this attempt. ``checkpoint`` is the last value saved
+    with :meth:`save_checkpoint` (in this attempt or an earlier one), or None.
+    """
+
+    id: int
+    queue: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    checkpoint: Any = None
+    _saver: CheckpointSaver | None = field(default=None, repr=False)
+
+    async def save_checkpoint(self, value: Any) -> None:
+        """Store ``value`` (JSON) with the job at once, so that the next attempt resumes from it.
+
+        The write is fenced like a settle and extends the job's lease.
+
+        :raises PayloadError: ``value`` is not storable JSON.
+        :raises LeaseLost: this worker no longer holds the job; nothing was written.
+        """
+        if self._saver is None:
+            raise LifecycleError(
+                "this Job was not claimed by a Runner; it cannot save a checkpoint"
+            )
+        self.checkpoint = await self._saver(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRecord:
+    """A job as stored, for inspection (``backend.get_job(id)``)."""
+
+    id: int
+    queue: str
+    payload: Any
+    state: JobState
+    #: attempts used so far: a claim uses one; a shutdown release or a Snooze gives it back
+    attempts: int
+    max_attempts: int
+    priority: int
+    #: when the job is (or was) due to run
+    run_at: datetime
+    created_at: datetime
+    #: when its last attempt started, and when it reached a final state
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    #: one entry per failed attempt, oldest first
+    errors: tuple[ErrorEntry, ...] = ()
+    #: what the handler returned, for a succeeded job
+    result: Any = None
+    dedupe_key: str | None = None
+    checkpoint: Any = None
+    #: the name of the worker that holds (or last held) the job
+    worker: str | None = None
