@@ -611,7 +611,9 @@ class Runner:
             if until_hard_stop:
                 waiters.add(asyncio.ensure_future(self._hard_stop.wait()))
             try:
-                await asyncio.wait(waiters, timeout=deadline - loop.time())
+                await asyncio.wait(
+                    waiters, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 for waiter in waiters:
                     waiter.cancel()
