@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from batchworks.backends.base import Backend
 from batchworks.backends.memory import MemoryBackend
+from batchworks.backends.postgres import PostgresBackend
 from batchworks.errors import (
     BackendError,
     BatchworksError,
@@ -43,6 +44,7 @@ __all__ = [
     "LifecycleError",
     "MemoryBackend",
     "PayloadError",
+    "PostgresBackend",
     "RetryPolicy",
     "Retryable",
     "RunReport",

@@ -5,5 +5,6 @@ from __future__ import annotations
 
 from batchworks.backends.base import Backend
 from batchworks.backends.memory import MemoryBackend
+from batchworks.backends.postgres import PostgresBackend
 
-__all__ = ["Backend", "MemoryBackend"]
+__all__ = ["Backend", "MemoryBackend", "PostgresBackend"]

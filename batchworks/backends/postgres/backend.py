@@ -1,0 +1,566 @@
+"""The PostgreSQL backend, on asyncpg: durable jobs shared by many processes on many hosts.
+
+Every worker-side operation is one statement for a whole batch (see :mod:`.queries`). All
+lease and prune arithmetic runs on the database's clock. Idle runners are woken by
+LISTEN/NOTIFY on a dedicated connection that reconnects when it drops; polling is the fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
+from importlib import resources
+from types import TracebackType
+from typing import Any, LiteralString, Self, cast
+
+import asyncpg
+
+from batchworks import _json
+from batchworks.backends.base import (
+    ClaimedJob,
+    EnqueueOptions,
+    Heartbeat,
+    WorkerToken,
+    check_dedupe_key,
+    check_dedupe_keys,
+    check_queue,
+    seconds,
+)
+from batchworks.backends.postgres import queries
+from batchworks.errors import (
+    BackendError,
+    ConfigurationError,
+    LeaseLost,
+    LifecycleError,
+    SchemaNotMigrated,
+)
+from batchworks.job import JobRecord, JobState
+from batchworks.outcome import Outcome
+
+__all__ = ["PostgresBackend"]
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,49}")
+_MIGRATION_FILE = re.compile(r"(\d{4})_(\w+)\.sql")
+LISTEN_RETRY_MAX = 5.0  # seconds between reconnects of the listener, at most
+_NOT_MIGRATED = (
+    asyncpg.UndefinedTableError,
+    asyncpg.InvalidSchemaNameError,
+    asyncpg.UndefinedFunctionError,
+    asyncpg.UndefinedColumnError,
+)
+
+
+class Queries:
+    """The statements of :mod:`.queries` with the schema and channel filled in."""
+
+    def __init__(self, schema: str) -> None:
+        quoted = f'"{schema}"'
+        self.channel = f"batchworks_{schema}"
+        for name in dir(queries):
+            text = getattr(queries, name)
+            if name.isupper() and isinstance(text, str):
+                filled = text.replace("__SCHEMA__", quoted).replace(
+                    "__CHANNEL__", f"'{self.channel}'"
+                )
+                setattr(self, name.lower(), filled)
+
+    def __getattr__(self, name: str) -> LiteralString:  # for the type checker
+        raise AttributeError(name)
+
+
+def _check_schema(schema: object) -> str:
+    if not isinstance(schema, str) or not _SCHEMA.fullmatch(schema):
+        raise ConfigurationError(
+            f"schema name {schema!r} is invalid: use 1-50 lowercase letters, digits or '_', "
+            "starting with a letter or '_'"
+        )
+    return schema
+
+
+def _lock_key(schema: str, purpose: str) -> int:
+    # A stable signed 64-bit key per schema and purpose, for pg advisory locks.
+    return zlib.crc32(f"batchworks:{schema}:{purpose}".encode()) - 2**31
+
+
+class PostgresBackend:
+    """Jobs in PostgreSQL.
+
+    :param dsn: a libpq connection string or URL; the backend opens its own pool.
+    :param schema: the schema holding batchworks' tables (validated, quoted).
+    :param pool: an asyncpg pool of the caller's, used instead of ``dsn`` (not closed here).
+    :param min_size: connections the pool keeps open.
+    :param max_size: connections the pool opens at most.
+    :param max_payload_bytes: the largest encoded payload, result or checkpoint accepted.
+
+    Open it with ``async with backend:`` (or :meth:`open`), create its tables once with
+    :meth:`migrate`.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        schema: str = "batchworks",
+        pool: asyncpg.Pool | None = None,
+        min_size: int = 2,
+        max_size: int = 10,
+        max_payload_bytes: int = _json.MAX_PAYLOAD_BYTES,
+    ) -> None:
+        if (dsn is None) == (pool is None):
+            raise ConfigurationError("pass PostgresBackend a dsn or a pool=, exactly one")
+        self._dsn = dsn
+        self._schema = _check_schema(schema)
+        self._q = Queries(self._schema)
+        self._own_pool = pool is None
+        self._pool: asyncpg.Pool | None = pool
+        self._min_size, self._max_size = min_size, max_size
+        self._max_bytes = max_payload_bytes
+        self._listener: asyncpg.Connection | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("open" if self._pool else "not opened")
+        return f"<PostgresBackend schema={self._schema!r} {state}>"
+
+    @property
+    def schema(self) -> str:
+        return self._schema
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the pool (when given a dsn); ``async with backend`` calls this."""
+        if self._closed:
+            raise LifecycleError("PostgresBackend was closed; create a new one")
+        if self._pool is None:
+            try:
+                self._pool = await asyncpg.create_pool(
+                    self._dsn, min_size=self._min_size, max_size=self._max_size
+                )
+            except (OSError, asyncpg.PostgresError) as exc:
+                raise BackendError(f"could not connect to PostgreSQL: {exc}") from exc
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop listening and close the pool (if the backend opened it)."""
+        self._closed = True
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listen_task
+            self._listen_task = None
+        await self._drop_listener()
+        if self._pool is not None and self._own_pool:
+            await self._pool.close()
+        self._pool = None if self._own_pool else self._pool
+
+    def _require_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise LifecycleError(
+                "PostgresBackend is not open: use 'async with backend:' or 'await backend.open()'"
+            )
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _errors(self) -> AsyncIterator[None]:
+        """Turn driver errors into batchworks errors that say what to do."""
+        try:
+            yield
+        except _NOT_MIGRATED as exc:
+            raise SchemaNotMigrated(
+                f"schema {self._schema!r} has no batchworks tables ({exc}); run "
+                "'await backend.migrate()' or 'batchworks migrate' first"
+            ) from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise BackendError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+
+    async def _fetch(self, query: str, *args: Any, connection: Any = None) -> list[asyncpg.Record]:
+        async with self._errors():
+            if connection is not None:
+                return cast(list[asyncpg.Record], await connection.fetch(query, *args))
+            return cast(list[asyncpg.Record], await self._require_pool().fetch(query, *args))
+
+    async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record:
+        rows = await self._fetch(query, *args)
+        return rows[0]
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    async def migrate(self) -> None:
+        """Create or upgrade the schema; idempotent, and safe to run from many processes at
+        once (an advisory lock serializes them)."""
+        pool = self._require_pool()
+        files = _migration_files()
+        async with self._errors(), pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1)", _lock_key(self._schema, "migrate")
+            )
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+            await conn.execute(self._q.migrations_table)
+            applied = {row[0] for row in await conn.fetch(self._q.applied_migrations)}
+            for version, name, sql in files:
+                if version in applied:
+                    continue
+                filled = sql.replace("__SCHEMA__", f'"{self._schema}"').replace(
+                    "__CHANNEL__", self._q.channel
+                )
+                await conn.execute(filled)
+                await conn.execute(self._q.record_migration, version, name)
+                logger.info(
+                    "applied migration %04d_%s to schema %r",
+                    version,
+                    name,
+                    self._schema,
+                    extra={"action": "migrated", "version": version},
+                )
+
+    # -- enqueue --------------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        queue: str,
+        payload: Any,
+        *,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        dedupe_key: str | None = None,
+        connection: Any = None,
+    ) -> int:
+        """Add one job; see :meth:`Backend.enqueue`. ``connection=`` enqueues in the caller's
+        transaction: the job (and its wake-up) exists only if that transaction commits."""
+        options = EnqueueOptions.build(
+            queue, delay=delay, run_at=run_at, priority=priority, max_attempts=max_attempts
+        )
+        text = _json.dumps(payload, what=f"payload for queue {queue!r}", limit=self._max_bytes)
+        ids = await self._insert(options, [text], [check_dedupe_key(dedupe_key)], connection)
+        return ids[0]
+
+    async def enqueue_many(
+        self,
+        queue: str,
+        payloads: Sequence[Any],
+        *,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        dedupe_keys: Sequence[str | None] | None = None,
+        connection: Any = None,
+    ) -> list[int]:
+        """Add many jobs in one statement; ids come back in payload order."""
+        options = EnqueueOptions.build(
+            queue, delay=delay, run_at=run_at, priority=priority, max_attempts=max_attempts
+        )
+        texts = [
+            _json.dumps(payload, what=f"payload #{i} for queue {queue!r}", limit=self._max_bytes)
+            for i, payload in enumerate(payloads)
+        ]
+        keys = check_dedupe_keys(dedupe_keys, len(texts))
+        if not texts:
+            return []
+        return await self._insert(options, texts, keys, connection)
+
+    async def _insert(
+        self,
+        options: EnqueueOptions,
+        texts: list[str],
+        keys: list[str | None],
+        connection: Any,
+    ) -> list[int]:
+        rows = await self._fetch(
+            self._q.enqueue,
+            options.queue,
+            texts,
+            keys,
+            options.priority,
+            options.run_at,
+            options.delay,
+            options.max_attempts,
+            connection=connection,
+        )
+        fresh = sorted(row["id"] for row in rows if row["inserted"] and row["dedupe_key"] is None)
+        by_key = {row["dedupe_key"]: row["id"] for row in rows if row["dedupe_key"] is not None}
+        missing = [key for key in keys if key is not None and key not in by_key]
+        if missing:
+            # A concurrent enqueue committed the key after this statement's snapshot was taken.
+            more = await self._fetch(
+                self._q.live_dedupe, options.queue, missing, connection=connection
+            )
+            by_key.update({row["dedupe_key"]: row["id"] for row in more})
+        plain = iter(fresh)
+        ids = []
+        for key in keys:
+            if key is None:
+                ids.append(next(plain))
+            elif key in by_key:
+                ids.append(by_key[key])
+            else:
+                raise BackendError(f"dedupe_key {key!r}: the job holding it finished meanwhile")
+        return ids
+
+    # -- inspection and operator calls --------------------------------------------------------
+
+    async def get_job(self, job_id: int) -> JobRecord | None:
+        """The job as stored, or None."""
+        rows = await self._fetch(self._q.get_job, job_id)
+        if not rows:
+            return None
+        row = rows[0]
+        return JobRecord(
+            id=row["id"],
+            queue=row["queue"],
+            payload=json.loads(row["payload"]),
+            state=JobState(row["state"]),
+            attempts=row["attempts"],
+            max_attempts=row["max_attempts"] or 0,
+            priority=row["priority"],
+            run_at=row["run_at"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            errors=tuple(json.loads(row["errors"])),
+            result=_loads(row["result"]),
+            dedupe_key=row["dedupe_key"],
+            checkpoint=_loads(row["checkpoint"]),
+            worker=row["worker_name"],
+        )
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """``{queue: {state: count}}``, every state present."""
+        counts: dict[str, dict[str, int]] = {}
+        for row in await self._fetch(self._q.stats):
+            per_queue = counts.setdefault(row["queue"], {state.value: 0 for state in JobState})
+            per_queue[row["state"]] = row["n"]
+        return counts
+
+    async def retry_failed(
+        self, *, queue: str | None = None, ids: Sequence[int] | None = None
+    ) -> int:
+        """Queue failed jobs again, now, with their attempts reset; returns how many."""
+        if queue is not None:
+            check_queue(queue)
+        row = await self._fetchrow(self._q.retry_failed, queue, None if ids is None else list(ids))
+        return int(row["n"])
+
+    async def cancel(self, job_id: int) -> bool:
+        """Cancel a queued job now; flag a running one for its worker's next heartbeat."""
+        return bool(await self._fetch(self._q.cancel, job_id))
+
+    async def purge(self, older_than: float | timedelta) -> int:
+        """Delete jobs that reached a final state more than ``older_than`` ago."""
+        row = await self._fetchrow(self._q.purge, seconds(older_than, name="older_than"))
+        return int(row[0])
+
+    # -- worker side ----------------------------------------------------------------------------
+
+    async def register_worker(self, name: str, queues: Sequence[str]) -> WorkerToken:
+        """A new incarnation of ``name``; earlier live ones are replaced, their jobs recovered."""
+        token = uuid.uuid4()
+        row = await self._fetchrow(
+            self._q.register_worker, token, name, socket.gethostname(), os.getpid(), list(queues)
+        )
+        if row["recovered"]:
+            logger.warning(
+                "worker %r restarted: recovered %d jobs of its earlier incarnation",
+                name,
+                row["recovered"],
+                extra={"action": "worker_restarted", "worker": name},
+            )
+        await self._ensure_listener()
+        return token
+
+    async def unregister_worker(self, worker: WorkerToken) -> None:
+        """Mark the incarnation stopped; jobs it still holds (none, normally) are recovered."""
+        await self._fetch(self._q.unregister_worker, worker)
+
+    async def claim(
+        self,
+        worker: WorkerToken,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        lease: float,
+        max_attempts: int,
+    ) -> list[ClaimedJob]:
+        """Take up to ``limit`` due jobs for ``worker`` in one statement."""
+        rows = await self._fetch(self._q.claim, worker, list(queues), limit, lease, max_attempts)
+        # The statement returns rows in no set order; start them in claim order.
+        rows.sort(key=lambda row: (-row["priority"], row["run_at"], row["id"]))
+        return [
+            ClaimedJob(
+                row["id"],
+                row["queue"],
+                json.loads(row["payload"]),
+                row["attempts"],
+                row["max_attempts"],
+                _loads(row["checkpoint"]),
+            )
+            for row in rows
+        ]
+
+    async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:
+        """Write outcomes in one statement, fenced; returns the ids no longer held."""
+        if not outcomes:
+            return []
+        rows = await self._fetch(
+            self._q.settle,
+            worker,
+            [o.job_id for o in outcomes],
+            [o.kind.value for o in outcomes],
+            [o.delay for o in outcomes],
+            [o.result_json for o in outcomes],
+            [None if o.error is None else json.dumps(o.error) for o in outcomes],
+        )
+        settled = {row["id"] for row in rows if row["id"] is not None}
+        return [o.job_id for o in outcomes if o.job_id not in settled]
+
+    async def heartbeat(
+        self, worker: WorkerToken, job_ids: Sequence[int], *, lease: float
+    ) -> Heartbeat:
+        """Extend the leases of the held jobs; report lost and cancel-requested ones."""
+        row = await self._fetchrow(self._q.heartbeat, worker, list(job_ids), lease)
+        held = set(row["held"])
+        return Heartbeat(
+            alive=row["alive"],
+            lost=tuple(job_id for job_id in job_ids if job_id not in held),
+            cancel=tuple(row["cancel"]),
+        )
+
+    async def recover(self, *, prune_after: float) -> int:
+        """Prune silent workers, recover their jobs and expired leases (one pruner at a time)."""
+        row = await self._fetchrow(self._q.recover, prune_after, _lock_key(self._schema, "prune"))
+        if row["pruned"] or row["recovered"]:
+            logger.warning(
+                "pruned %d silent workers and recovered %d jobs",
+                row["pruned"],
+                row["recovered"],
+                extra={"action": "pruned", "workers": row["pruned"], "jobs": row["recovered"]},
+            )
+        return int(row["recovered"])
+
+    async def save_checkpoint(
+        self, worker: WorkerToken, job_id: int, checkpoint_json: str, *, lease: float
+    ) -> None:
+        """Store a checkpoint, fenced by ``worker``, and extend the job's lease."""
+        if not await self._fetch(self._q.save_checkpoint, worker, job_id, checkpoint_json, lease):
+            raise LeaseLost(f"job {job_id} is no longer held by this worker; nothing was saved")
+
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        """Seconds until the earliest queued job of ``queues`` is due, or None."""
+        row = await self._fetchrow(self._q.next_due, list(queues))
+        return None if row[0] is None else max(0.0, float(row[0]))
+
+    async def wait_for_work(self, queues: Sequence[str], max_wait: float) -> None:
+        """Return on a NOTIFY for any queue, when a delayed job falls due, or after
+        ``max_wait`` seconds."""
+        await self._ensure_listener()
+        wake = self._wake  # taken first: a NOTIFY during the query below still counts
+        due = await self.next_due(queues)
+        if due is not None:
+            max_wait = min(max_wait, due)
+        if max_wait <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max_wait):
+                await wake.wait()
+
+    # -- LISTEN/NOTIFY --------------------------------------------------------------------------
+
+    async def _ensure_listener(self) -> None:
+        if self._listen_task is None and not self._closed:
+            self._listen_task = asyncio.create_task(
+                self._listen_forever(), name="batchworks:listen"
+            )
+
+    async def _listen_forever(self) -> None:
+        """Keep a LISTEN connection up; after each (re)connect, wake waiters, since jobs may
+        have been enqueued while no one listened."""
+        delay = 0.1
+        while not self._closed:
+            lost = asyncio.Event()
+            try:
+                await self._connect_listener(lost)
+            except Exception as exc:
+                logger.warning(
+                    "LISTEN connection failed (%s: %s); polling until it is back, retry in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    extra={"action": "listen_failed"},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LISTEN_RETRY_MAX)
+                continue
+            delay = 0.1
+            self._notify_waiters()
+            await lost.wait()
+            await self._drop_listener()
+            logger.warning("LISTEN connection lost; reconnecting", extra={"action": "listen_lost"})
+
+    async def _connect_listener(self, lost: asyncio.Event) -> None:
+        if self._dsn is not None:
+            conn = await asyncpg.connect(self._dsn)
+        else:
+            conn = await self._require_pool().acquire()
+        self._listener = conn
+        conn.add_termination_listener(lambda _conn: lost.set())
+        await conn.add_listener(self._q.channel, self._on_notify)
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        self._notify_waiters()
+
+    def _notify_waiters(self) -> None:
+        # Each waiter holds the event that was current when it started waiting; a fresh one
+        # takes its place, so one runner's wake-up never swallows another's.
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    async def _drop_listener(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):
+            if self._dsn is not None:
+                await conn.close(timeout=2)
+            elif self._pool is not None:
+                await self._pool.release(conn)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _migration_files() -> list[tuple[int, str, str]]:
+    folder = resources.files("batchworks.backends.postgres") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_FILE.fullmatch(entry.name)
+        if match:
+            found.append((int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    return sorted(found)
