@@ -164,6 +164,7 @@ class Runner:
         self._hard_stop = asyncio.Event()
         self._room = asyncio.Event()  # set when a held job finishes
         self._registered = asyncio.Event()
+        self._ended = asyncio.Event()
         self._counts = dict.fromkeys(OutcomeKind, 0)
         self._lost = 0
         self._started_at = 0.0
@@ -220,6 +221,23 @@ class Runner:
         with self._signal_handlers():
             await self._run(drain=False, max_delay=0.0)
 
+    async def wait_ready(self) -> None:
+        """Return once the worker is registered with its backend and claiming jobs.
+
+        :raises LifecycleError: the run ended before it got ready.
+        """
+        waiters = {
+            asyncio.ensure_future(self._registered.wait()),
+            asyncio.ensure_future(self._ended.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if not self._registered.is_set():
+            raise LifecycleError("the Runner stopped before it was ready")
+
     def stop(self, *, now: bool = False) -> None:
         """Stop fetching and shut down gracefully (``now=True``: cancel running jobs at once).
 
@@ -239,11 +257,11 @@ class Runner:
         self._task = asyncio.create_task(
             self._run(drain=False, max_delay=0.0), name=f"batchworks:{self._worker_name}"
         )
-        registered = asyncio.create_task(self._registered.wait())
-        await asyncio.wait({self._task, registered}, return_when=asyncio.FIRST_COMPLETED)
-        registered.cancel()
-        if self._task.done():
-            self._task.result()  # raises what stopped it
+        try:
+            await self.wait_ready()
+        except LifecycleError:
+            await self._task  # raises what stopped it
+            raise
         return self
 
     async def __aexit__(
@@ -269,6 +287,7 @@ class Runner:
             token = await self._backend.register_worker(self._worker_name, self._queues)
         except BaseException:
             self._state = "stopped"
+            self._ended.set()
             raise
         self._token = token
         self._settle = SettleBuffer(
@@ -636,6 +655,7 @@ class Runner:
                 logger.warning("could not mark worker %r stopped: %s", self._worker_name, exc)
         self._state = "stopped"
         self._finished_at = time.monotonic()
+        self._ended.set()
         logger.info(
             "worker %r stopped: %s",
             self._worker_name,
