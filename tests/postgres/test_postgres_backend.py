@@ -1,0 +1,191 @@
+"""What only the PostgreSQL backend has: migrations, schemas, transactions, NOTIFY, plans."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+
+from batchworks import (
+    ConfigurationError,
+    Job,
+    JobState,
+    LifecycleError,
+    PostgresBackend,
+    Runner,
+    SchemaNotMigrated,
+)
+from batchworks.backends.postgres.backend import Queries
+
+pytestmark = pytest.mark.postgres
+
+
+class TestMigrate:
+    async def test_migrate_is_idempotent_and_records_its_version(
+        self, pg_backend: PostgresBackend, pg_dsn: str
+    ) -> None:
+        await pg_backend.migrate()
+        await pg_backend.migrate()
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            versions = await conn.fetch(
+                f'SELECT version FROM "{pg_backend.schema}".migrations ORDER BY version'
+            )
+        finally:
+            await conn.close()
+        assert [row["version"] for row in versions] == [1]
+
+    async def test_concurrent_migrations_from_many_processes_serialize(
+        self, pg_dsn: str, pg_schema: str
+    ) -> None:
+        backends = [PostgresBackend(pg_dsn, schema=pg_schema, min_size=1) for _ in range(4)]
+        for backend in backends:
+            await backend.open()
+        try:
+            await asyncio.gather(*(backend.migrate() for backend in backends))
+            job_id = await backends[0].enqueue("q", 1)
+            assert await backends[3].get_job(job_id) is not None
+        finally:
+            for backend in backends:
+                await backend.aclose()
+
+    async def test_using_the_backend_before_migrate_says_to_run_it(
+        self, pg_dsn: str, pg_schema: str
+    ) -> None:
+        async with PostgresBackend(pg_dsn, schema=pg_schema) as backend:
+            with pytest.raises(SchemaNotMigrated, match=r"backend\.migrate\(\)"):
+                await backend.enqueue("q", 1)
+            with pytest.raises(SchemaNotMigrated, match="batchworks migrate"):
+                await backend.stats()
+
+
+class TestConfiguration:
+    @pytest.mark.parametrize("schema", ["", "Upper", 'x";DROP TABLE jobs;--', "1abc", "a" * 51])
+    def test_invalid_schema_names_are_refused(self, schema: str) -> None:
+        with pytest.raises(ConfigurationError, match="schema name"):
+            PostgresBackend("postgresql://localhost/x", schema=schema)
+
+    def test_dsn_or_pool_exactly_one(self) -> None:
+        with pytest.raises(ConfigurationError, match="exactly one"):
+            PostgresBackend()
+
+    async def test_using_an_unopened_backend_says_to_open_it(self) -> None:
+        backend = PostgresBackend("postgresql://localhost/x")
+        with pytest.raises(LifecycleError, match="async with backend"):
+            await backend.get_job(1)
+
+    async def test_a_callers_pool_is_used_and_left_open(
+        self, pg_dsn: str, pg_backend: PostgresBackend
+    ) -> None:
+        pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
+        try:
+            async with PostgresBackend(pool=pool, schema=pg_backend.schema) as backend:
+                job_id = await backend.enqueue("q", {"via": "pool"})
+            assert await pool.fetchval("SELECT 1") == 1  # still open
+            record = await pg_backend.get_job(job_id)
+            assert record is not None and record.payload == {"via": "pool"}
+        finally:
+            await pool.close()
+
+
+class TestTransactionalEnqueue:
+    async def test_job_exists_only_if_the_callers_transaction_commits(
+        self, pg_backend: PostgresBackend, pg_dsn: str
+    ) -> None:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            with pytest.raises(RuntimeError, match="business rule"):
+                async with conn.transaction():
+                    rolled_back = await pg_backend.enqueue("q", "a", connection=conn)
+                    raise RuntimeError("business rule broke")
+            async with conn.transaction():
+                committed = await pg_backend.enqueue_many("q", ["b", "c"], connection=conn)
+        finally:
+            await conn.close()
+        assert await pg_backend.get_job(rolled_back) is None
+        assert [await pg_backend.get_job(job_id) is not None for job_id in committed] == [
+            True,
+            True,
+        ]
+
+    async def test_runner_is_woken_at_commit_not_before(
+        self, pg_backend: PostgresBackend, pg_dsn: str
+    ) -> None:
+        started = asyncio.Event()
+
+        async def handler(job: Job) -> None:
+            started.set()
+
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            async with Runner(pg_backend, {"q": handler}, poll_interval=30):
+                tx = conn.transaction()
+                await tx.start()
+                await pg_backend.enqueue("q", None, connection=conn)
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0.3):
+                        await started.wait()
+                await tx.commit()
+                async with asyncio.timeout(2):
+                    await started.wait()
+        finally:
+            await conn.close()
+
+
+class TestLatency:
+    async def test_idle_runner_starts_an_enqueued_job_well_under_100ms(
+        self, pg_backend: PostgresBackend
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        started_at: list[float] = []
+        started = asyncio.Event()
+
+        async def handler(job: Job) -> None:
+            started_at.append(loop.time())
+            started.set()
+
+        async with Runner(pg_backend, {"q": handler}, poll_interval=5):
+            latencies = []
+            for _ in range(5):
+                started.clear()
+                # let the runner go idle in wait_for_work first
+                await asyncio.sleep(0.05)
+                enqueued_at = loop.time()
+                await pg_backend.enqueue("q", None)
+                async with asyncio.timeout(2):
+                    await started.wait()
+                latencies.append(started_at[-1] - enqueued_at)
+        assert sorted(latencies)[2] < 0.1, f"median latency {sorted(latencies)[2]:.3f}s"
+
+
+class TestClaimPlan:
+    async def test_claim_reads_the_partial_index_in_order_with_history_around(
+        self, pg_backend: PostgresBackend, pg_dsn: str
+    ) -> None:
+        await pg_backend.enqueue_many("q", list(range(4000)))
+        await pg_backend.enqueue_many("other", list(range(1000)))
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute(
+                f"UPDATE \"{pg_backend.schema}\".jobs SET state = 'succeeded', "
+                "finished_at = now() WHERE id % 4 <> 0"
+            )
+            await conn.execute(f'ANALYZE "{pg_backend.schema}".jobs')
+            claim = Queries(pg_backend.schema).claim
+            for queues in (["q"], ["q", "other"]):
+                rows = await conn.fetch(f"EXPLAIN {claim}", uuid.uuid4(), queues, 100, 30.0, 5)
+                plan = "\n".join(row[0] for row in rows)
+                assert "Index Scan using jobs_claim" in plan, plan
+                assert "Seq Scan on jobs" not in plan, plan
+                assert "Bitmap" not in plan, plan
+        finally:
+            await conn.close()
+
+
+async def test_job_state_values_match_the_database_check(pg_backend: PostgresBackend) -> None:
+    job_id = await pg_backend.enqueue("q", None)
+    assert await pg_backend.cancel(job_id)
+    record = await pg_backend.get_job(job_id)
+    assert record is not None and record.state is JobState.CANCELLED
