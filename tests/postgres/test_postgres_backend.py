@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 
 import asyncpg
 import pytest
@@ -18,6 +19,7 @@ from batchworks import (
     SchemaNotMigrated,
 )
 from batchworks.backends.postgres.backend import Queries
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.postgres
 
@@ -132,6 +134,46 @@ class TestTransactionalEnqueue:
                     await started.wait()
         finally:
             await conn.close()
+
+
+class TestListener:
+    async def test_wake_up_survives_the_listen_connection_dying(
+        self, pg_backend: PostgresBackend, pg_dsn: str
+    ) -> None:
+        started = asyncio.Event()
+
+        async def handler(job: Job) -> None:
+            started.set()
+
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            async with Runner(pg_backend, {"q": handler}, poll_interval=30):
+                listen = f'LISTEN "batchworks_{pg_backend.schema}"'
+
+                async def listener_pid() -> int | None:
+                    pid: int | None = await conn.fetchval(
+                        "SELECT pid FROM pg_stat_activity WHERE query = $1", listen
+                    )
+                    return pid
+
+                await eventually(lambda: _is_not_none(listener_pid()), what="a listener")
+                old = await listener_pid()
+                await conn.execute("SELECT pg_terminate_backend($1)", old)
+
+                async def reconnected() -> bool:
+                    pid = await listener_pid()
+                    return pid is not None and pid != old
+
+                await eventually(reconnected, what="the listener to reconnect")
+                await pg_backend.enqueue("q", None)
+                async with asyncio.timeout(2):  # far below the 30 s poll
+                    await started.wait()
+        finally:
+            await conn.close()
+
+
+async def _is_not_none(value: Awaitable[object]) -> bool:
+    return (await value) is not None
 
 
 class TestLatency:

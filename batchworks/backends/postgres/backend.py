@@ -195,7 +195,12 @@ class PostgresBackend:
                 f"schema {self._schema!r} has no batchworks tables ({exc}); run "
                 "'await backend.migrate()' or 'batchworks migrate' first"
             ) from exc
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+        ) as exc:
             raise BackendError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
     async def _fetch(self, query: str, *args: Any, connection: Any = None) -> list[asyncpg.Record]:
