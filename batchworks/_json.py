@@ -69,11 +69,6 @@ def loads(text: str) -> Any:
     return json.loads(text)
 
 
-def clone(value: Any, *, what: str, limit: int = MAX_PAYLOAD_BYTES) -> Any:
-    """Validate ``value`` and return an independent copy, as a database round trip would."""
-    return json.loads(dumps(value, what=what, limit=limit))
-
-
 def _describe(value: Any, what: str, exc: Exception) -> str:
     for path, bad in _walk(value, "$"):
         if isinstance(bad, float):

@@ -1,9 +1,10 @@
 """The in-memory backend: the embedded default, with the semantics of the PostgreSQL one.
 
 Everything runs on one event loop, so each operation is atomic: several Runners in one
-process may share a backend and no job is handed to two of them at once. Values are stored as
-JSON copies, so a handler sees what PostgreSQL would hand it (tuples become lists) and a
-caller that mutates its payload after enqueue changes nothing.
+process may share a backend and no job is handed to two of them at once. Payloads, results
+and checkpoints are stored as JSON text and decoded on the way out, as a database round trip
+would: a handler sees what PostgreSQL would hand it (tuples become lists), and nobody who
+mutates a value after handing it over, or after reading it, changes what is stored.
 
 Ready jobs sit in one heap per queue, ordered by (-priority, run_at, id); jobs due later sit
 in a second heap by run_at and move over when due. Entries are invalidated lazily: each row
@@ -49,7 +50,7 @@ Clock = Callable[[], float]
 class _Row:
     id: int
     queue: str
-    payload: Any
+    payload: str  # JSON text, like result and checkpoint
     priority: int
     run_at: float
     created_at: float
@@ -61,8 +62,8 @@ class _Row:
     started_at: float | None = None
     finished_at: float | None = None
     errors: list[ErrorEntry] = field(default_factory=list)
-    result: Any = None
-    checkpoint: Any = None
+    result: str | None = None
+    checkpoint: str | None = None
     worker: WorkerToken | None = None
     worker_name: str | None = None
     lease_until: float = 0.0
@@ -140,7 +141,7 @@ class MemoryBackend:
             queue, delay=delay, run_at=run_at, priority=priority, max_attempts=max_attempts
         )
         self._check_connection(connection)
-        value = self._clone(payload, f"payload for queue {queue!r}")
+        value = self._encode(payload, f"payload for queue {queue!r}")
         return self._insert(options, value, check_dedupe_key(dedupe_key))
 
     async def enqueue_many(
@@ -161,7 +162,7 @@ class MemoryBackend:
         )
         self._check_connection(connection)
         values = [
-            self._clone(payload, f"payload #{index} for queue {queue!r}")
+            self._encode(payload, f"payload #{index} for queue {queue!r}")
             for index, payload in enumerate(payloads)
         ]
         keys = check_dedupe_keys(dedupe_keys, len(values))
@@ -178,10 +179,10 @@ class MemoryBackend:
         if self._closed:
             raise LifecycleError("MemoryBackend was closed; create a new one")
 
-    def _clone(self, value: Any, what: str) -> Any:
-        return _json.clone(value, what=what, limit=self._max_bytes)
+    def _encode(self, value: Any, what: str) -> str:
+        return _json.dumps(value, what=what, limit=self._max_bytes)
 
-    def _insert(self, options: EnqueueOptions, payload: Any, dedupe_key: str | None) -> int:
+    def _insert(self, options: EnqueueOptions, payload: str, dedupe_key: str | None) -> int:
         queue = options.queue
         if dedupe_key is not None:
             existing = self._dedupe.get((queue, dedupe_key))
@@ -254,7 +255,7 @@ class MemoryBackend:
         return JobRecord(
             id=row.id,
             queue=row.queue,
-            payload=row.payload,
+            payload=_json.loads(row.payload),
             state=row.state,
             attempts=row.attempts,
             max_attempts=row.max_attempts or 0,
@@ -264,9 +265,9 @@ class MemoryBackend:
             started_at=_dt(row.started_at),
             finished_at=_dt(row.finished_at),
             errors=tuple(dict(entry) for entry in row.errors),
-            result=row.result,
+            result=_loads(row.result),
             dedupe_key=row.dedupe_key,
-            checkpoint=row.checkpoint,
+            checkpoint=_loads(row.checkpoint),
             worker=row.worker_name,
         )
 
@@ -381,7 +382,12 @@ class MemoryBackend:
             self._running[row.id] = row
             claimed.append(
                 ClaimedJob(
-                    row.id, row.queue, row.payload, row.attempts, row.max_attempts, row.checkpoint
+                    row.id,
+                    row.queue,
+                    _json.loads(row.payload),
+                    row.attempts,
+                    row.max_attempts,
+                    _loads(row.checkpoint),
                 )
             )
         return claimed
@@ -411,16 +417,18 @@ class MemoryBackend:
         if kind.state is JobState.QUEUED:
             del self._running[row.id]
             row.state, row.worker, row.run_at = JobState.QUEUED, None, now + outcome.delay
+            row.cancel_requested = False
             self._push(row, now)
             return True
-        if kind is OutcomeKind.SUCCEEDED and outcome.result_json is not None:
-            row.result = _json.loads(outcome.result_json)
+        if kind is OutcomeKind.SUCCEEDED:
+            row.result = outcome.result_json
         self._finish(row, kind.state, now)
         return False
 
     def _finish(self, row: _Row, state: JobState, now: float) -> None:
         self._running.pop(row.id, None)
         row.state, row.finished_at, row.worker = state, now, None
+        row.cancel_requested = False
         row.seq += 1
         if row.dedupe_key is not None and self._dedupe.get((row.queue, row.dedupe_key)) == row.id:
             del self._dedupe[(row.queue, row.dedupe_key)]
@@ -484,7 +492,9 @@ class MemoryBackend:
             }
         )
         row.worker = None
-        if row.attempts >= (row.max_attempts or 1):
+        if row.cancel_requested:  # an operator asked for it to stop: it has
+            self._finish(row, JobState.CANCELLED, now)
+        elif row.attempts >= (row.max_attempts or 1):
             self._finish(row, JobState.FAILED, now)
         else:
             row.state, row.run_at = JobState.QUEUED, now
@@ -504,7 +514,7 @@ class MemoryBackend:
         row = self._running.get(job_id)
         if row is None or row.worker != worker:
             raise LeaseLost(f"job {job_id} is no longer held by this worker; nothing was saved")
-        row.checkpoint = _json.loads(checkpoint_json)
+        row.checkpoint = checkpoint_json
         row.lease_until = self._clock() + lease
 
     async def next_due(self, queues: Sequence[str]) -> float | None:
@@ -539,6 +549,10 @@ class MemoryBackend:
                 await wake.wait()
         except TimeoutError:
             pass
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else _json.loads(text)
 
 
 def _dt(timestamp: float | None) -> Any:

@@ -10,11 +10,15 @@ from __future__ import annotations
 from typing import LiteralString
 
 # Recovering a job whose worker is gone: the attempt its claim used stays used, so a job that
-# kills its worker every time ends failed instead of looping. Needs the alias j and a text
+# kills its worker every time ends failed instead of looping. A job an operator asked to
+# cancel is cancelled rather than run again. Needs the alias j and a text
 # "why" column from the FROM item named lost.
 _LOSE: LiteralString = """
-    state = CASE WHEN j.attempts >= coalesce(j.max_attempts, 1) THEN 'failed' ELSE 'queued' END,
-    finished_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, 1) THEN now() END,
+    state = CASE WHEN j.cancel_requested THEN 'cancelled'
+                 WHEN j.attempts >= coalesce(j.max_attempts, 1) THEN 'failed'
+                 ELSE 'queued' END,
+    finished_at = CASE WHEN j.cancel_requested OR j.attempts >= coalesce(j.max_attempts, 1)
+                       THEN now() END,
     run_at = now(),
     errors = j.errors || jsonb_build_array(jsonb_build_object(
         'attempt', j.attempts,
