@@ -58,6 +58,8 @@ class Job:
     attempt: int
     max_attempts: int
     checkpoint: Any = None
+    #: this job's handler time limit in seconds, or None for none
+    timeout: float | None = None
     _saver: CheckpointSaver | None = field(default=None, repr=False)
 
     async def save_checkpoint(self, value: Any) -> None:
@@ -101,3 +103,5 @@ class JobRecord:
     checkpoint: Any = None
     #: the name of the worker that holds (or last held) the job
     worker: str | None = None
+    #: the job's own handler time limit in seconds (None: the runner's ``job_timeout``)
+    timeout: float | None = None

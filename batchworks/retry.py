@@ -16,12 +16,13 @@ from batchworks.outcome import Decision, OutcomeKind
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "RetryPolicy", "classify"]
 
 DEFAULT_MAX_ATTEMPTS = 5
-DEFAULT_INITIAL_WAIT = 1.0  # seconds
 DEFAULT_MAX_WAIT = 300.0  # seconds
 
 
 def _default_wait() -> WaitBaseT:
-    return tenacity.wait_exponential_jitter(initial=DEFAULT_INITIAL_WAIT, max=DEFAULT_MAX_WAIT)
+    # 1 s, 2 s, 4 s ... plus up to 1 s of jitter, capped at 5 minutes. tenacity's own defaults
+    # start at 1 s; passing initial= warns on tenacity 9.2 and multiplier= fails before it.
+    return tenacity.wait_exponential_jitter(max=DEFAULT_MAX_WAIT)
 
 
 def _default_retry() -> RetryBaseT:

@@ -406,6 +406,7 @@ class Runner:
             attempt=claim.attempt,
             max_attempts=claim.max_attempts,
             checkpoint=claim.checkpoint,
+            timeout=claim.timeout if claim.timeout is not None else self._job_timeout,
             _saver=self._saver(claim.id),
         )
         self._held[job.id] = _Held(job)
@@ -414,9 +415,9 @@ class Runner:
     def _saver(self, job_id: int) -> Callable[[Any], Awaitable[Any]]:
         async def save(value: Any) -> Any:
             assert self._token is not None
-            text = _json.dumps(value, what=f"checkpoint of job {job_id}")
-            await self._backend.save_checkpoint(self._token, job_id, text, lease=self._prune_after)
-            return _json.loads(text)
+            return await self._backend.save_checkpoint(
+                self._token, job_id, value, lease=self._prune_after
+            )
 
         return save
 
@@ -461,10 +462,10 @@ class Runner:
     async def _attempt(self, job: Job) -> Outcome:
         handler = self._handlers[job.queue]
         try:
-            if self._job_timeout is None:
+            if job.timeout is None:
                 result = await self._call(handler, job)
             else:
-                async with asyncio.timeout(self._job_timeout):
+                async with asyncio.timeout(job.timeout):
                     result = await self._call(handler, job)
         except (Exception, asyncio.CancelledError) as exc:
             task = asyncio.current_task()

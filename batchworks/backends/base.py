@@ -53,6 +53,8 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     checkpoint: Any = None
+    #: the job's own handler time limit in seconds, given at enqueue
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,7 @@ class Backend(Protocol):
         priority: int = 0,
         max_attempts: int | None = None,
         dedupe_key: str | None = None,
+        timeout: float | timedelta | None = None,
         connection: Any = None,
     ) -> int:
         """Add one job and return its id (or, for a live duplicate ``dedupe_key``, that job's)."""
@@ -111,6 +114,7 @@ class Backend(Protocol):
         priority: int = 0,
         max_attempts: int | None = None,
         dedupe_keys: Sequence[str | None] | None = None,
+        timeout: float | timedelta | None = None,
         connection: Any = None,
     ) -> list[int]:
         """Add jobs in one go; ids come back in payload order."""
@@ -168,10 +172,12 @@ class Backend(Protocol):
         job whose lease passed; returns how many jobs were recovered."""
 
     async def save_checkpoint(
-        self, worker: WorkerToken, job_id: int, checkpoint_json: str, *, lease: float
-    ) -> None:
-        """Store a checkpoint, fenced, and extend the job's lease.
+        self, worker: WorkerToken, job_id: int, value: Any, *, lease: float
+    ) -> Any:
+        """Store a checkpoint (JSON), fenced, and extend the job's lease; returns the value as
+        stored (what the next attempt will read).
 
+        :raises PayloadError: ``value`` is not storable JSON, or too large.
         :raises LeaseLost: the worker does not hold the job.
         """
 
@@ -213,6 +219,8 @@ class EnqueueOptions:
     run_at: datetime | None
     priority: int
     max_attempts: int | None
+    #: the handler's time limit for this job, over the runner's ``job_timeout``
+    timeout: float | None = None
 
     @classmethod
     def build(
@@ -223,8 +231,11 @@ class EnqueueOptions:
         run_at: datetime | None,
         priority: int,
         max_attempts: int | None,
+        timeout: float | timedelta | None = None,
     ) -> EnqueueOptions:
         check_queue(queue)
+        if timeout is not None and seconds(timeout, name="timeout") == 0:
+            raise ConfigurationError("timeout must be > 0 seconds; leave it out for no limit")
         if delay is not None and run_at is not None:
             raise ConfigurationError("pass delay= or run_at=, not both")
         if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
@@ -248,6 +259,7 @@ class EnqueueOptions:
             run_at=run_at,
             priority=priority,
             max_attempts=max_attempts,
+            timeout=None if timeout is None else seconds(timeout, name="timeout"),
         )
 
 

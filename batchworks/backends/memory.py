@@ -56,6 +56,7 @@ class _Row:
     created_at: float
     max_attempts: int | None
     dedupe_key: str | None
+    timeout: float | None = None
     state: JobState = JobState.QUEUED
     attempts: int = 0
     seq: int = 0
@@ -134,11 +135,17 @@ class MemoryBackend:
         priority: int = 0,
         max_attempts: int | None = None,
         dedupe_key: str | None = None,
+        timeout: float | timedelta | None = None,
         connection: Any = None,
     ) -> int:
         """Add one job; see :meth:`Backend.enqueue`."""
         options = EnqueueOptions.build(
-            queue, delay=delay, run_at=run_at, priority=priority, max_attempts=max_attempts
+            queue,
+            delay=delay,
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
         )
         self._check_connection(connection)
         value = self._encode(payload, f"payload for queue {queue!r}")
@@ -154,11 +161,17 @@ class MemoryBackend:
         priority: int = 0,
         max_attempts: int | None = None,
         dedupe_keys: Sequence[str | None] | None = None,
+        timeout: float | timedelta | None = None,
         connection: Any = None,
     ) -> list[int]:
         """Add many jobs at once; every payload is checked before any is stored."""
         options = EnqueueOptions.build(
-            queue, delay=delay, run_at=run_at, priority=priority, max_attempts=max_attempts
+            queue,
+            delay=delay,
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
         )
         self._check_connection(connection)
         values = [
@@ -199,6 +212,7 @@ class MemoryBackend:
             created_at=now,
             max_attempts=options.max_attempts,
             dedupe_key=dedupe_key,
+            timeout=options.timeout,
         )
         self._next_id += 1
         self._rows[row.id] = row
@@ -269,6 +283,7 @@ class MemoryBackend:
             dedupe_key=row.dedupe_key,
             checkpoint=_loads(row.checkpoint),
             worker=row.worker_name,
+            timeout=row.timeout,
         )
 
     async def stats(self) -> dict[str, dict[str, int]]:
@@ -388,6 +403,7 @@ class MemoryBackend:
                     row.attempts,
                     row.max_attempts,
                     _loads(row.checkpoint),
+                    row.timeout,
                 )
             )
         return claimed
@@ -508,13 +524,15 @@ class MemoryBackend:
         )
 
     async def save_checkpoint(
-        self, worker: WorkerToken, job_id: int, checkpoint_json: str, *, lease: float
-    ) -> None:
+        self, worker: WorkerToken, job_id: int, value: Any, *, lease: float
+    ) -> Any:
         """Store a checkpoint, fenced by ``worker``, and extend the job's lease."""
+        text = self._encode(value, f"checkpoint of job {job_id}")
         row = self._running.get(job_id)
         if row is None or row.worker != worker:
             raise LeaseLost(f"job {job_id} is no longer held by this worker; nothing was saved")
-        row.checkpoint = checkpoint_json
+        row.checkpoint = text
+        return _json.loads(text)
         row.lease_until = self._clock() + lease
 
     async def next_due(self, queues: Sequence[str]) -> float | None:

@@ -37,7 +37,7 @@ class TestMigrate:
             )
         finally:
             await conn.close()
-        assert [row["version"] for row in versions] == [1]
+        assert [row["version"] for row in versions] == [1, 2]
 
     async def test_concurrent_migrations_from_many_processes_serialize(
         self, pg_dsn: str, pg_schema: str

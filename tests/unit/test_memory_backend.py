@@ -873,7 +873,7 @@ class TestCheckpoint:
         worker = await backend.register_worker("w1", ["q"])
         await claim_one(backend, worker)
 
-        await backend.save_checkpoint(worker, job_id, '{"offset":4000}', lease=LEASE)
+        await backend.save_checkpoint(worker, job_id, {"offset": 4000}, lease=LEASE)
         await backend.settle(worker, [Outcome(job_id, OutcomeKind.RETRIED, 0.0)])
 
         record = await backend.get_job(job_id)
@@ -885,7 +885,7 @@ class TestCheckpoint:
         job_id = await backend.enqueue("q", {})
         old = await backend.register_worker("w1", ["q"])
         await claim_one(backend, old)
-        await backend.save_checkpoint(old, job_id, "[1,2]", lease=LEASE)
+        await backend.save_checkpoint(old, job_id, [1, 2], lease=LEASE)
 
         new = await backend.register_worker("w1", ["q"])
 
@@ -898,10 +898,10 @@ class TestCheckpoint:
         holder = await backend.register_worker("w1", ["q"])
         other = await backend.register_worker("w2", ["q"])
         await claim_one(backend, holder)
-        await backend.save_checkpoint(holder, job_id, '"mine"', lease=LEASE)
+        await backend.save_checkpoint(holder, job_id, "mine", lease=LEASE)
 
         with pytest.raises(LeaseLost, match=str(job_id)):
-            await backend.save_checkpoint(other, job_id, '"theirs"', lease=LEASE)
+            await backend.save_checkpoint(other, job_id, "theirs", lease=LEASE)
 
         record = await backend.get_job(job_id)
         assert record is not None and record.checkpoint == "mine"
@@ -911,7 +911,7 @@ class TestCheckpoint:
         worker = await backend.register_worker("w1", ["q"])
 
         with pytest.raises(LeaseLost):
-            await backend.save_checkpoint(worker, job_id, "1", lease=LEASE)
+            await backend.save_checkpoint(worker, job_id, 1, lease=LEASE)
 
         record = await backend.get_job(job_id)
         assert record is not None and record.checkpoint is None

@@ -255,14 +255,20 @@ class PostgresBackend:
         priority: int = 0,
         max_attempts: int | None = None,
         dedupe_key: str | None = None,
+        timeout: float | timedelta | None = None,
         connection: Any = None,
     ) -> int:
         """Add one job; see :meth:`Backend.enqueue`. ``connection=`` enqueues in the caller's
         transaction: the job (and its wake-up) exists only if that transaction commits."""
         options = EnqueueOptions.build(
-            queue, delay=delay, run_at=run_at, priority=priority, max_attempts=max_attempts
+            queue,
+            delay=delay,
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
         )
-        text = _json.dumps(payload, what=f"payload for queue {queue!r}", limit=self._max_bytes)
+        text = self._encode(payload, f"payload for queue {queue!r}")
         ids = await self._insert(options, [text], [check_dedupe_key(dedupe_key)], connection)
         return ids[0]
 
@@ -276,14 +282,20 @@ class PostgresBackend:
         priority: int = 0,
         max_attempts: int | None = None,
         dedupe_keys: Sequence[str | None] | None = None,
+        timeout: float | timedelta | None = None,
         connection: Any = None,
     ) -> list[int]:
         """Add many jobs in one statement; ids come back in payload order."""
         options = EnqueueOptions.build(
-            queue, delay=delay, run_at=run_at, priority=priority, max_attempts=max_attempts
+            queue,
+            delay=delay,
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
         )
         texts = [
-            _json.dumps(payload, what=f"payload #{i} for queue {queue!r}", limit=self._max_bytes)
+            self._encode(payload, f"payload #{i} for queue {queue!r}")
             for i, payload in enumerate(payloads)
         ]
         keys = check_dedupe_keys(dedupe_keys, len(texts))
@@ -307,6 +319,7 @@ class PostgresBackend:
             options.run_at,
             options.delay,
             options.max_attempts,
+            options.timeout,
             connection=connection,
         )
         fresh = sorted(row["id"] for row in rows if row["inserted"] and row["dedupe_key"] is None)
@@ -354,6 +367,7 @@ class PostgresBackend:
             dedupe_key=row["dedupe_key"],
             checkpoint=_loads(row["checkpoint"]),
             worker=row["worker_name"],
+            timeout=row["timeout"],
         )
 
     async def stats(self) -> dict[str, dict[str, int]]:
@@ -425,6 +439,7 @@ class PostgresBackend:
                 row["attempts"],
                 row["max_attempts"],
                 _loads(row["checkpoint"]),
+                row["timeout"],
             )
             for row in rows
         ]
@@ -470,11 +485,16 @@ class PostgresBackend:
         return int(row["recovered"])
 
     async def save_checkpoint(
-        self, worker: WorkerToken, job_id: int, checkpoint_json: str, *, lease: float
-    ) -> None:
-        """Store a checkpoint, fenced by ``worker``, and extend the job's lease."""
-        if not await self._fetch(self._q.save_checkpoint, worker, job_id, checkpoint_json, lease):
+        self, worker: WorkerToken, job_id: int, value: Any, *, lease: float
+    ) -> Any:
+        """Store a checkpoint in one statement, fenced by ``worker``; extends the job's lease."""
+        text = self._encode(value, f"checkpoint of job {job_id}")
+        if not await self._fetch(self._q.save_checkpoint, worker, job_id, text, lease):
             raise LeaseLost(f"job {job_id} is no longer held by this worker; nothing was saved")
+        return json.loads(text)
+
+    def _encode(self, value: Any, what: str) -> str:
+        return _json.dumps(value, what=what, limit=self._max_bytes)
 
     async def next_due(self, queues: Sequence[str]) -> float | None:
         """Seconds until the earliest queued job of ``queues`` is due, or None."""

@@ -57,8 +57,9 @@ ENQUEUE: LiteralString = """
 WITH input AS (
     SELECT * FROM unnest($2::jsonb[], $3::text[]) WITH ORDINALITY AS t(payload, dedupe_key, ord)
 ), ins AS (
-    INSERT INTO __SCHEMA__.jobs (queue, payload, priority, run_at, max_attempts, dedupe_key)
-    SELECT $1, payload, $4, coalesce($5, now() + make_interval(secs => $6)), $7, dedupe_key
+    INSERT INTO __SCHEMA__.jobs
+        (queue, payload, priority, run_at, max_attempts, dedupe_key, timeout)
+    SELECT $1, payload, $4, coalesce($5, now() + make_interval(secs => $6)), $7, dedupe_key, $8
     FROM input ORDER BY ord
     ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('queued', 'running')
     DO NOTHING
@@ -77,7 +78,7 @@ WHERE queue = $1 AND dedupe_key = ANY($2::text[]) AND state IN ('queued', 'runni
 
 GET_JOB: LiteralString = """
 SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, created_at,
-       started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name
+       started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout
 FROM __SCHEMA__.jobs WHERE id = $1
 """
 
@@ -198,7 +199,8 @@ WHERE w.token = $1 AND w.state = 'active'
       ) AS c
       ORDER BY c.priority DESC, c.run_at, c.id
       LIMIT $3))
-RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.priority, j.run_at
+RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
+          j.priority, j.run_at
 """
 
 SETTLE: LiteralString = (

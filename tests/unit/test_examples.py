@@ -1,0 +1,66 @@
+"""Smoke tests: every example runs to the end, and the overhead benchmark runs in CI mode.
+
+Each runs as its own process, the way a reader runs it, from the repository root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+TIMEOUT = 60.0  # seconds
+
+#: What each example prints in its summary when it worked; a new example adds its own.
+#: (quickstart.py itself exits 1 if any job did not reach a final state.)
+SUMMARY_LINES = {
+    "quickstart.py": re.compile(
+        r"^Synced 2,000 customer records in \d+\.\d+s.*^Failures by reason:\n"
+        r".*ValueError: email address is not valid",
+        re.MULTILINE | re.DOTALL,
+    ),
+}
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    # Without BATCHWORKS_DSN the examples use the in-memory backend: no server needed.
+    env = {name: value for name, value in os.environ.items() if name != "BATCHWORKS_DSN"}
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def test_examples_are_found() -> None:
+    # An empty glob would parametrize the test below away and pass silently.
+    assert "quickstart.py" in [path.name for path in EXAMPLES]
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[path.name for path in EXAMPLES])
+def test_example_runs_and_prints_its_summary(example: Path) -> None:
+    expected = SUMMARY_LINES.get(example.name)
+    assert expected is not None, (
+        f"examples/{example.name} has no expected summary line: add one to SUMMARY_LINES"
+    )
+    result = run_script(str(example.relative_to(ROOT)))
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert expected.search(result.stdout), result.stdout
+
+
+def test_overhead_bench_quick_reports_a_ratio() -> None:
+    result = run_script("bench/overhead.py", "--quick")
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert re.search(r"^ratio \(runner time / bare time\): \d+\.\d+x", result.stdout, re.M), (
+        result.stdout
+    )
