@@ -85,7 +85,7 @@ async def effects(pg_backend: PostgresBackend, pg_dsn: str) -> AsyncIterator[asy
     conn = await asyncpg.connect(pg_dsn)
     await conn.execute(
         f'CREATE TABLE "{pg_backend.schema}".effects '
-        "(job_id bigint, attempt int, pid int, at timestamptz DEFAULT clock_timestamp())"
+        "(job_id bigint, attempt int, pid int, item int, at timestamptz DEFAULT clock_timestamp())"
     )
     yield conn
     await conn.close()
@@ -168,6 +168,44 @@ class TestSigkill:
         assert record is not None
         assert (record.state, record.attempts) == (JobState.FAILED, 2)
         assert [error["type"] for error in record.errors] == ["WorkerLost", "WorkerLost"]
+
+
+class TestCheckpoints:
+    async def test_killed_export_resumes_from_its_last_checkpoint(
+        self, pg_backend: PostgresBackend, start_worker: StartWorker, effects: asyncpg.Connection
+    ) -> None:
+        schema = pg_backend.schema
+        job_id = await pg_backend.enqueue("q", "export")
+        first = await start_worker("w", "export:2000:100", prune_after=60)
+
+        async def some_progress() -> bool:
+            record = await pg_backend.get_job(job_id)
+            return record is not None and (record.checkpoint or {}).get("offset", 0) >= 500
+
+        await eventually(some_progress, what="the export to checkpoint past item 500")
+        first.signal(signal.SIGKILL)
+        await first.exit_code(within=5)
+        killed_at = await pg_backend.get_job(job_id)
+        assert killed_at is not None and killed_at.checkpoint is not None
+        resumed_from = killed_at.checkpoint["offset"]
+
+        await start_worker("w", "export:2000:100", prune_after=60)
+        await eventually(all_succeeded(pg_backend, [job_id]), what="the export to finish")
+
+        done = await pg_backend.get_job(job_id)
+        assert done is not None and (done.result, done.attempts) == (2000, 2)
+        rows = await effects.fetch(
+            f'SELECT item, count(*) AS n FROM "{schema}".effects GROUP BY item ORDER BY item'
+        )
+        assert [row["item"] for row in rows] == list(range(2000))  # nothing skipped
+        twice = [row["item"] for row in rows if row["n"] > 1]
+        # Only the chunk in flight when the worker died runs twice: at most one chunk.
+        assert len(twice) <= 100
+        assert all(item >= resumed_from for item in twice)
+        second = await effects.fetchval(
+            f'SELECT min(item) FROM "{schema}".effects WHERE attempt = 2'
+        )
+        assert second == resumed_from
 
 
 class TestSigterm:

@@ -7,6 +7,9 @@ else, so a test counts executions from outside. MODE picks the handler:
 - ``sleep:<ms>``: sleeps that long, returns the pid
 - ``hang``: awaits forever (until cancelled)
 - ``block:<s>``: blocks the event loop (time.sleep) that long, then returns the pid
+- ``export:<items>:<chunk>``: walks ``items`` items in chunks, recording each chunk's items
+  in ``effects.item`` and saving ``{"offset": n}`` as a checkpoint after each chunk; resumes
+  from the checkpoint
 """
 
 from __future__ import annotations
@@ -28,7 +31,28 @@ async def main(dsn: str, schema: str, name: str, mode: str, options: dict[str, f
     effects = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     kind, _, arg = mode.partition(":")
 
+    async def export(job: Job) -> Any:
+        total, chunk = (int(part) for part in arg.split(":"))
+        offset = job.checkpoint["offset"] if job.checkpoint else 0
+        while offset < total:
+            end = min(offset + chunk, total)
+            await asyncio.sleep(0.02)  # the work of one chunk
+            await effects.execute(
+                f'INSERT INTO "{schema}".effects (job_id, attempt, pid, item) '
+                "SELECT $1, $2, $3, generate_series($4::int, $5::int - 1)",
+                job.id,
+                job.attempt,
+                os.getpid(),
+                offset,
+                end,
+            )
+            await job.save_checkpoint({"offset": end})
+            offset = end
+        return offset
+
     async def handler(job: Job) -> Any:
+        if kind == "export":
+            return await export(job)
         await effects.execute(
             f'INSERT INTO "{schema}".effects (job_id, attempt, pid) VALUES ($1, $2, $3)',
             job.id,

@@ -25,6 +25,10 @@ SUMMARY_LINES = {
         r".*ValueError: email address is not valid",
         re.MULTILINE | re.DOTALL,
     ),
+    "resumable_export.py": re.compile(
+        r"^job \d+ succeeded after 1 attempts.*\n^items exported: 10,000 of 10,000; done twice: 0$",
+        re.MULTILINE,
+    ),
 }
 
 
