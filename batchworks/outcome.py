@@ -72,3 +72,5 @@ class Outcome:
     result_json: str | None = None
     #: the failed attempt's entry for the job's error history
     error: ErrorEntry | None = None
+    #: the job's queue, for metrics (backends do not need it)
+    queue: str = ""

@@ -40,6 +40,7 @@ from batchworks.job import Job
 from batchworks.outcome import Outcome, OutcomeKind
 from batchworks.report import RunReport
 from batchworks.retry import RetryPolicy, classify, describe_exception
+from batchworks.tracing import Telemetry
 
 __all__ = ["Handler", "Runner"]
 
@@ -67,11 +68,15 @@ class _Held:
     """A claimed job this runner holds, from claim until its outcome is buffered."""
 
     job: Job
+    claim: ClaimedJob
     task: asyncio.Task[None] | None = None
     started: bool = False
     #: why the runner cancelled it: "shutdown", "operator" or "lost"
     cancel_reason: str | None = None
 
+
+# What a cancelled attempt counts as in telemetry, by why the runner cancelled it.
+_CANCELLED_AS = {None: "cancelled", "shutdown": "released", "operator": "cancelled", "lost": "lost"}
 
 _names = itertools.count()
 
@@ -152,6 +157,7 @@ class Runner:
         if worker_name is not None and (not isinstance(worker_name, str) or not worker_name):
             raise ConfigurationError(f"worker_name must be a non-empty str, got {worker_name!r}")
         self._worker_name = worker_name or _default_worker_name()
+        self._telemetry = Telemetry(self._worker_name)
 
         self._state = "created"  # created, running, stopping, stopped
         self._token: WorkerToken | None = None
@@ -371,14 +377,19 @@ class Runner:
 
     async def _claim(self, limit: int) -> list[ClaimedJob]:
         assert self._token is not None
+        telemetry = self._telemetry
+        telemetry.refresh()  # an SDK installed meanwhile is picked up from the next batch on
         try:
-            return await self._backend.claim(
-                self._token,
-                self._queues,
-                limit,
-                lease=self._prune_after,
-                max_attempts=self._policy.max_attempts,
-            )
+            with telemetry.receive_span(self._queues) as span:
+                claimed = await self._backend.claim(
+                    self._token,
+                    self._queues,
+                    limit,
+                    lease=self._prune_after,
+                    max_attempts=self._policy.max_attempts,
+                )
+                telemetry.claimed(span, len(claimed))
+                return claimed
         except Exception as exc:
             logger.warning(
                 "claim failed (%s: %s); retrying in %.1fs",
@@ -409,7 +420,7 @@ class Runner:
             timeout=claim.timeout if claim.timeout is not None else self._job_timeout,
             _saver=self._saver(claim.id),
         )
-        self._held[job.id] = _Held(job)
+        self._held[job.id] = _Held(job, claim)
         return job
 
     def _saver(self, job_id: int) -> Callable[[Any], Awaitable[Any]]:
@@ -444,11 +455,11 @@ class Runner:
         outcome: Outcome | None
         try:
             if self._stop_requested:
-                outcome = Outcome(job.id, OutcomeKind.RELEASED)
+                outcome = Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue)
             else:
                 async with self._slots:
                     held.started = True
-                    outcome = await self._attempt(job)
+                    outcome = await self._attempt(held)
         except asyncio.CancelledError:
             if held.cancel_reason is None:
                 raise  # not ours: the loop itself is going down
@@ -459,7 +470,25 @@ class Runner:
         if outcome is not None and self._settle is not None:
             self._settle.add(outcome)
 
-    async def _attempt(self, job: Job) -> Outcome:
+    async def _attempt(self, held: _Held) -> Outcome:
+        """Run one attempt inside its telemetry: a ``process`` span and the job metrics."""
+        job, telemetry = held.job, self._telemetry
+        span = telemetry.start_job(job.id, job.queue, job.attempt, held.claim.trace_context)
+        telemetry.job_started(job.queue, held.claim.waited)
+        started = time.monotonic() if telemetry.metrics else 0.0
+        outcome: Outcome | None = None
+        error: BaseException | None = None
+        try:
+            outcome, error = await self._run_handler(job)
+            return outcome
+        finally:
+            kind = outcome.kind.value if outcome else _CANCELLED_AS[held.cancel_reason]
+            telemetry.job_finished(job.queue, kind, time.monotonic() - started)
+            if span is not None:
+                span.detach()
+                span.finish(kind, error)
+
+    async def _run_handler(self, job: Job) -> tuple[Outcome, BaseException | None]:
         handler = self._handlers[job.queue]
         try:
             if job.timeout is None:
@@ -471,8 +500,9 @@ class Runner:
             task = asyncio.current_task()
             if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():
                 raise  # cancelled by us (shutdown, operator, lost lease) or the loop
-            return self._failure(job, exc)
-        return Outcome(job.id, OutcomeKind.SUCCEEDED, result_json=self._encode_result(job, result))
+            return self._failure(job, exc), exc
+        encoded = self._encode_result(job, result)
+        return Outcome(job.id, OutcomeKind.SUCCEEDED, result_json=encoded, queue=job.queue), None
 
     async def _call(self, handler: Callable[[Job], Any], job: Job) -> Any:
         if self._thread_limiter is not None and not _is_async(handler):
@@ -500,7 +530,7 @@ class Runner:
                     "attempt": job.attempt,
                 },
             )
-        return Outcome(job.id, decision.kind, decision.delay, error=error)
+        return Outcome(job.id, decision.kind, decision.delay, error=error, queue=job.queue)
 
     def _encode_result(self, job: Job, result: Any) -> str | None:
         if result is None:
@@ -524,6 +554,7 @@ class Runner:
             return Outcome(
                 job.id,
                 OutcomeKind.CANCELLED,
+                queue=job.queue,
                 error={
                     "attempt": job.attempt,
                     "type": "Cancelled",
@@ -531,7 +562,7 @@ class Runner:
                     "traceback": None,
                 },
             )
-        return Outcome(job.id, OutcomeKind.RELEASED)
+        return Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue)
 
     def _cancel(self, job_id: int, reason: str) -> None:
         held = self._held.get(job_id)
@@ -540,12 +571,15 @@ class Runner:
             held.task.cancel()
 
     def _on_settled(self, outcomes: Sequence[Outcome], lost: frozenset[int]) -> None:
+        telemetry = self._telemetry
         for outcome in outcomes:
             if outcome.job_id in lost:
                 continue
             self._counts[outcome.kind] += 1
+            telemetry.settled(outcome.queue, outcome.kind.value)
         if lost:
             self._lost += len(lost)
+            telemetry.leases_lost(len(lost))
             logger.warning(
                 "lost the lease of %d jobs before their outcome was written (%s); another "
                 "worker owns them now and nothing was overwritten",
@@ -588,7 +622,7 @@ class Runner:
             self._cancel(job_id, "lost")
         for job_id in beat.cancel:
             self._cancel(job_id, "operator")
-        await self._backend.recover(prune_after=self._prune_after)
+        self._telemetry.recovered(await self._backend.recover(prune_after=self._prune_after))
 
     # -- shutdown -------------------------------------------------------------------------------
 

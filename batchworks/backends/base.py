@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -55,6 +55,10 @@ class ClaimedJob:
     checkpoint: Any = None
     #: the job's own handler time limit in seconds, given at enqueue
     timeout: float | None = None
+    #: the W3C trace context of the enqueue, for the consumer span's link
+    trace_context: Mapping[str, str] | None = None
+    #: seconds from the job being due to this claim (on the backend's clock)
+    waited: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from batchworks.backends.base import (
 from batchworks.errors import ConfigurationError, LeaseLost, LifecycleError
 from batchworks.job import ErrorEntry, JobRecord, JobState
 from batchworks.outcome import Outcome, OutcomeKind
+from batchworks.tracing import send_span
 
 __all__ = ["MemoryBackend"]
 
@@ -57,6 +58,7 @@ class _Row:
     max_attempts: int | None
     dedupe_key: str | None
     timeout: float | None = None
+    trace_context: dict[str, str] | None = None
     state: JobState = JobState.QUEUED
     attempts: int = 0
     seq: int = 0
@@ -149,7 +151,9 @@ class MemoryBackend:
         )
         self._check_connection(connection)
         value = self._encode(payload, f"payload for queue {queue!r}")
-        return self._insert(options, value, check_dedupe_key(dedupe_key))
+        key = check_dedupe_key(dedupe_key)
+        with send_span(queue, 1) as carrier:
+            return self._insert(options, value, key, carrier)
 
     async def enqueue_many(
         self,
@@ -179,7 +183,11 @@ class MemoryBackend:
             for index, payload in enumerate(payloads)
         ]
         keys = check_dedupe_keys(dedupe_keys, len(values))
-        return [self._insert(options, value, key) for value, key in zip(values, keys, strict=True)]
+        with send_span(queue, len(values)) as carrier:
+            return [
+                self._insert(options, value, key, carrier)
+                for value, key in zip(values, keys, strict=True)
+            ]
 
     def _check_connection(self, connection: object) -> None:
         self._check_open()
@@ -195,7 +203,13 @@ class MemoryBackend:
     def _encode(self, value: Any, what: str) -> str:
         return _json.dumps(value, what=what, limit=self._max_bytes)
 
-    def _insert(self, options: EnqueueOptions, payload: str, dedupe_key: str | None) -> int:
+    def _insert(
+        self,
+        options: EnqueueOptions,
+        payload: str,
+        dedupe_key: str | None,
+        trace_context: dict[str, str] | None,
+    ) -> int:
         queue = options.queue
         if dedupe_key is not None:
             existing = self._dedupe.get((queue, dedupe_key))
@@ -213,6 +227,7 @@ class MemoryBackend:
             max_attempts=options.max_attempts,
             dedupe_key=dedupe_key,
             timeout=options.timeout,
+            trace_context=trace_context,
         )
         self._next_id += 1
         self._rows[row.id] = row
@@ -404,6 +419,8 @@ class MemoryBackend:
                     row.max_attempts,
                     _loads(row.checkpoint),
                     row.timeout,
+                    row.trace_context,
+                    now - row.run_at,
                 )
             )
         return claimed

@@ -45,6 +45,7 @@ from batchworks.errors import (
 )
 from batchworks.job import JobRecord, JobState
 from batchworks.outcome import Outcome
+from batchworks.tracing import send_span
 
 __all__ = ["PostgresBackend"]
 
@@ -269,7 +270,9 @@ class PostgresBackend:
             timeout=timeout,
         )
         text = self._encode(payload, f"payload for queue {queue!r}")
-        ids = await self._insert(options, [text], [check_dedupe_key(dedupe_key)], connection)
+        key = check_dedupe_key(dedupe_key)
+        with send_span(queue, 1) as carrier:
+            ids = await self._insert(options, [text], [key], carrier, connection)
         return ids[0]
 
     async def enqueue_many(
@@ -301,13 +304,15 @@ class PostgresBackend:
         keys = check_dedupe_keys(dedupe_keys, len(texts))
         if not texts:
             return []
-        return await self._insert(options, texts, keys, connection)
+        with send_span(queue, len(texts)) as carrier:
+            return await self._insert(options, texts, keys, carrier, connection)
 
     async def _insert(
         self,
         options: EnqueueOptions,
         texts: list[str],
         keys: list[str | None],
+        trace_context: dict[str, str] | None,
         connection: Any,
     ) -> list[int]:
         rows = await self._fetch(
@@ -320,6 +325,7 @@ class PostgresBackend:
             options.delay,
             options.max_attempts,
             options.timeout,
+            None if trace_context is None else json.dumps(trace_context),
             connection=connection,
         )
         fresh = sorted(row["id"] for row in rows if row["inserted"] and row["dedupe_key"] is None)
@@ -440,6 +446,8 @@ class PostgresBackend:
                 row["max_attempts"],
                 _loads(row["checkpoint"]),
                 row["timeout"],
+                _loads(row["trace_context"]),
+                row["waited"],
             )
             for row in rows
         ]

@@ -58,8 +58,9 @@ WITH input AS (
     SELECT * FROM unnest($2::jsonb[], $3::text[]) WITH ORDINALITY AS t(payload, dedupe_key, ord)
 ), ins AS (
     INSERT INTO __SCHEMA__.jobs
-        (queue, payload, priority, run_at, max_attempts, dedupe_key, timeout)
-    SELECT $1, payload, $4, coalesce($5, now() + make_interval(secs => $6)), $7, dedupe_key, $8
+        (queue, payload, priority, run_at, max_attempts, dedupe_key, timeout, trace_context)
+    SELECT $1, payload, $4, coalesce($5, now() + make_interval(secs => $6)), $7, dedupe_key, $8,
+           $9::jsonb
     FROM input ORDER BY ord
     ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('queued', 'running')
     DO NOTHING
@@ -200,6 +201,7 @@ WHERE w.token = $1 AND w.state = 'active'
       ORDER BY c.priority DESC, c.run_at, c.id
       LIMIT $3))
 RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
+          j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
           j.priority, j.run_at
 """
 
