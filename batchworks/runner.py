@@ -194,6 +194,11 @@ class Runner:
         return self._worker_name
 
     @property
+    def backend(self) -> Backend:
+        """The backend this runner takes its jobs from."""
+        return self._backend
+
+    @property
     def report(self) -> RunReport:
         """The outcomes written so far in this run."""
         counts = self._counts

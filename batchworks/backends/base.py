@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 from batchworks.errors import ConfigurationError
-from batchworks.job import JobRecord
+from batchworks.job import JobRecord, JobState
 from batchworks.outcome import Outcome
 
 __all__ = [
@@ -30,6 +30,8 @@ __all__ = [
     "ClaimedJob",
     "EnqueueOptions",
     "Heartbeat",
+    "QueueOverview",
+    "WorkerRecord",
     "WorkerToken",
     "check_queue",
     "seconds",
@@ -71,6 +73,32 @@ class Heartbeat:
     lost: tuple[int, ...] = ()
     #: held jobs an operator asked to cancel
     cancel: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRecord:
+    """A live worker incarnation, for operators."""
+
+    name: str
+    host: str
+    pid: int
+    queues: tuple[str, ...]
+    started_at: datetime
+    heartbeat_at: datetime
+    #: seconds since its last heartbeat, on the backend's clock
+    silent_for: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueOverview:
+    """One queue at a glance, for operators."""
+
+    #: jobs by state, every state present
+    counts: dict[str, int]
+    #: seconds the oldest due job has waited to run, or None when none is due
+    oldest_ready: float | None = None
+    #: running jobs that saved a checkpoint
+    running_with_checkpoint: int = 0
 
 
 @runtime_checkable
@@ -127,6 +155,17 @@ class Backend(Protocol):
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: count}}`` with every state present."""
+
+    async def overview(self) -> dict[str, QueueOverview]:
+        """Each queue's counts, the age of its oldest due job and its checkpointed jobs."""
+
+    async def workers(self) -> list[WorkerRecord]:
+        """The live worker incarnations, by name."""
+
+    async def list_jobs(
+        self, *, queue: str | None = None, state: str | None = None, limit: int = 50
+    ) -> list[JobRecord]:
+        """The newest jobs first, filtered by queue and state."""
 
     async def retry_failed(
         self, *, queue: str | None = None, ids: Sequence[int] | None = None
@@ -190,6 +229,19 @@ class Backend(Protocol):
 
     async def wait_for_work(self, queues: Sequence[str], max_wait: float) -> None:
         """Return when a job may have become due, or after ``max_wait`` seconds."""
+
+
+def check_state(state: object) -> str | None:
+    """Return a valid job state name (or None), or raise :class:`ConfigurationError`."""
+    if state is None:
+        return None
+    try:
+        return JobState(str(state)).value
+    except ValueError:
+        names = ", ".join(member.value for member in JobState)
+        raise ConfigurationError(
+            f"state {state!r} is not a job state: use one of {names}"
+        ) from None
 
 
 def check_queue(queue: object) -> str:

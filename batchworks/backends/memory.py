@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -29,10 +30,13 @@ from batchworks.backends.base import (
     ClaimedJob,
     EnqueueOptions,
     Heartbeat,
+    QueueOverview,
+    WorkerRecord,
     WorkerToken,
     check_dedupe_key,
     check_dedupe_keys,
     check_queue,
+    check_state,
     seconds,
 )
 from batchworks.errors import ConfigurationError, LeaseLost, LifecycleError
@@ -310,6 +314,56 @@ class MemoryBackend:
                 per_queue = counts[row.queue] = {state.value: 0 for state in JobState}
             per_queue[row.state.value] += 1
         return counts
+
+    async def overview(self) -> dict[str, QueueOverview]:
+        """Each queue's counts, the age of its oldest due job and its checkpointed jobs."""
+        now = self._clock()
+        result = {}
+        for queue, counts in (await self.stats()).items():
+            rows = [row for row in self._rows.values() if row.queue == queue]
+            due = [now - row.run_at for row in rows if row.state is JobState.QUEUED]
+            due = [age for age in due if age >= 0]
+            result[queue] = QueueOverview(
+                counts=counts,
+                oldest_ready=max(due) if due else None,
+                running_with_checkpoint=sum(
+                    1 for row in rows if row.state is JobState.RUNNING and row.checkpoint
+                ),
+            )
+        return result
+
+    async def workers(self) -> list[WorkerRecord]:
+        """The live worker incarnations, by name."""
+        now = self._clock()
+        return [
+            WorkerRecord(
+                name=worker.name,
+                host="localhost",
+                pid=os.getpid(),
+                queues=worker.queues,
+                started_at=_dt(worker.started_at),
+                heartbeat_at=_dt(worker.heartbeat_at),
+                silent_for=now - worker.heartbeat_at,
+            )
+            for worker in sorted(self._workers.values(), key=lambda w: w.name)
+            if worker.state == "active"
+        ]
+
+    async def list_jobs(
+        self, *, queue: str | None = None, state: str | None = None, limit: int = 50
+    ) -> list[JobRecord]:
+        """The newest jobs first, filtered by queue and state."""
+        wanted = check_state(state)
+        found = []
+        for job_id in sorted(self._rows, reverse=True):
+            row = self._rows[job_id]
+            if (queue is None or row.queue == queue) and (wanted is None or row.state == wanted):
+                record = await self.get_job(job_id)
+                assert record is not None
+                found.append(record)
+                if len(found) >= limit:
+                    break
+        return found
 
     async def retry_failed(
         self, *, queue: str | None = None, ids: Sequence[int] | None = None

@@ -29,10 +29,13 @@ from batchworks.backends.base import (
     ClaimedJob,
     EnqueueOptions,
     Heartbeat,
+    QueueOverview,
+    WorkerRecord,
     WorkerToken,
     check_dedupe_key,
     check_dedupe_keys,
     check_queue,
+    check_state,
     seconds,
 )
 from batchworks.backends.postgres import queries
@@ -353,28 +356,51 @@ class PostgresBackend:
     async def get_job(self, job_id: int) -> JobRecord | None:
         """The job as stored, or None."""
         rows = await self._fetch(self._q.get_job, job_id)
-        if not rows:
-            return None
-        row = rows[0]
-        return JobRecord(
-            id=row["id"],
-            queue=row["queue"],
-            payload=json.loads(row["payload"]),
-            state=JobState(row["state"]),
-            attempts=row["attempts"],
-            max_attempts=row["max_attempts"] or 0,
-            priority=row["priority"],
-            run_at=row["run_at"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            errors=tuple(json.loads(row["errors"])),
-            result=_loads(row["result"]),
-            dedupe_key=row["dedupe_key"],
-            checkpoint=_loads(row["checkpoint"]),
-            worker=row["worker_name"],
-            timeout=row["timeout"],
-        )
+        return _record(rows[0]) if rows else None
+
+    async def overview(self) -> dict[str, QueueOverview]:
+        """Each queue's counts, the age of its oldest due job and its checkpointed jobs."""
+        counts: dict[str, dict[str, int]] = {}
+        oldest: dict[str, float] = {}
+        checkpointed: dict[str, int] = {}
+        for row in await self._fetch(self._q.overview):
+            queue = row["queue"]
+            counts.setdefault(queue, {state.value: 0 for state in JobState})[row["state"]] = row[
+                "n"
+            ]
+            if row["oldest_ready"] is not None:
+                oldest[queue] = max(oldest.get(queue, 0.0), row["oldest_ready"])
+            checkpointed[queue] = checkpointed.get(queue, 0) + row["checkpointed"]
+        return {
+            queue: QueueOverview(
+                counts=per_state,
+                oldest_ready=oldest.get(queue),
+                running_with_checkpoint=checkpointed.get(queue, 0),
+            )
+            for queue, per_state in counts.items()
+        }
+
+    async def workers(self) -> list[WorkerRecord]:
+        """The live worker incarnations, by name."""
+        return [
+            WorkerRecord(
+                name=row["name"],
+                host=row["host"],
+                pid=row["pid"],
+                queues=tuple(row["queues"]),
+                started_at=row["started_at"],
+                heartbeat_at=row["heartbeat_at"],
+                silent_for=row["silent_for"],
+            )
+            for row in await self._fetch(self._q.workers)
+        ]
+
+    async def list_jobs(
+        self, *, queue: str | None = None, state: str | None = None, limit: int = 50
+    ) -> list[JobRecord]:
+        """The newest jobs first, filtered by queue and state."""
+        rows = await self._fetch(self._q.list_jobs, queue, check_state(state), limit)
+        return [_record(row) for row in rows]
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: count}}``, every state present."""
@@ -399,7 +425,9 @@ class PostgresBackend:
 
     async def purge(self, older_than: float | timedelta) -> int:
         """Delete jobs that reached a final state more than ``older_than`` ago."""
-        row = await self._fetchrow(self._q.purge, seconds(older_than, name="older_than"))
+        age = seconds(older_than, name="older_than")
+        row = await self._fetchrow(self._q.purge, age)
+        await self._fetch(self._q.purge_workers, age)
         return int(row[0])
 
     # -- worker side ----------------------------------------------------------------------------
@@ -583,6 +611,28 @@ class PostgresBackend:
                 await conn.close(timeout=2)
             elif self._pool is not None:
                 await self._pool.release(conn)
+
+
+def _record(row: asyncpg.Record) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        queue=row["queue"],
+        payload=json.loads(row["payload"]),
+        state=JobState(row["state"]),
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"] or 0,
+        priority=row["priority"],
+        run_at=row["run_at"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        errors=tuple(json.loads(row["errors"])),
+        result=_loads(row["result"]),
+        dedupe_key=row["dedupe_key"],
+        checkpoint=_loads(row["checkpoint"]),
+        worker=row["worker_name"],
+        timeout=row["timeout"],
+    )
 
 
 def _loads(text: str | None) -> Any:

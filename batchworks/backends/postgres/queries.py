@@ -83,6 +83,33 @@ SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, crea
 FROM __SCHEMA__.jobs WHERE id = $1
 """
 
+OVERVIEW: LiteralString = """
+SELECT queue, state, count(*) AS n,
+       max(extract(epoch FROM now() - run_at)::float8)
+           FILTER (WHERE state = 'queued' AND run_at <= now()) AS oldest_ready,
+       count(*) FILTER (WHERE state = 'running' AND checkpoint IS NOT NULL) AS checkpointed
+FROM __SCHEMA__.jobs GROUP BY queue, state
+"""
+
+WORKERS: LiteralString = """
+SELECT name, host, pid, queues, started_at, heartbeat_at,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS silent_for
+FROM __SCHEMA__.workers WHERE state = 'active' ORDER BY name
+"""
+
+LIST_JOBS: LiteralString = """
+SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, created_at,
+       started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout
+FROM __SCHEMA__.jobs
+WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
+ORDER BY id DESC LIMIT $3
+"""
+
+PURGE_WORKERS: LiteralString = """
+DELETE FROM __SCHEMA__.workers
+WHERE state <> 'active' AND heartbeat_at < now() - make_interval(secs => $1)
+"""
+
 STATS: LiteralString = """
 SELECT queue, state, count(*) AS n FROM __SCHEMA__.jobs GROUP BY queue, state
 """
