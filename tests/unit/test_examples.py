@@ -25,6 +25,14 @@ SUMMARY_LINES = {
         r".*ValueError: email address is not valid",
         re.MULTILINE | re.DOTALL,
     ),
+    "service.py": re.compile(
+        r"^receipts sent: 30 of 30 orders\n^runner: succeeded 30, failed 0$", re.MULTILINE
+    ),
+    "cron_batch.py": re.compile(r"^invoices: succeeded 200, failed 0, retried 4 in ", re.MULTILINE),
+    "tracing.py": re.compile(
+        r'"name": "send jobs".*"name": "process jobs".*^traced: succeeded 2, retried 1$',
+        re.MULTILINE | re.DOTALL,
+    ),
     "resumable_export.py": re.compile(
         r"^job \d+ succeeded after 1 attempts.*\n^items exported: 10,000 of 10,000; done twice: 0$",
         re.MULTILINE,
