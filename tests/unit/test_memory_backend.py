@@ -253,7 +253,8 @@ class TestClaimOrder:
 
         first, second = await asyncio.gather(claim(backend, one, 6), claim(backend, two, 6))
 
-        assert (len(first), len(second)) == (6, 4)
+        # Either may claim first (on PostgreSQL they race on two connections).
+        assert sorted([len(first), len(second)]) == [4, 6]
         assert not {job.id for job in first} & {job.id for job in second}
 
 
