@@ -16,30 +16,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
 import logging
-import math
 import os
 import signal
 import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-import anyio.to_thread
+import anyio
 
-from batchworks import _json
+from batchworks._attempt import Attempts, Held
+from batchworks._checks import check_handlers, check_queues, duration, positive_int
 from batchworks._settle import SettleBuffer
-from batchworks.backends.base import Backend, ClaimedJob, WorkerToken, check_queue
-from batchworks.errors import ConfigurationError, LifecycleError, PayloadError, Snooze
+from batchworks.backends.base import Backend, ClaimedJob, WorkerToken
+from batchworks.errors import ConfigurationError, LifecycleError
 from batchworks.job import Job
 from batchworks.outcome import Outcome, OutcomeKind
 from batchworks.report import RunReport
-from batchworks.retry import RetryPolicy, classify, describe_exception
+from batchworks.retry import RetryPolicy
 from batchworks.tracing import Telemetry
 
 __all__ = ["Handler", "Runner"]
@@ -62,21 +60,6 @@ class Handler(Protocol):
 
     def __call__(self, job: Job, /) -> Awaitable[Any]: ...
 
-
-@dataclass(slots=True, eq=False)
-class _Held:
-    """A claimed job this runner holds, from claim until its outcome is buffered."""
-
-    job: Job
-    claim: ClaimedJob
-    task: asyncio.Task[None] | None = None
-    started: bool = False
-    #: why the runner cancelled it: "shutdown", "operator" or "lost"
-    cancel_reason: str | None = None
-
-
-# What a cancelled attempt counts as in telemetry, by why the runner cancelled it.
-_CANCELLED_AS = {None: "cancelled", "shutdown": "released", "operator": "cancelled", "lost": "lost"}
 
 _names = itertools.count()
 
@@ -135,36 +118,36 @@ class Runner:
                 f"got {backend!r}"
             )
         self._backend = backend
-        self._handlers = _check_handlers(handlers, sync_in_thread)
+        self._handlers = check_handlers(handlers, sync_in_thread)
         self._sync_in_thread = sync_in_thread
-        self._queues = _check_queues(queues, self._handlers)
-        self._concurrency = _positive_int(concurrency, "concurrency")
-        self._batch_size = _positive_int(batch_size, "batch_size")
+        self._queues = check_queues(queues, self._handlers)
+        self._concurrency = positive_int(concurrency, "concurrency")
+        self._batch_size = positive_int(batch_size, "batch_size")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError(f"retry must be a RetryPolicy, got {retry!r}")
         self._policy = retry or RetryPolicy()
-        self._job_timeout = None if job_timeout is None else _duration(job_timeout, "job_timeout")
-        self._heartbeat_interval = _duration(heartbeat_interval, "heartbeat_interval")
-        self._prune_after = _duration(prune_after, "prune_after")
+        self._job_timeout = None if job_timeout is None else duration(job_timeout, "job_timeout")
+        self._heartbeat_interval = duration(heartbeat_interval, "heartbeat_interval")
+        self._prune_after = duration(prune_after, "prune_after")
         if self._prune_after <= self._heartbeat_interval:
             raise ConfigurationError(
                 f"prune_after ({prune_after}s) must be longer than heartbeat_interval "
                 f"({heartbeat_interval}s), or live workers get pruned; 3-6x is typical"
             )
-        self._shutdown_timeout = _duration(shutdown_timeout, "shutdown_timeout", zero=True)
-        self._poll_interval = _duration(poll_interval, "poll_interval")
-        self._flush_interval = _duration(flush_interval, "flush_interval", zero=True)
+        self._shutdown_timeout = duration(shutdown_timeout, "shutdown_timeout", zero=True)
+        self._poll_interval = duration(poll_interval, "poll_interval")
+        self._flush_interval = duration(flush_interval, "flush_interval", zero=True)
         if worker_name is not None and (not isinstance(worker_name, str) or not worker_name):
             raise ConfigurationError(f"worker_name must be a non-empty str, got {worker_name!r}")
         self._worker_name = worker_name or _default_worker_name()
         self._telemetry = Telemetry(self._worker_name)
+        self._attempts = Attempts(self._handlers, self._policy, self._telemetry)
 
         self._state = "created"  # created, running, stopping, stopped
         self._token: WorkerToken | None = None
         self._settle: SettleBuffer | None = None
-        self._held: dict[int, _Held] = {}
+        self._held: dict[int, Held] = {}
         self._slots = asyncio.Semaphore(self._concurrency)
-        self._thread_limiter: anyio.CapacityLimiter | None = None
         self._stop_requested = False
         self._stop_event = asyncio.Event()
         self._hard_stop = asyncio.Event()
@@ -221,7 +204,7 @@ class Runner:
             due within this many seconds of the queue running dry.
         :returns: the :class:`RunReport` of the run.
         """
-        await self._run(drain=True, max_delay=_duration(max_delay, "max_delay", zero=True))
+        await self._run(drain=True, max_delay=duration(max_delay, "max_delay", zero=True))
         return self.report
 
     async def run(self) -> None:
@@ -293,7 +276,7 @@ class Runner:
         self._state = "running"
         self._started_at = time.monotonic()
         if self._sync_in_thread:
-            self._thread_limiter = anyio.CapacityLimiter(self._concurrency)
+            self._attempts.thread_limiter = anyio.CapacityLimiter(self._concurrency)
         try:
             token = await self._backend.register_worker(self._worker_name, self._queues)
         except BaseException:
@@ -425,7 +408,7 @@ class Runner:
             timeout=claim.timeout if claim.timeout is not None else self._job_timeout,
             _saver=self._saver(claim.id),
         )
-        self._held[job.id] = _Held(job, claim)
+        self._held[job.id] = Held(job, claim)
         return job
 
     def _saver(self, job_id: int) -> Callable[[Any], Awaitable[Any]]:
@@ -464,110 +447,16 @@ class Runner:
             else:
                 async with self._slots:
                     held.started = True
-                    outcome = await self._attempt(held)
+                    outcome = await self._attempts.run(held)
         except asyncio.CancelledError:
             if held.cancel_reason is None:
                 raise  # not ours: the loop itself is going down
-            outcome = self._cancelled_outcome(job, held.cancel_reason)
+            outcome = self._attempts.cancelled_outcome(job, held.cancel_reason)
         finally:
             del self._held[job.id]
             self._room.set()
         if outcome is not None and self._settle is not None:
             self._settle.add(outcome)
-
-    async def _attempt(self, held: _Held) -> Outcome:
-        """Run one attempt inside its telemetry: a ``process`` span and the job metrics."""
-        job, telemetry = held.job, self._telemetry
-        span = telemetry.start_job(job.id, job.queue, job.attempt, held.claim.trace_context)
-        telemetry.job_started(job.queue, held.claim.waited)
-        started = time.monotonic() if telemetry.metrics else 0.0
-        outcome: Outcome | None = None
-        error: BaseException | None = None
-        try:
-            outcome, error = await self._run_handler(job)
-            return outcome
-        finally:
-            kind = outcome.kind.value if outcome else _CANCELLED_AS[held.cancel_reason]
-            telemetry.job_finished(job.queue, kind, time.monotonic() - started)
-            if span is not None:
-                span.detach()
-                span.finish(kind, error)
-
-    async def _run_handler(self, job: Job) -> tuple[Outcome, BaseException | None]:
-        handler = self._handlers[job.queue]
-        try:
-            if job.timeout is None:
-                result = await self._call(handler, job)
-            else:
-                async with asyncio.timeout(job.timeout):
-                    result = await self._call(handler, job)
-        except (Exception, asyncio.CancelledError) as exc:
-            task = asyncio.current_task()
-            if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():
-                raise  # cancelled by us (shutdown, operator, lost lease) or the loop
-            return self._failure(job, exc), exc
-        encoded = self._encode_result(job, result)
-        return Outcome(job.id, OutcomeKind.SUCCEEDED, result_json=encoded, queue=job.queue), None
-
-    async def _call(self, handler: Callable[[Job], Any], job: Job) -> Any:
-        if self._thread_limiter is not None and not _is_async(handler):
-            return await anyio.to_thread.run_sync(
-                handler, job, abandon_on_cancel=True, limiter=self._thread_limiter
-            )
-        return await handler(job)
-
-    def _failure(self, job: Job, exc: BaseException) -> Outcome:
-        decision = classify(exc, job.attempt, job.max_attempts, self._policy)
-        error = None if isinstance(exc, Snooze) else describe_exception(exc, job.attempt)
-        if decision.kind is not OutcomeKind.SNOOZED:
-            logger.info(
-                "job %s attempt %d/%d %s: %s: %s",
-                job.id,
-                job.attempt,
-                job.max_attempts,
-                "will be retried" if decision.kind is OutcomeKind.RETRIED else "failed",
-                type(exc).__name__,
-                exc,
-                extra={
-                    "action": f"job_{decision.kind.value}",
-                    "job_id": job.id,
-                    "queue": job.queue,
-                    "attempt": job.attempt,
-                },
-            )
-        return Outcome(job.id, decision.kind, decision.delay, error=error, queue=job.queue)
-
-    def _encode_result(self, job: Job, result: Any) -> str | None:
-        if result is None:
-            return None
-        try:
-            return _json.dumps(result, what=f"result of job {job.id}")
-        except PayloadError as exc:
-            # The work is done; failing the job now would only run it again.
-            logger.warning(
-                "%s; the job succeeded but its result was not kept",
-                exc,
-                extra={"action": "result_dropped", "job_id": job.id, "queue": job.queue},
-            )
-            return None
-
-    @staticmethod
-    def _cancelled_outcome(job: Job, reason: str) -> Outcome | None:
-        if reason == "lost":
-            return None  # the job moved on: there is nothing this worker may write
-        if reason == "operator":
-            return Outcome(
-                job.id,
-                OutcomeKind.CANCELLED,
-                queue=job.queue,
-                error={
-                    "attempt": job.attempt,
-                    "type": "Cancelled",
-                    "message": "cancelled by an operator",
-                    "traceback": None,
-                },
-            )
-        return Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue)
 
     def _cancel(self, job_id: int, reason: str) -> None:
         held = self._held.get(job_id)
@@ -729,68 +618,3 @@ class Runner:
             extra={"action": "signal", "signal": sig.name},
         )
         self.stop(now=now)
-
-
-# -- construction checks ------------------------------------------------------------------------
-
-
-def _is_async(handler: Callable[..., Any]) -> bool:
-    if inspect.iscoroutinefunction(handler):
-        return True
-    # an instance whose class defines ``async def __call__``
-    return inspect.iscoroutinefunction(type(handler).__call__)
-
-
-def _check_handlers(
-    handlers: Mapping[str, Callable[[Job], Any]], sync_in_thread: bool
-) -> dict[str, Callable[[Job], Any]]:
-    if not isinstance(handlers, Mapping) or not handlers:
-        raise ConfigurationError(
-            "handlers must be a non-empty mapping of queue name to handler, "
-            "for example {'emails': send_email}"
-        )
-    checked = {}
-    for queue, handler in handlers.items():
-        check_queue(queue)
-        if not callable(handler):
-            raise ConfigurationError(f"handler for queue {queue!r} is not callable: {handler!r}")
-        if not sync_in_thread and not _is_async(handler):
-            name = getattr(handler, "__name__", repr(handler))
-            raise ConfigurationError(
-                f"handler {name} for queue {queue!r} is not an async function: define it with "
-                "'async def', or pass sync_in_thread=True to run plain functions in threads"
-            )
-        checked[queue] = handler
-    return checked
-
-
-def _check_queues(queues: Iterable[str] | None, handlers: Mapping[str, object]) -> tuple[str, ...]:
-    if queues is None:
-        return tuple(handlers)
-    if isinstance(queues, str):
-        raise ConfigurationError(f"queues takes a list of names, got the str {queues!r}")
-    chosen = tuple(dict.fromkeys(queues))
-    if not chosen:
-        raise ConfigurationError("queues is empty: name at least one queue, or leave it out")
-    for queue in chosen:
-        check_queue(queue)
-        if queue not in handlers:
-            raise ConfigurationError(
-                f"queue {queue!r} has no handler: add it to handlers, or remove it from queues "
-                f"(handled: {', '.join(sorted(handlers))})"
-            )
-    return chosen
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
-def _duration(value: object, name: str, *, zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigurationError(f"{name} must be a finite number of seconds, got {value!r}")
-    if value < 0 or (value == 0 and not zero):
-        raise ConfigurationError(f"{name} must be {'>= 0' if zero else '> 0'} seconds, got {value}")
-    return float(value)
