@@ -39,6 +39,7 @@ from batchworks.backends.base import (
     seconds,
 )
 from batchworks.backends.postgres import queries
+from batchworks.backends.postgres._listener import Listener
 from batchworks.errors import (
     BackendError,
     ConfigurationError,
@@ -56,7 +57,6 @@ logger = logging.getLogger(__name__)
 
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,49}")
 _MIGRATION_FILE = re.compile(r"(\d{4})_(\w+)\.sql")
-LISTEN_RETRY_MAX = 5.0  # seconds between reconnects of the listener, at most
 _NOT_MIGRATED = (
     asyncpg.UndefinedTableError,
     asyncpg.InvalidSchemaNameError,
@@ -130,9 +130,7 @@ class PostgresBackend:
         self._pool: asyncpg.Pool | None = pool
         self._min_size, self._max_size = min_size, max_size
         self._max_bytes = max_payload_bytes
-        self._listener: asyncpg.Connection | None = None
-        self._listen_task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._listener = Listener(self._q.channel, self._listen_connect, self._listen_release)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -172,12 +170,7 @@ class PostgresBackend:
     async def aclose(self) -> None:
         """Stop listening and close the pool (if the backend opened it)."""
         self._closed = True
-        if self._listen_task is not None:
-            self._listen_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listen_task
-            self._listen_task = None
-        await self._drop_listener()
+        await self._listener.aclose()
         if self._pool is not None and self._own_pool:
             await self._pool.close()
         self._pool = None if self._own_pool else self._pool
@@ -445,7 +438,7 @@ class PostgresBackend:
                 row["recovered"],
                 extra={"action": "worker_restarted", "worker": name},
             )
-        await self._ensure_listener()
+        self._listener.start()
         return token
 
     async def unregister_worker(self, worker: WorkerToken) -> None:
@@ -529,6 +522,17 @@ class PostgresBackend:
             raise LeaseLost(f"job {job_id} is no longer held by this worker; nothing was saved")
         return json.loads(text)
 
+    async def _listen_connect(self) -> asyncpg.Connection:
+        if self._dsn is not None:
+            return await asyncpg.connect(self._dsn)
+        return await self._require_pool().acquire()
+
+    async def _listen_release(self, conn: asyncpg.Connection) -> None:
+        if self._dsn is not None:
+            await conn.close(timeout=2)
+        elif self._pool is not None:
+            await self._pool.release(conn)
+
     def _encode(self, value: Any, what: str) -> str:
         return _json.dumps(value, what=what, limit=self._max_bytes)
 
@@ -540,8 +544,8 @@ class PostgresBackend:
     async def wait_for_work(self, queues: Sequence[str], max_wait: float) -> None:
         """Return on a NOTIFY for any queue, when a delayed job falls due, or after
         ``max_wait`` seconds."""
-        await self._ensure_listener()
-        wake = self._wake  # taken first: a NOTIFY during the query below still counts
+        self._listener.start()
+        wake = self._listener.event  # taken first: a NOTIFY during the query still counts
         due = await self.next_due(queues)
         if due is not None:
             max_wait = min(max_wait, due)
@@ -550,67 +554,6 @@ class PostgresBackend:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max_wait):
                 await wake.wait()
-
-    # -- LISTEN/NOTIFY --------------------------------------------------------------------------
-
-    async def _ensure_listener(self) -> None:
-        if self._listen_task is None and not self._closed:
-            self._listen_task = asyncio.create_task(
-                self._listen_forever(), name="batchworks:listen"
-            )
-
-    async def _listen_forever(self) -> None:
-        """Keep a LISTEN connection up; after each (re)connect, wake waiters, since jobs may
-        have been enqueued while no one listened."""
-        delay = 0.1
-        while not self._closed:
-            lost = asyncio.Event()
-            try:
-                await self._connect_listener(lost)
-            except Exception as exc:
-                logger.warning(
-                    "LISTEN connection failed (%s: %s); polling until it is back, retry in %.1fs",
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                    extra={"action": "listen_failed"},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, LISTEN_RETRY_MAX)
-                continue
-            delay = 0.1
-            self._notify_waiters()
-            await lost.wait()
-            await self._drop_listener()
-            logger.warning("LISTEN connection lost; reconnecting", extra={"action": "listen_lost"})
-
-    async def _connect_listener(self, lost: asyncio.Event) -> None:
-        if self._dsn is not None:
-            conn = await asyncpg.connect(self._dsn)
-        else:
-            conn = await self._require_pool().acquire()
-        self._listener = conn
-        conn.add_termination_listener(lambda _conn: lost.set())
-        await conn.add_listener(self._q.channel, self._on_notify)
-
-    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        self._notify_waiters()
-
-    def _notify_waiters(self) -> None:
-        # Each waiter holds the event that was current when it started waiting; a fresh one
-        # takes its place, so one runner's wake-up never swallows another's.
-        self._wake.set()
-        self._wake = asyncio.Event()
-
-    async def _drop_listener(self) -> None:
-        conn, self._listener = self._listener, None
-        if conn is None:
-            return
-        with contextlib.suppress(Exception):
-            if self._dsn is not None:
-                await conn.close(timeout=2)
-            elif self._pool is not None:
-                await self._pool.release(conn)
 
 
 def _record(row: asyncpg.Record) -> JobRecord:

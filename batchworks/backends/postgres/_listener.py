@@ -1,0 +1,111 @@
+"""LISTEN/NOTIFY wake-ups for idle runners, on a connection of their own.
+
+The connection is kept up: when it drops (or stops answering a periodic probe, as after a
+network partition that closes nothing) it is replaced, with backoff, and every waiter is
+woken after each (re)connect, since jobs may have been enqueued while nobody listened.
+Until it is back, runners fall back to polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+logger = logging.getLogger("batchworks.backends.postgres")
+
+RETRY_MAX = 5.0  # seconds between reconnects, at most
+PROBE_INTERVAL = 30.0  # seconds between liveness probes of an idle connection
+PROBE_TIMEOUT = 5.0  # seconds a probe may take before the connection counts as dead
+
+Connect = Callable[[], Awaitable[Any]]
+Release = Callable[[Any], Awaitable[None]]
+
+
+class Listener:
+    """Wakes :meth:`event` waiters on every NOTIFY on ``channel``."""
+
+    def __init__(self, channel: str, connect: Connect, release: Release) -> None:
+        self._channel = channel
+        self._connect = connect
+        self._release = release
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: Any = None
+        self._closed = False
+
+    def start(self) -> None:
+        """Start listening in the background (once)."""
+        if self._task is None and not self._closed:
+            self._task = asyncio.create_task(self._run(), name="batchworks:listen")
+
+    @property
+    def event(self) -> asyncio.Event:
+        """The event the next NOTIFY (or reconnect) sets; take it before checking for work."""
+        return self._wake
+
+    def wake(self) -> None:
+        # Each waiter holds the event that was current when it started waiting; a fresh one
+        # takes its place, so one runner's wake-up never swallows another's.
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._drop()
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while not self._closed:
+            lost = asyncio.Event()
+            try:
+                conn = await self._connect()
+                self._conn = conn
+                conn.add_termination_listener(lambda _conn, event=lost: event.set())
+                await conn.add_listener(self._channel, self._on_notify)
+            except Exception as exc:
+                await self._drop()
+                logger.warning(
+                    "LISTEN connection failed (%s: %s); polling until it is back, retry in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    extra={"action": "listen_failed"},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            delay = 0.1
+            self.wake()
+            await self._watch(conn, lost)
+            await self._drop()
+            logger.warning("LISTEN connection lost; reconnecting", extra={"action": "listen_lost"})
+
+    async def _watch(self, conn: Any, lost: asyncio.Event) -> None:
+        """Return when the connection is gone or stops answering."""
+        while not lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PROBE_INTERVAL):
+                    await lost.wait()
+                return
+            try:
+                async with asyncio.timeout(PROBE_TIMEOUT):
+                    await conn.execute("SELECT 1")
+            except Exception:
+                return
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        self.wake()
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await self._release(conn)
