@@ -53,6 +53,8 @@ class Attempts:
         self._handlers = handlers
         self._policy = policy
         self.telemetry = telemetry
+        #: the largest result kept, in bytes of JSON: the backend's max_payload_bytes
+        self.result_limit = _json.MAX_PAYLOAD_BYTES
         #: set by the Runner when plain handlers may run in threads
         self.thread_limiter: anyio.CapacityLimiter | None = None
 
@@ -122,7 +124,7 @@ class Attempts:
         if result is None:
             return None
         try:
-            return _json.dumps(result, what=f"result of job {job.id}")
+            return _json.dumps(result, what=f"result of job {job.id}", limit=self.result_limit)
         except PayloadError as exc:
             # The work is done; failing the job now would only run it again.
             logger.warning(

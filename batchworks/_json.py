@@ -56,6 +56,8 @@ def dumps(value: Any, *, what: str, limit: int = MAX_PAYLOAD_BYTES) -> str:
             f"{what} is {size} bytes of JSON, over the limit of {limit}; store the data "
             "elsewhere and pass a reference, or raise max_payload_bytes on the backend"
         )
+    if "{" in text:
+        _check_keys(value, what)
     if "\\u0000" in text and _NUL.search(text):
         raise PayloadError(
             f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store; "
@@ -102,3 +104,26 @@ def _walk(value: Any, path: str) -> Iterator[tuple[str, Any]]:
             stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
         else:
             yield path, value
+
+
+def _check_keys(value: Any, what: str) -> None:
+    """Refuse dict keys that are not str: JSON would rename them (7 -> "7"), and merge two
+    that render alike ({1: "a", "1": "b"} -> {"1": "b"})."""
+    stack: list[tuple[str, Any]] = [("$", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise PayloadError(
+                        f"{what} is not JSON: {type(key).__name__} key {key!r} at {path!r}; "
+                        "JSON object keys are strings, pass str(key)"
+                    )
+                if isinstance(child, (dict, list, tuple)):
+                    stack.append((f"{path}.{key}", child))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(
+                (f"{path}[{i}]", child)
+                for i, child in enumerate(item)
+                if isinstance(child, (dict, list, tuple))
+            )

@@ -81,6 +81,12 @@ class SettleBuffer:
                 self._full.clear()
                 try:
                     lost = await self._backend.settle(self._worker, batch)
+                except asyncio.CancelledError:
+                    # Stopped mid-write: keep the batch for the final flush (fenced, so a
+                    # batch the database had already taken is not written twice).
+                    self._pending[:0] = batch
+                    self._has_items.set()
+                    raise
                 except Exception as exc:
                     # Keep the batch, oldest first, and try again: nothing is dropped.
                     self._pending[:0] = batch

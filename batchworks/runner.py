@@ -31,6 +31,7 @@ import anyio
 
 from batchworks._attempt import Attempts, Held
 from batchworks._checks import check_handlers, check_queues, duration, positive_int
+from batchworks._json import MAX_PAYLOAD_BYTES
 from batchworks._settle import SettleBuffer
 from batchworks.backends.base import Backend, ClaimedJob, WorkerToken
 from batchworks.errors import ConfigurationError, LifecycleError
@@ -51,6 +52,8 @@ PRUNE_AFTER = 30.0  # seconds
 SHUTDOWN_TIMEOUT = 30.0  # seconds
 POLL_INTERVAL = 1.0  # seconds
 FLUSH_INTERVAL = 0.05  # seconds an outcome may wait before it is written
+CLAIM_RETRY_INITIAL = 0.1  # seconds before a failed claim is tried again
+CLAIM_RETRY_MAX = 2.0  # seconds between claim retries at most
 CANCEL_GRACE = 5.0  # seconds a cancelled handler gets to unwind at shutdown
 
 
@@ -136,12 +139,15 @@ class Runner:
             )
         self._shutdown_timeout = duration(shutdown_timeout, "shutdown_timeout", zero=True)
         self._poll_interval = duration(poll_interval, "poll_interval")
+        self._claim_retry = CLAIM_RETRY_INITIAL
+        self._suspect: Job | None = None
         self._flush_interval = duration(flush_interval, "flush_interval", zero=True)
         if worker_name is not None and (not isinstance(worker_name, str) or not worker_name):
             raise ConfigurationError(f"worker_name must be a non-empty str, got {worker_name!r}")
         self._worker_name = worker_name or _default_worker_name()
         self._telemetry = Telemetry(self._worker_name)
         self._attempts = Attempts(self._handlers, self._policy, self._telemetry)
+        self._attempts.result_limit = getattr(backend, "max_payload_bytes", MAX_PAYLOAD_BYTES)
 
         self._state = "created"  # created, running, stopping, stopped
         self._token: WorkerToken | None = None
@@ -319,6 +325,9 @@ class Runner:
         claim_min = max(1, self._batch_size // 2)
         while not self._stop_requested:
             self._room.clear()
+            if self._suspect is not None:
+                await self._run_suspect()
+                continue
             room = capacity - len(self._held)
             if room < claim_min and len(self._held) >= self._concurrency:
                 await self._room.wait()  # every slot busy and no room for a real batch
@@ -337,6 +346,23 @@ class Runner:
                     return
             else:
                 await self._wait_for_work()
+
+    async def _run_suspect(self) -> None:
+        """Wait for every other held job to finish, then run the suspect alone."""
+        suspect = self._suspect
+        assert suspect is not None
+        while len(self._held) > 1 and not self._stop_requested:
+            self._room.clear()
+            await self._room.wait()
+        if self._stop_requested:
+            return
+        task = asyncio.create_task(self._run_batch([suspect]))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+        while suspect.id in self._held and not self._stop_requested:
+            self._room.clear()
+            await self._room.wait()
+        self._suspect = None
 
     async def _drained(self, max_delay: float) -> bool:
         """With nothing held: True when no job is due within ``max_delay``, else wait for it."""
@@ -377,22 +403,38 @@ class Runner:
                     max_attempts=self._policy.max_attempts,
                 )
                 telemetry.claimed(span, len(claimed))
+                self._claim_retry = CLAIM_RETRY_INITIAL
                 return claimed
         except Exception as exc:
+            delay = self._claim_retry
+            self._claim_retry = min(delay * 2, CLAIM_RETRY_MAX, self._poll_interval)
             logger.warning(
                 "claim failed (%s: %s); retrying in %.1fs",
                 type(exc).__name__,
                 exc,
-                self._poll_interval,
+                delay,
                 extra={"action": "claim_failed"},
             )
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_interval):
+                async with asyncio.timeout(delay):
                     await self._stop_event.wait()
             return []
 
     def _start_batch(self, claimed: Sequence[ClaimedJob]) -> None:
-        jobs = [self._hold(claim) for claim in claimed]
+        # A job whose worker was lost last time may be what killed it: it runs alone, so that
+        # if it kills this worker too, no other job loses an attempt with it. One at a time;
+        # other suspects go back at once (they did not start: no attempt used).
+        normal = []
+        for claim in claimed:
+            if not claim.suspect:
+                normal.append(claim)
+            elif self._suspect is None:
+                self._suspect = self._hold(claim)
+            elif self._settle is not None:
+                self._settle.add(Outcome(claim.id, OutcomeKind.RELEASED, queue=claim.queue))
+        if not normal:
+            return
+        jobs = [self._hold(claim) for claim in normal]
         task = asyncio.create_task(self._run_batch(jobs))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
@@ -523,6 +565,11 @@ class Runner:
     async def _shutdown(self) -> None:
         """Put back what has not started; give running jobs ``shutdown_timeout``; cancel."""
         self._stop_requested = True
+        suspect, self._suspect = self._suspect, None
+        if suspect is not None and self._held[suspect.id].task is None:
+            del self._held[suspect.id]  # never started: back to the queue, no attempt used
+            if self._settle is not None:
+                self._settle.add(Outcome(suspect.id, OutcomeKind.RELEASED, queue=suspect.queue))
         for held in list(self._held.values()):
             if not held.started:
                 self._cancel(held.job.id, "shutdown")

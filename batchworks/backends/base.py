@@ -61,6 +61,8 @@ class ClaimedJob:
     trace_context: Mapping[str, str] | None = None
     #: seconds from the job being due to this claim (on the backend's clock)
     waited: float = 0.0
+    #: its previous attempt ended with its worker lost: it may be what killed the worker
+    suspect: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,6 +109,11 @@ class MemoryBackend:
         self._closed = False
         self._wake: asyncio.Event | None = None
 
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest encoded payload, result or checkpoint this backend accepts."""
+        return self._max_bytes
+
     def __repr__(self) -> str:
         return f"<MemoryBackend jobs={len(self._rows)} running={len(self._running)}>"
 
@@ -475,6 +480,7 @@ class MemoryBackend:
                     row.timeout,
                     row.trace_context,
                     now - row.run_at,
+                    _suspect(row),
                 )
             )
         return claimed
@@ -638,6 +644,11 @@ class MemoryBackend:
                 await wake.wait()
         except TimeoutError:
             pass
+
+
+def _suspect(row: _Row) -> bool:
+    """Lost its worker twice or more: it may be what killed them (see Runner)."""
+    return sum(1 for entry in row.errors if entry["type"] == "WorkerLost") >= 2
 
 
 def _loads(text: str | None) -> Any:

@@ -133,6 +133,11 @@ class PostgresBackend:
         self._listener = Listener(self._q.channel, self._listen_connect, self._listen_release)
         self._closed = False
 
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest encoded payload, result or checkpoint this backend accepts."""
+        return self._max_bytes
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._pool else "not opened")
         return f"<PostgresBackend schema={self._schema!r} {state}>"
@@ -469,6 +474,7 @@ class PostgresBackend:
                 row["timeout"],
                 _loads(row["trace_context"]),
                 row["waited"],
+                row["suspect"],
             )
             for row in rows
         ]

@@ -229,7 +229,9 @@ WHERE w.token = $1 AND w.state = 'active'
       LIMIT $3))
 RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
           j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
-          j.priority, j.run_at
+          j.priority, j.run_at,
+          (SELECT count(*) >= 2 FROM jsonb_array_elements(j.errors) AS e
+           WHERE e ->> 'type' = 'WorkerLost') AS suspect
 """
 
 SETTLE: LiteralString = (
