@@ -1,0 +1,109 @@
+"""The least-privilege worker role of docs/postgres-roles.md: a Runner works under it, and
+it cannot change the schema."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from batchworks import BackendError, Job, JobState, PostgresBackend, Runner
+
+pytestmark = pytest.mark.postgres
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "postgres-roles.md"
+
+
+def role_sql(role: str, password: str, schema: str) -> str:
+    """The first SQL block of the doc, for this role and schema."""
+    match = re.search(r"```sql\n(.*?)```", DOC.read_text(), re.S)
+    assert match is not None, f"{DOC} has no sql block"
+    sql = match[1].replace("batchworks_worker", role).replace("'change-me'", f"'{password}'")
+    return sql.replace("SCHEMA batchworks", f'SCHEMA "{schema}"')
+
+
+def as_role(dsn: str, role: str, password: str) -> str:
+    parts = urlsplit(dsn)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{role}:{quote(password)}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@pytest.fixture
+async def worker_dsn(pg_backend: PostgresBackend, pg_dsn: str) -> AsyncIterator[str]:
+    """A DSN for a fresh least-privilege role on the test's migrated schema; dropped after."""
+    role = f"bw_worker_{uuid.uuid4().hex[:12]}"
+    password = secrets.token_hex(8)
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(role_sql(role, password, pg_backend.schema))
+        yield as_role(pg_dsn, role, password)
+    finally:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{pg_backend.schema}" CASCADE')
+        await admin.execute(f'DROP OWNED BY "{role}"')
+        await admin.execute(f'DROP ROLE "{role}"')
+        await admin.close()
+
+
+async def test_runner_under_the_worker_role_runs_jobs(
+    pg_backend: PostgresBackend, worker_dsn: str
+) -> None:
+    async def handler(job: Job) -> int:
+        if job.payload == 3 and job.attempt == 1:
+            raise RuntimeError("once")
+        return int(job.payload) * 2
+
+    async with PostgresBackend(worker_dsn, schema=pg_backend.schema) as backend:
+        ids = await backend.enqueue_many("q", list(range(10)))
+        runner = Runner(
+            backend,
+            {"q": handler},
+            heartbeat_interval=0.05,  # heartbeats, pruning and recovery run under the role too
+            prune_after=1.0,
+            retry=None,
+        )
+        report = await runner.run_until_empty(max_delay=5)
+        assert (report.succeeded, report.retried) == (10, 1)
+        for job_id, value in zip(ids, range(10), strict=True):
+            record = await backend.get_job(job_id)
+            assert record is not None
+            assert (record.state, record.result) == (JobState.SUCCEEDED, value * 2)
+        assert await backend.purge(older_than=0) == 10
+
+
+@pytest.mark.parametrize(
+    "ddl",
+    [
+        'CREATE TABLE "{s}".intruder (id int)',
+        'DROP TABLE "{s}".jobs',
+        'ALTER TABLE "{s}".jobs ADD COLUMN intruder int',
+        'TRUNCATE "{s}".jobs',
+        'CREATE INDEX intruder ON "{s}".jobs (queue)',
+        'DROP TRIGGER jobs_notify_enqueued ON "{s}".jobs',
+        "CREATE SCHEMA intruder",
+    ],
+)
+async def test_worker_role_is_refused_ddl(
+    pg_backend: PostgresBackend, worker_dsn: str, ddl: str
+) -> None:
+    conn = await asyncpg.connect(worker_dsn)
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(ddl.format(s=pg_backend.schema))
+    finally:
+        await conn.close()
+    assert await pg_backend.stats() == {}  # the tables are intact
+
+
+async def test_migrate_under_the_worker_role_fails_clearly(
+    pg_backend: PostgresBackend, worker_dsn: str
+) -> None:
+    async with PostgresBackend(worker_dsn, schema=pg_backend.schema) as backend:
+        with pytest.raises(BackendError, match="permission denied"):
+            await backend.migrate()
