@@ -356,6 +356,10 @@ class Runner:
             await self._room.wait()
         if self._stop_requested:
             return
+        # Write what is buffered first (the other jobs' outcomes, the suspects put back): if
+        # the suspect kills this worker, none of it may be lost with it.
+        assert self._settle is not None
+        await self._settle.flush()
         task = asyncio.create_task(self._run_batch([suspect]))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
