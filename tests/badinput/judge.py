@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import re
 import time
@@ -119,6 +120,10 @@ def _short(value: Any) -> str:
 async def refused_quickly(call: Callable[[], Awaitable[Any]], *fragments: str) -> str:
     """Await ``call``; it must raise a validation error naming ``fragments``, within
     :data:`REFUSE_WITHIN` CPU seconds. Any other error (a driver or SQL error) fails."""
+    # A full garbage collection of this long-lived test process (hypothesis keeps a lot alive)
+    # can take longer than the refusal itself; it is not the refusal's cost, so none runs here.
+    gc_was_on = gc.isenabled()
+    gc.disable()
     start = time.thread_time()
     try:
         await call()
@@ -129,4 +134,7 @@ async def refused_quickly(call: Callable[[], Awaitable[Any]], *fragments: str) -
         for fragment in fragments:
             assert fragment in message, f"{fragment!r} not in {message!r}"
         return message
+    finally:
+        if gc_was_on:
+            gc.enable()
     raise AssertionError("accepted what must be refused")
