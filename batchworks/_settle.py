@@ -44,6 +44,7 @@ class SettleBuffer:
         self._has_items = asyncio.Event()
         self._full = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._stopping = False
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -55,16 +56,24 @@ class SettleBuffer:
             self._full.set()
 
     async def run(self) -> None:
-        """Write outcomes as they come, until cancelled (then call :meth:`flush`)."""
-        while True:
+        """Write outcomes as they come, until :meth:`stop` (then call :meth:`flush`)."""
+        while not self._stopping:
             await self._has_items.wait()
-            if len(self._pending) < self._max_size:
+            if len(self._pending) < self._max_size and not self._stopping:
                 try:
                     async with asyncio.timeout(self._interval):
                         await self._full.wait()
                 except TimeoutError:
                     pass
             await self.flush()
+
+    def stop(self) -> None:
+        """Let :meth:`run` finish the write it is in and return. Cancelling it instead could
+        cut a write the database had already committed: its outcomes would be written again,
+        fenced out, and reported as lost."""
+        self._stopping = True
+        self._has_items.set()
+        self._full.set()
 
     async def flush(self, *, deadline: float | None = None) -> bool:
         """Write every pending outcome, retrying failed writes with backoff.
@@ -77,8 +86,9 @@ class SettleBuffer:
             loop = asyncio.get_running_loop()
             while self._pending:
                 batch, self._pending = self._pending, []
-                self._has_items.clear()
-                self._full.clear()
+                if not self._stopping:
+                    self._has_items.clear()
+                    self._full.clear()
                 try:
                     lost = await self._backend.settle(self._worker, batch)
                 except asyncio.CancelledError:
@@ -99,6 +109,8 @@ class SettleBuffer:
                         delay,
                         extra={"action": "settle_failed", "count": len(batch)},
                     )
+                    if self._stopping and deadline is None:
+                        return False  # the final flush, with its deadline, takes over
                     if deadline is not None and loop.time() + delay > deadline:
                         return False
                     await asyncio.sleep(delay)

@@ -316,7 +316,10 @@ class Runner:
                 await self._shutdown()
             finally:
                 heart.cancel()
-                settler.cancel()
+                self._settle.stop()
+                _, pending = await asyncio.wait({settler}, timeout=CANCEL_GRACE)
+                for task in pending:  # stuck retrying a write: the final flush takes over
+                    task.cancel()
                 await asyncio.gather(heart, settler, return_exceptions=True)
                 await self._close()
 

@@ -238,6 +238,26 @@ class TestShutdown:
         record = await backend.get_job(job_id)
         assert record is not None and (record.state, record.attempts) == (JobState.QUEUED, 0)
 
+    async def test_a_stop_reports_what_it_wrote_and_loses_no_lease(self, backend: Backend) -> None:
+        calls = 0
+
+        async def handler(job: Job) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 500:
+                runner.stop()
+
+        await backend.enqueue_many("q", list(range(2000)))
+        runner = Runner(backend, {"q": handler}, concurrency=50, batch_size=50, **FAST)
+        await runner.run()
+
+        stats = (await backend.stats())["q"]
+        report = runner.report
+        assert report.lost == 0
+        assert report.succeeded == stats["succeeded"]
+        assert stats["running"] == 0
+        assert stats["queued"] + stats["succeeded"] == 2000
+
     async def test_a_runner_runs_once(self, backend: Backend) -> None:
         async def handler(job: Job) -> None:
             return None
