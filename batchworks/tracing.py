@@ -3,7 +3,7 @@
 Only ``opentelemetry-api`` is a dependency; users bring the SDK and their exporters. Until an
 SDK provider is installed, every hook here returns at once: whether tracing and metrics are
 on is checked once per claimed batch (or enqueue), never per job, so an application without
-an SDK pays close to nothing (``bench/overhead.py --tracing`` measures it).
+an SDK pays close to nothing (``bench/tracing_cost.py`` measures it).
 
 Spans follow the OpenTelemetry messaging conventions:
 
