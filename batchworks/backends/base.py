@@ -246,6 +246,13 @@ def check_state(state: object) -> str | None:
         ) from None
 
 
+def payload_label(queue: str, index: int | None) -> str:
+    """How errors name a payload: ``payload for queue 'q'`` or ``payload #3 for queue 'q'``."""
+    if index is None:
+        return f"payload for queue {queue!r}"
+    return f"payload #{index} for queue {queue!r}"
+
+
 def check_queue(queue: object) -> str:
     """Return ``queue`` if it is a valid queue name, or raise :class:`ConfigurationError`."""
     if not isinstance(queue, str) or not _QUEUE.fullmatch(queue):

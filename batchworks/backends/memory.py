@@ -37,6 +37,7 @@ from batchworks.backends.base import (
     check_dedupe_keys,
     check_queue,
     check_state,
+    payload_label,
     seconds,
 )
 from batchworks.errors import ConfigurationError, LeaseLost, LifecycleError
@@ -159,10 +160,8 @@ class MemoryBackend:
             timeout=timeout,
         )
         self._check_connection(connection)
-        value = self._encode(payload, f"payload for queue {queue!r}")
-        key = check_dedupe_key(dedupe_key)
-        with send_span(queue, 1) as carrier:
-            return self._insert(options, value, key, carrier)
+        [job_id] = self._add(options, [payload], [check_dedupe_key(dedupe_key)], numbered=False)
+        return job_id
 
     async def enqueue_many(
         self,
@@ -187,15 +186,27 @@ class MemoryBackend:
             timeout=timeout,
         )
         self._check_connection(connection)
-        values = [
-            self._encode(payload, f"payload #{index} for queue {queue!r}")
+        keys = check_dedupe_keys(dedupe_keys, len(payloads))
+        return self._add(options, payloads, keys, numbered=True)
+
+    def _add(
+        self,
+        options: EnqueueOptions,
+        payloads: Sequence[Any],
+        keys: list[str | None],
+        *,
+        numbered: bool,
+    ) -> list[int]:
+        """Encode every payload (all are checked before any is stored), then store them
+        inside a ``send`` span."""
+        texts = [
+            self._encode(payload, payload_label(options.queue, index if numbered else None))
             for index, payload in enumerate(payloads)
         ]
-        keys = check_dedupe_keys(dedupe_keys, len(values))
-        with send_span(queue, len(values)) as carrier:
+        with send_span(options.queue, len(texts)) as carrier:
             return [
-                self._insert(options, value, key, carrier)
-                for value, key in zip(values, keys, strict=True)
+                self._insert(options, text, key, carrier)
+                for text, key in zip(texts, keys, strict=True)
             ]
 
     def _check_connection(self, connection: object) -> None:

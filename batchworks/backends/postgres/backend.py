@@ -36,6 +36,7 @@ from batchworks.backends.base import (
     check_dedupe_keys,
     check_queue,
     check_state,
+    payload_label,
     seconds,
 )
 from batchworks.backends.postgres import queries
@@ -270,11 +271,10 @@ class PostgresBackend:
             max_attempts=max_attempts,
             timeout=timeout,
         )
-        text = self._encode(payload, f"payload for queue {queue!r}")
-        key = check_dedupe_key(dedupe_key)
-        with send_span(queue, 1) as carrier:
-            ids = await self._insert(options, [text], [key], carrier, connection)
-        return ids[0]
+        [job_id] = await self._add(
+            options, [payload], [check_dedupe_key(dedupe_key)], connection, numbered=False
+        )
+        return job_id
 
     async def enqueue_many(
         self,
@@ -298,14 +298,27 @@ class PostgresBackend:
             max_attempts=max_attempts,
             timeout=timeout,
         )
+        keys = check_dedupe_keys(dedupe_keys, len(payloads))
+        return await self._add(options, payloads, keys, connection, numbered=True)
+
+    async def _add(
+        self,
+        options: EnqueueOptions,
+        payloads: Sequence[Any],
+        keys: list[str | None],
+        connection: Any,
+        *,
+        numbered: bool,
+    ) -> list[int]:
+        """Encode every payload (all are checked before any is stored), then insert them in
+        one statement inside a ``send`` span."""
         texts = [
-            self._encode(payload, f"payload #{i} for queue {queue!r}")
-            for i, payload in enumerate(payloads)
+            self._encode(payload, payload_label(options.queue, index if numbered else None))
+            for index, payload in enumerate(payloads)
         ]
-        keys = check_dedupe_keys(dedupe_keys, len(texts))
         if not texts:
             return []
-        with send_span(queue, len(texts)) as carrier:
+        with send_span(options.queue, len(texts)) as carrier:
             return await self._insert(options, texts, keys, carrier, connection)
 
     async def _insert(

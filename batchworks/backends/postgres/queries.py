@@ -39,6 +39,20 @@ _WOKE: LiteralString = """
     )
 """
 
+# The tail of every statement that recovers jobs: applies _LOSE to the rows of a CTE named
+# lost (id, why) and wakes idle runners for those that went back to the queue.
+_RECOVER_LOST: LiteralString = (
+    """
+), upd AS (
+    UPDATE __SCHEMA__.jobs AS j SET"""
+    + _LOSE
+    + """
+    FROM lost WHERE j.id = lost.id
+    RETURNING j.id, j.queue, j.state, j.run_at
+),"""
+    + _WOKE
+)
+
 MIGRATIONS_TABLE: LiteralString = """
 CREATE TABLE IF NOT EXISTS __SCHEMA__.migrations (
     version    integer PRIMARY KEY,
@@ -162,14 +176,8 @@ WITH old AS (
     FROM __SCHEMA__.jobs AS j
     WHERE j.state = 'running' AND j.worker_token IN (SELECT token FROM old)
     FOR UPDATE OF j
-), upd AS (
-    UPDATE __SCHEMA__.jobs AS j SET"""
-    + _LOSE
-    + """
-    FROM lost WHERE j.id = lost.id
-    RETURNING j.id, j.queue, j.state, j.run_at
-),"""
-    + _WOKE
+"""
+    + _RECOVER_LOST
     + """
 SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS woke
 """
@@ -186,14 +194,8 @@ WITH w AS (
     FROM __SCHEMA__.jobs AS j
     WHERE j.state = 'running' AND j.worker_token = $1
     FOR UPDATE OF j
-), upd AS (
-    UPDATE __SCHEMA__.jobs AS j SET"""
-    + _LOSE
-    + """
-    FROM lost WHERE j.id = lost.id
-    RETURNING j.id, j.queue, j.state, j.run_at
-),"""
-    + _WOKE
+"""
+    + _RECOVER_LOST
     + """
 SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS woke
 """
@@ -306,14 +308,8 @@ WITH lock AS (
     WHERE j.state = 'running' AND (SELECT got FROM lock)
       AND (j.lease_until < now() OR j.worker_token IN (SELECT token FROM gone))
     FOR UPDATE OF j SKIP LOCKED
-), upd AS (
-    UPDATE __SCHEMA__.jobs AS j SET"""
-    + _LOSE
-    + """
-    FROM lost WHERE j.id = lost.id
-    RETURNING j.id, j.queue, j.state, j.run_at
-),"""
-    + _WOKE
+"""
+    + _RECOVER_LOST
     + """
 SELECT (SELECT count(*) FROM pruned) AS pruned, (SELECT count(*) FROM upd) AS recovered,
        (SELECT count(*) FROM woke) AS woke
