@@ -292,6 +292,24 @@ class TestDelay:
 
         assert due is not None and 59 < due <= 60
 
+    async def test_next_due_looks_past_priority_order_and_across_queues(
+        self, backend: Backend
+    ) -> None:
+        # The earliest job is neither the first in claim order (highest priority) nor in the
+        # first queue named: every priority level of every queue counts.
+        await backend.enqueue("q", {}, delay=500, priority=9)
+        await backend.enqueue("q", {}, delay=400, priority=5)
+        await backend.enqueue("q", {}, delay=300, priority=-3)
+        await backend.enqueue("q", {}, delay=900, priority=-3)
+        await backend.enqueue("other", {}, delay=120, priority=1)
+        await backend.enqueue("other", {}, delay=200, priority=7)
+
+        due_q = await backend.next_due(["q"])
+        due_both = await backend.next_due(["q", "other"])
+
+        assert due_q is not None and 299 < due_q <= 300
+        assert due_both is not None and 119 < due_both <= 120
+
     async def test_next_due_is_zero_when_a_job_is_due(self, backend: Backend) -> None:
         await backend.enqueue("q", {}, delay=60)
         await backend.enqueue("q", {})

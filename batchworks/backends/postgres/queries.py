@@ -323,7 +323,29 @@ WHERE id = $2 AND state = 'running' AND worker_token = $1
 RETURNING id
 """
 
+# The earliest run_at among queued jobs, by a skip scan over jobs_claim (queue, priority DESC,
+# run_at, id): within a queue and priority the index is in run_at order, so the first entry
+# of each priority level is that level's earliest job. One index probe per (queue, priority)
+# present, however long the backlog; no index of its own to write on every enqueue.
 NEXT_DUE: LiteralString = """
-SELECT extract(epoch FROM min(run_at) - now())::float8
-FROM __SCHEMA__.jobs WHERE state = 'queued' AND queue = ANY($1::text[])
+WITH RECURSIVE level AS (
+    SELECT f.queue, f.priority, f.run_at
+    FROM unnest($1::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT queue, priority, run_at FROM __SCHEMA__.jobs
+        WHERE state = 'queued' AND queue = q.name
+        ORDER BY priority DESC, run_at, id
+        LIMIT 1
+    ) AS f
+    UNION ALL
+    SELECT n.queue, n.priority, n.run_at
+    FROM level AS l
+    CROSS JOIN LATERAL (
+        SELECT queue, priority, run_at FROM __SCHEMA__.jobs
+        WHERE state = 'queued' AND queue = l.queue AND priority < l.priority
+        ORDER BY priority DESC, run_at, id
+        LIMIT 1
+    ) AS n
+)
+SELECT extract(epoch FROM min(run_at) - now())::float8 FROM level
 """
