@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from batchworks.errors import PayloadError
@@ -52,10 +52,7 @@ def dumps(value: Any, *, what: str, limit: int = MAX_PAYLOAD_BYTES) -> str:
             "decode the text it came from with errors='replace'"
         ) from None
     if size > limit:
-        raise PayloadError(
-            f"{what} is {size} bytes of JSON, over the limit of {limit}; store the data "
-            "elsewhere and pass a reference, or raise max_payload_bytes on the backend"
-        )
+        raise PayloadError(_too_big(what, size, limit))
     if "{" in text:
         _check_keys(value, what)
     if "\\u0000" in text and _NUL.search(text):
@@ -64,6 +61,55 @@ def dumps(value: Any, *, what: str, limit: int = MAX_PAYLOAD_BYTES) -> str:
             "remove it or encode the text (for example base64)"
         )
     return text
+
+
+def dumps_array(values: Sequence[Any], *, what: Callable[[int], str], limit: int) -> str:
+    """Encode ``values`` as one JSON array, each element held to what :func:`dumps` checks.
+
+    The checks run once over the whole array rather than once per value, which makes a bulk
+    enqueue several times cheaper; a value over ``limit`` is refused without encoding it
+    twice. On anything else to refuse, each value is checked on its own, so the errors are
+    exactly those of :func:`dumps`.
+
+    :param what: names the value at an index in an error, for example ``"payload #3 for ..."``.
+    """
+    try:
+        texts = list(map(_encoder.encode, values))
+    except (TypeError, ValueError, RecursionError):
+        return _dumps_each(values, what, limit)
+    text = "[" + ",".join(texts) + "]"
+    if text.isascii():
+        sizes = list(map(len, texts))
+    else:
+        try:
+            sizes = [len(item.encode("utf-8")) for item in texts]
+        except UnicodeEncodeError:  # a lone surrogate
+            return _dumps_each(values, what, limit)
+    if max(sizes, default=0) > limit:
+        index = next(i for i, size in enumerate(sizes) if size > limit)
+        raise PayloadError(_too_big(what(index), sizes[index], limit))
+    if ("{" in text and _bad_keys(values)) or ("\\u0000" in text and _NUL.search(text)):
+        return _dumps_each(values, what, limit)
+    return text
+
+
+def _dumps_each(values: Sequence[Any], what: Callable[[int], str], limit: int) -> str:
+    return "[" + ",".join(dumps(v, what=what(i), limit=limit) for i, v in enumerate(values)) + "]"
+
+
+def _too_big(what: str, size: int, limit: int) -> str:
+    return (
+        f"{what} is {size} bytes of JSON, over the limit of {limit}; store the data "
+        "elsewhere and pass a reference, or raise max_payload_bytes on the backend"
+    )
+
+
+def _bad_keys(values: Any) -> bool:
+    try:
+        _check_keys(values, "")
+    except PayloadError:
+        return True
+    return False
 
 
 def loads(text: str) -> Any:

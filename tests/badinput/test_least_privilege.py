@@ -85,7 +85,7 @@ async def test_runner_under_the_worker_role_runs_jobs(
         'ALTER TABLE "{s}".jobs ADD COLUMN intruder int',
         'TRUNCATE "{s}".jobs',
         'CREATE INDEX intruder ON "{s}".jobs (queue)',
-        'DROP TRIGGER jobs_notify_enqueued ON "{s}".jobs',
+        'DROP INDEX "{s}".jobs_claim',
         "CREATE SCHEMA intruder",
     ],
 )

@@ -20,6 +20,7 @@ from batchworks import (
     Runner,
     SchemaNotMigrated,
 )
+from batchworks.backends.postgres import backend as backend_module
 from batchworks.backends.postgres.backend import Queries
 from batchworks.outcome import Outcome, OutcomeKind
 from tests.conftest import eventually
@@ -42,37 +43,60 @@ class TestMigrate:
             await conn.close()
         assert [row["version"] for row in versions] == [1, 2, 3]
 
-    async def test_upgrade_to_lean_indexes_keeps_jobs_in_flight(
-        self, pg_backend: PostgresBackend, pg_dsn: str
+    async def test_upgrade_from_version_2_keeps_jobs_in_flight(
+        self, pg_dsn: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        # A schema at version 2, as 0.1 left it: its two extra indexes, a job running, one
-        # queued. Migration 3 drops the indexes; the running job still settles (fenced) and
-        # the queued one is still claimed.
-        schema = f'"{pg_backend.schema}"'
-        conn = await asyncpg.connect(pg_dsn)
-        try:
-            await conn.execute(
-                f"CREATE INDEX jobs_due ON {schema}.jobs (queue, run_at) WHERE state = 'queued';"
-                f"CREATE INDEX jobs_lease ON {schema}.jobs (lease_until) WHERE state = 'running';"
-                f"DELETE FROM {schema}.migrations WHERE version = 3"
-            )
-            running, queued = await pg_backend.enqueue_many("q", [1, 2])
-            worker = await pg_backend.register_worker("w", ["q"])
-            [claimed] = await pg_backend.claim(worker, ["q"], 1, lease=30.0, max_attempts=5)
+        # A schema at version 2, as 0.1 left it, with a job running and one queued; then the
+        # upgrade. The running job still settles (fenced), the queued one is still claimed,
+        # and an enqueue after the upgrade still wakes a listening runner.
+        every_migration = backend_module._migration_files()
+        monkeypatch.setattr(
+            backend_module,
+            "_migration_files",
+            lambda: [migration for migration in every_migration if migration[0] <= 2],
+        )
+        async with PostgresBackend(pg_dsn, schema=pg_schema) as backend:
+            await backend.migrate()
+            running, queued = await backend.enqueue_many("q", [1, 2])
+            worker = await backend.register_worker("w", ["q"])
+            [claimed] = await backend.claim(worker, ["q"], 1, lease=30.0, max_attempts=5)
+            monkeypatch.undo()
 
-            await pg_backend.migrate()
+            await backend.migrate()
 
-            indexes = await conn.fetch(
-                "SELECT indexname FROM pg_indexes WHERE schemaname = $1", pg_backend.schema
-            )
-        finally:
-            await conn.close()
+            assert claimed.id == running
+            outcome = Outcome(running, OutcomeKind.SUCCEEDED, queue="q")
+            assert await backend.settle(worker, [outcome]) == []
+            [next_job] = await backend.claim(worker, ["q"], 5, lease=30.0, max_attempts=5)
+            assert next_job.id == queued
+            conn = await asyncpg.connect(pg_dsn)
+            try:
+                await backend.wait_for_work(["q"], max_wait=0.001)  # starts its listener
+                listen = f'LISTEN "batchworks_{pg_schema}"'
+
+                async def listening() -> bool:
+                    return bool(
+                        await conn.fetchval(
+                            "SELECT count(*) FROM pg_stat_activity WHERE query = $1", listen
+                        )
+                    )
+
+                await eventually(listening, what="the backend to LISTEN")
+                waiter = asyncio.create_task(backend.wait_for_work(["q"], max_wait=30))
+                await backend.enqueue("q", 3)
+                try:
+                    async with asyncio.timeout(5):
+                        await waiter
+                except TimeoutError:
+                    pytest.fail("an enqueue after the upgrade did not wake the idle backend")
+                versions = await conn.fetch(f'SELECT version FROM "{pg_schema}".migrations')
+                indexes = await conn.fetch(
+                    "SELECT indexname FROM pg_indexes WHERE schemaname = $1", pg_schema
+                )
+            finally:
+                await conn.close()
+        assert sorted(row["version"] for row in versions) == [1, 2, 3]
         assert not {"jobs_due", "jobs_lease"} & {row["indexname"] for row in indexes}
-        assert claimed.id == running
-        outcome = Outcome(running, OutcomeKind.SUCCEEDED, queue="q")
-        assert await pg_backend.settle(worker, [outcome]) == []
-        [next_job] = await pg_backend.claim(worker, ["q"], 5, lease=30.0, max_attempts=5)
-        assert next_job.id == queued
 
     async def test_concurrent_migrations_from_many_processes_serialize(
         self, pg_dsn: str, pg_schema: str

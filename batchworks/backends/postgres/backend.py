@@ -315,34 +315,51 @@ class PostgresBackend:
     ) -> list[int]:
         """Encode every payload (all are checked before any is stored), then insert them in
         one statement inside a ``send`` span."""
-        texts = [
-            self._encode(payload, payload_label(options.queue, index if numbered else None))
-            for index, payload in enumerate(payloads)
-        ]
-        if not texts:
+        if not payloads:
             return []
-        with send_span(options.queue, len(texts)) as carrier:
-            return await self._insert(options, texts, keys, carrier, connection)
+        queue = options.queue
+        array = _json.dumps_array(
+            payloads,
+            what=lambda index: payload_label(queue, index if numbered else None),
+            limit=self._max_bytes,
+        )
+        with send_span(queue, len(payloads)) as carrier:
+            context = None if carrier is None else json.dumps(carrier)
+            if all(key is None for key in keys):
+                rows = await self._fetch(
+                    self._q.enqueue_plain,
+                    queue,
+                    array,
+                    options.priority,
+                    options.run_at,
+                    options.delay,
+                    options.max_attempts,
+                    options.timeout,
+                    context,
+                    connection=connection,
+                )
+                return sorted(row[0] for row in rows if row[0] is not None)
+            return await self._insert_deduped(options, array, keys, context, connection)
 
-    async def _insert(
+    async def _insert_deduped(
         self,
         options: EnqueueOptions,
-        texts: list[str],
+        array: str,
         keys: list[str | None],
-        trace_context: dict[str, str] | None,
+        trace_context: str | None,
         connection: Any,
     ) -> list[int]:
         rows = await self._fetch(
             self._q.enqueue,
             options.queue,
-            texts,
+            array,
             keys,
             options.priority,
             options.run_at,
             options.delay,
             options.max_attempts,
             options.timeout,
-            None if trace_context is None else json.dumps(trace_context),
+            trace_context,
             connection=connection,
         )
         fresh = sorted(row["id"] for row in rows if row["inserted"] and row["dedupe_key"] is None)
@@ -477,23 +494,7 @@ class PostgresBackend:
     ) -> list[ClaimedJob]:
         """Take up to ``limit`` due jobs for ``worker`` in one statement."""
         rows = await self._fetch(self._q.claim, worker, list(queues), limit, lease, max_attempts)
-        # The statement returns rows in no set order; start them in claim order.
-        rows.sort(key=lambda row: (-row["priority"], row["run_at"], row["id"]))
-        return [
-            ClaimedJob(
-                row["id"],
-                row["queue"],
-                json.loads(row["payload"]),
-                row["attempts"],
-                row["max_attempts"],
-                _loads(row["checkpoint"]),
-                row["timeout"],
-                _loads(row["trace_context"]),
-                row["waited"],
-                row["suspect"],
-            )
-            for row in rows
-        ]
+        return [_claimed(row) for row in rows]  # in claim order
 
     async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:
         """Write outcomes in one statement, fenced; returns the ids no longer held."""
@@ -604,6 +605,22 @@ def _record(row: asyncpg.Record) -> JobRecord:
         checkpoint=_loads(row["checkpoint"]),
         worker=row["worker_name"],
         timeout=row["timeout"],
+    )
+
+
+def _claimed(row: asyncpg.Record) -> ClaimedJob:
+    job_id, queue, payload, attempt, most, checkpoint, timeout, context, waited, suspect = row
+    return ClaimedJob(
+        job_id,
+        queue,
+        json.loads(payload),
+        attempt,
+        most,
+        _loads(checkpoint),
+        timeout,
+        _loads(context),
+        waited,
+        suspect,
     )
 
 
