@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,21 +59,19 @@ class Attempts:
 
     async def run(self, held: Held) -> Outcome:
         """Run one attempt inside its telemetry: a ``process`` span and the job metrics."""
-        job, telemetry = held.job, self.telemetry
-        span = telemetry.start_job(job.id, job.queue, job.attempt, held.claim.trace_context)
-        telemetry.job_started(job.queue, held.claim.waited)
-        started = time.monotonic() if telemetry.metrics else 0.0
+        job, claim, telemetry = held.job, held.claim, self.telemetry
+        if not (telemetry.tracing or telemetry.metrics):  # no SDK: nothing to start or end
+            return (await self._run_handler(job))[0]
+        watch = telemetry.start_job(
+            job.id, job.queue, job.attempt, claim.trace_context, claim.waited
+        )
         outcome: Outcome | None = None
         error: BaseException | None = None
         try:
             outcome, error = await self._run_handler(job)
             return outcome
         finally:
-            kind = outcome.kind.value if outcome else CANCELLED_AS[held.cancel_reason]
-            telemetry.job_finished(job.queue, kind, time.monotonic() - started)
-            if span is not None:
-                span.detach()
-                span.finish(kind, error)
+            watch.finish(outcome.kind.value if outcome else CANCELLED_AS[held.cancel_reason], error)
 
     async def _run_handler(self, job: Job) -> tuple[Outcome, BaseException | None]:
         handler = self._handlers[job.queue]

@@ -12,19 +12,31 @@ Spans follow the OpenTelemetry messaging conventions:
 - ``process <queue>`` (CONSUMER) around one attempt of one job, linked to its ``send`` span,
   current while the handler runs (so the handler's own spans are its children), with the
   attempt, the worker and the outcome; a failed attempt records the exception and sets ERROR.
+
+Per job, batchworks adds little to what the SDK itself does: the tracer and the instruments
+are fetched once per provider and the metric attributes once per queue (not per job), the
+``send`` span's context is read straight from its W3C ``traceparent`` when the global
+propagator is the W3C one, and a span the sampler dropped gets no attributes, events or status,
+only its context.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-__all__ = ["JobSpan", "Telemetry", "send_span", "tracing_enabled"]
+__all__ = ["JobTelemetry", "Telemetry", "send_span", "tracing_enabled"]
 
 SYSTEM = "batchworks"
 _SCOPE = "batchworks"
@@ -33,6 +45,11 @@ try:  # the proxy class is private; without it, a set provider is all we can see
     from opentelemetry.metrics._internal import _ProxyMeterProvider as _ProxyMeters
 except ImportError:  # pragma: no cover - older or newer API layout
     _ProxyMeters = metrics.NoOpMeterProvider  # type: ignore[assignment,misc]
+
+# A traceparent as TraceContextTextMapPropagator.inject writes it (version 00). Anything else
+# (other versions, whitespace, upper case) is left to the propagator itself.
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_W3C_PROPAGATORS = (TraceContextTextMapPropagator, W3CBaggagePropagator)
 
 
 def tracing_enabled() -> bool:
@@ -52,14 +69,44 @@ def _version() -> str:
     return __version__
 
 
+# (provider, its batchworks tracer or None): the SDK's get_tracer builds an InstrumentationScope
+# and edits the warnings filters on every call, which cost more than an unsampled span.
+_tracer_of: tuple[object, trace.Tracer | None] = (None, None)
+
+
+def _tracer() -> trace.Tracer | None:
+    """The batchworks tracer of the global provider; None while no SDK provider is installed."""
+    global _tracer_of
+    provider = trace.get_tracer_provider()
+    cached, tracer = _tracer_of
+    if provider is not cached:
+        tracer = provider.get_tracer(_SCOPE, _version()) if tracing_enabled() else None
+        _tracer_of = (provider, tracer)
+    return tracer
+
+
+def _reads_w3c_only(textmap: TextMapPropagator) -> bool:
+    """Whether ``textmap`` takes a span context from ``traceparent``/``tracestate`` and
+    nothing else, as the default propagator (tracecontext,baggage) does."""
+    if type(textmap) is TraceContextTextMapPropagator:
+        return True
+    parts = getattr(textmap, "_propagators", None)  # private: unknown layouts take the slow path
+    return (
+        type(textmap) is CompositePropagator
+        and isinstance(parts, list | tuple)
+        and any(type(part) is TraceContextTextMapPropagator for part in parts)
+        and all(type(part) in _W3C_PROPAGATORS for part in parts)
+    )
+
+
 @contextlib.contextmanager
 def send_span(queue: str, count: int) -> Iterator[dict[str, str] | None]:
     """A PRODUCER span around an enqueue of ``count`` jobs; yields the W3C trace context to
     store with them (None when tracing is off)."""
-    if not tracing_enabled():
+    tracer = _tracer()
+    if tracer is None:
         yield None
         return
-    tracer = trace.get_tracer(_SCOPE, _version())
     attributes: dict[str, Any] = {
         "messaging.system": SYSTEM,
         "messaging.operation.type": "send",
@@ -76,28 +123,84 @@ def send_span(queue: str, count: int) -> Iterator[dict[str, str] | None]:
         yield carrier
 
 
-class JobSpan:
-    """The ``process`` span of one attempt; :meth:`finish` ends it with the outcome."""
+class _Instruments:
+    """The instruments of one meter provider."""
 
-    __slots__ = ("_span", "_token")
+    __slots__ = ("batch", "duration", "in_flight", "latency", "lost", "recovered", "settled")
 
-    def __init__(self, span: trace.Span) -> None:
+    def __init__(self, meter: metrics.Meter) -> None:
+        self.settled = meter.create_counter(
+            "batchworks.jobs.settled", unit="{job}", description="Job attempts settled"
+        )
+        self.duration = meter.create_histogram(
+            "batchworks.job.duration", unit="s", description="Handler run time of an attempt"
+        )
+        self.latency = meter.create_histogram(
+            "batchworks.job.queue_latency",
+            unit="s",
+            description="Time from a job being due to its claim",
+        )
+        self.in_flight = meter.create_up_down_counter(
+            "batchworks.jobs.in_flight", unit="{job}", description="Handler calls running"
+        )
+        self.batch = meter.create_histogram(
+            "batchworks.claim.batch_size", unit="{job}", description="Jobs taken per claim"
+        )
+        self.lost = meter.create_counter(
+            "batchworks.leases.lost",
+            unit="{job}",
+            description="Outcomes not written because the worker no longer held the job",
+        )
+        self.recovered = meter.create_counter(
+            "batchworks.jobs.recovered",
+            unit="{job}",
+            description="Jobs of dead or hung workers put back (or failed)",
+        )
+
+
+class JobTelemetry:
+    """One attempt's telemetry, from :meth:`Telemetry.start_job`: its ``process`` span, current
+    until :meth:`finish`, and the job metrics. :meth:`finish` runs in the task that started it."""
+
+    __slots__ = ("_instruments", "_queue", "_span", "_started", "_telemetry", "_token")
+
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        queue: str,
+        span: trace.Span | None,
+        token: object,
+        instruments: _Instruments | None,
+    ) -> None:
+        self._telemetry = telemetry
+        self._queue = queue
         self._span = span
-        self._token = otel_context.attach(trace.set_span_in_context(span))
-
-    def detach(self) -> None:
-        """Leave the span's context (before the handler's task ends)."""
-        otel_context.detach(self._token)
+        self._token = token
+        # Those of the attempt's start: a provider installed meanwhile gets no end without
+        # its start (in_flight would go below zero).
+        self._instruments = instruments
+        self._started = 0.0 if instruments is None else time.monotonic()
 
     def finish(self, outcome: str, exc: BaseException | None) -> None:
+        """End the attempt with its outcome (an :class:`OutcomeKind` value)."""
+        instruments = self._instruments
+        if instruments is not None:  # while the span is current: exemplars point at it
+            duration = time.monotonic() - self._started
+            telemetry, queue = self._telemetry, self._queue
+            instruments.in_flight.add(-1, telemetry.queue_attributes(queue))
+            instruments.duration.record(duration, telemetry.outcome_attributes(queue, outcome))
         span = self._span
-        span.set_attribute("batchworks.job.outcome", outcome)
-        if exc is not None:
-            span.record_exception(exc)
-            if outcome == "retried":
-                span.add_event("will be retried")
-            if outcome in ("retried", "failed"):
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        if span is None:
+            return
+        otel_context.detach(self._token)  # type: ignore[arg-type]
+        if span.is_recording():  # what the sampler dropped gets no attributes, events, status
+            span.set_attribute("batchworks.job.outcome", outcome)
+            if exc is not None:
+                span.record_exception(exc)
+                if outcome == "retried":
+                    span.add_event("will be retried")
+                if outcome in ("retried", "failed"):
+                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         span.end()
 
 
@@ -108,47 +211,41 @@ class Telemetry:
         self.worker = worker
         self.tracing = False
         self.metrics = False
-        meter = metrics.get_meter(_SCOPE, _version())
-        self._settled = meter.create_counter(
-            "batchworks.jobs.settled", unit="{job}", description="Job attempts settled"
-        )
-        self._duration = meter.create_histogram(
-            "batchworks.job.duration", unit="s", description="Handler run time of an attempt"
-        )
-        self._latency = meter.create_histogram(
-            "batchworks.job.queue_latency",
-            unit="s",
-            description="Time from a job being due to its claim",
-        )
-        self._in_flight = meter.create_up_down_counter(
-            "batchworks.jobs.in_flight", unit="{job}", description="Handler calls running"
-        )
-        self._batch = meter.create_histogram(
-            "batchworks.claim.batch_size", unit="{job}", description="Jobs taken per claim"
-        )
-        self._lost = meter.create_counter(
-            "batchworks.leases.lost",
-            unit="{job}",
-            description="Outcomes not written because the worker no longer held the job",
-        )
-        self._recovered = meter.create_counter(
-            "batchworks.jobs.recovered",
-            unit="{job}",
-            description="Jobs of dead or hung workers put back (or failed)",
-        )
+        self._tracer: trace.Tracer | None = None
+        self._textmap: TextMapPropagator | None = None
+        self._w3c = False
+        self._meter_provider: object = None
+        self._instruments: _Instruments | None = None
+        # Attribute dicts by queue and by (queue, outcome): the SDK copies what it keeps, and
+        # batchworks never changes them after they are made.
+        self._queue_attributes: dict[str, dict[str, str]] = {}
+        self._outcome_attributes: dict[tuple[str, str], dict[str, str]] = {}
+        # The last traceparent read and its span context: jobs enqueued together share one.
+        self._producer: tuple[str | None, SpanContext] = (None, trace.INVALID_SPAN_CONTEXT)
 
     def refresh(self) -> None:
         """Look again whether an SDK is installed (once per batch, not per job)."""
-        self.tracing = tracing_enabled()
-        self.metrics = metrics_enabled()
+        self._tracer = _tracer()
+        self.tracing = self._tracer is not None
+        if self.tracing:
+            textmap = propagate.get_global_textmap()
+            if textmap is not self._textmap:
+                self._textmap, self._w3c = textmap, _reads_w3c_only(textmap)
+        provider = metrics.get_meter_provider()
+        if provider is not self._meter_provider:
+            self._meter_provider = provider
+            self._instruments = (
+                _Instruments(provider.get_meter(_SCOPE, _version())) if metrics_enabled() else None
+            )
+        self.metrics = self._instruments is not None
 
     @contextlib.contextmanager
     def receive_span(self, queues: tuple[str, ...]) -> Iterator[trace.Span | None]:
         """A CONSUMER span around a claim; the caller sets the batch size on it."""
-        if not self.tracing:
+        tracer = self._tracer
+        if tracer is None:
             yield None
             return
-        tracer = trace.get_tracer(_SCOPE, _version())
         with tracer.start_as_current_span(
             f"receive {','.join(queues)}",
             kind=SpanKind.CONSUMER,
@@ -165,60 +262,97 @@ class Telemetry:
     def claimed(self, span: trace.Span | None, count: int) -> None:
         if span is not None:
             span.set_attribute("messaging.batch.message_count", count)
-        if self.metrics and count:
-            self._batch.record(count)
+        if self._instruments is not None and count:
+            self._instruments.batch.record(count)
 
     def start_job(
-        self, job_id: int, queue: str, attempt: int, trace_context: Mapping[str, str] | None
-    ) -> JobSpan | None:
-        """Start the ``process`` span of an attempt and make it current; None when off."""
-        if not self.tracing:
-            return None
-        links = []
-        if trace_context:
-            producer = trace.get_current_span(propagate.extract(trace_context)).get_span_context()
-            if producer.is_valid:
-                links.append(Link(producer))
-        tracer = trace.get_tracer(_SCOPE, _version())
-        span = tracer.start_span(
-            f"process {queue}",
-            kind=SpanKind.CONSUMER,
-            links=links,
-            attributes={
-                "messaging.system": SYSTEM,
-                "messaging.operation.type": "process",
-                "messaging.operation.name": "process",
-                "messaging.destination.name": queue,
-                "messaging.message.id": str(job_id),
-                "messaging.client.id": self.worker,
-                "batchworks.job.attempt": attempt,
-                "batchworks.worker.name": self.worker,
-            },
-        )
-        return JobSpan(span)
+        self,
+        job_id: int,
+        queue: str,
+        attempt: int,
+        trace_context: Mapping[str, str] | None,
+        waited: float,
+    ) -> JobTelemetry:
+        """Start an attempt's telemetry: its ``process`` span, made current, and its metrics."""
+        tracer, span, token = self._tracer, None, None
+        if tracer is not None:
+            links = []
+            if trace_context:
+                producer = self._producer_of(trace_context)
+                if producer.is_valid:
+                    links.append(Link(producer))  # a Link each: the SDK rewrites its attributes
+            worker = self.worker
+            span = tracer.start_span(
+                f"process {queue}",
+                kind=SpanKind.CONSUMER,
+                links=links,
+                attributes={
+                    "messaging.system": SYSTEM,
+                    "messaging.operation.type": "process",
+                    "messaging.operation.name": "process",
+                    "messaging.destination.name": queue,
+                    "messaging.message.id": str(job_id),
+                    "messaging.client.id": worker,
+                    "batchworks.job.attempt": attempt,
+                    "batchworks.worker.name": worker,
+                },
+            )
+            # Current even when the sampler dropped it: the handler's own spans are then its
+            # children, and a parent-based sampler drops them too.
+            token = otel_context.attach(trace.set_span_in_context(span))
+        instruments = self._instruments
+        if instruments is not None:
+            attributes = self.queue_attributes(queue)
+            instruments.in_flight.add(1, attributes)
+            instruments.latency.record(max(0.0, waited), attributes)
+        return JobTelemetry(self, queue, span, token, instruments)
 
-    def job_started(self, queue: str, waited: float) -> None:
-        if self.metrics:
-            attributes = {"messaging.destination.name": queue}
-            self._in_flight.add(1, attributes)
-            self._latency.record(max(0.0, waited), attributes)
+    def _producer_of(self, carrier: Mapping[str, str]) -> SpanContext:
+        """The context of the ``send`` span that stored ``carrier``, as the global propagator
+        reads it; a plain W3C ``traceparent`` is read here, a few times faster."""
+        traceparent = carrier.get("traceparent")
+        if self._w3c and isinstance(traceparent, str) and "tracestate" not in carrier:
+            last, producer = self._producer
+            if traceparent == last:
+                return producer
+            match = _TRACEPARENT.fullmatch(traceparent)
+            if match is not None:
+                trace_id, span_id, flags = match.groups()
+                producer = SpanContext(
+                    int(trace_id, 16),
+                    int(span_id, 16),
+                    is_remote=True,
+                    trace_flags=TraceFlags(int(flags, 16)),
+                )
+                if not producer.is_valid:  # an all-zero id: the propagator reads no span
+                    producer = trace.INVALID_SPAN_CONTEXT
+                self._producer = (traceparent, producer)
+                return producer
+        return trace.get_current_span(propagate.extract(carrier)).get_span_context()
 
-    def job_finished(self, queue: str, outcome: str, duration: float) -> None:
-        if self.metrics:
-            attributes = {"messaging.destination.name": queue}
-            self._in_flight.add(-1, attributes)
-            self._duration.record(duration, {**attributes, "batchworks.job.outcome": outcome})
+    def queue_attributes(self, queue: str) -> dict[str, str]:
+        """The metric attributes of a queue, made once."""
+        attributes = self._queue_attributes.get(queue)
+        if attributes is None:
+            attributes = self._queue_attributes[queue] = {"messaging.destination.name": queue}
+        return attributes
+
+    def outcome_attributes(self, queue: str, outcome: str) -> dict[str, str]:
+        """The metric attributes of a queue and an outcome, made once per pair."""
+        attributes = self._outcome_attributes.get((queue, outcome))
+        if attributes is None:
+            attributes = {"messaging.destination.name": queue, "batchworks.job.outcome": outcome}
+            self._outcome_attributes[queue, outcome] = attributes
+        return attributes
 
     def settled(self, queue: str, outcome: str, count: int = 1) -> None:
-        if self.metrics:
-            self._settled.add(
-                count, {"messaging.destination.name": queue, "batchworks.job.outcome": outcome}
-            )
+        if self._instruments is not None:
+            self._instruments.settled.add(count, self.outcome_attributes(queue, outcome))
 
     def leases_lost(self, count: int) -> None:
-        if self.metrics and count:
-            self._lost.add(count)
+        if self._instruments is not None and count:
+            self._instruments.lost.add(count)
 
     def recovered(self, count: int) -> None:
-        if self.metrics and count:
-            self._recovered.add(count)
+        if self._instruments is not None and count:
+            self._instruments.recovered.add(count)
