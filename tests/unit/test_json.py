@@ -78,3 +78,36 @@ def test_dumps_array_matches_dumps_value_by_value(values: list[Any]) -> None:
 def test_dumps_array_names_the_value_it_refuses(values: list[Any], fragment: str) -> None:
     with pytest.raises(PayloadError, match=fragment.replace("(", r"\(")):
         _json.dumps_array(values, what=lambda i: f"#{i}", limit=LIMIT)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(TEXT, children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES)
+def test_loads_reads_back_what_dumps_and_json_write(value: Any) -> None:
+    try:
+        text = _json.dumps(value, what="value")
+    except PayloadError:
+        return  # NUL or a lone surrogate: never stored, never read
+    # What dumps wrote, and the same value as PostgreSQL's jsonb output spells it (spaces).
+    for spelled in (text, json.dumps(value, ensure_ascii=False)):
+        assert _json.loads(spelled) == json.loads(spelled)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [(' {"a": 1}', {"a": 1}), ('{"a": 1}\n', {"a": 1}), ("1", 1), ('"x"', "x"), ("null", None)],
+)
+def test_loads_takes_white_space_and_bare_scalars(text: str, value: Any) -> None:
+    assert _json.loads(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1,", "1 2", "nope", '{"a": 1}}'])
+def test_loads_refuses_what_is_not_one_json_value_as_json_does(text: str) -> None:
+    with pytest.raises(json.JSONDecodeError):
+        _json.loads(text)

@@ -590,7 +590,7 @@ def _record(row: asyncpg.Record) -> JobRecord:
     return JobRecord(
         id=row["id"],
         queue=row["queue"],
-        payload=json.loads(row["payload"]),
+        payload=_json.loads(row["payload"]),
         state=JobState(row["state"]),
         attempts=row["attempts"],
         max_attempts=row["max_attempts"] or 0,
@@ -613,7 +613,7 @@ def _claimed(row: asyncpg.Record) -> ClaimedJob:
     return ClaimedJob(
         job_id,
         queue,
-        json.loads(payload),
+        _json.loads(payload),
         attempt,
         most,
         _loads(checkpoint),
@@ -625,7 +625,7 @@ def _claimed(row: asyncpg.Record) -> ClaimedJob:
 
 
 def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    return None if text is None else _json.loads(text)
 
 
 def _migration_files() -> list[tuple[int, str, str]]:
