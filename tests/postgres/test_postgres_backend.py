@@ -274,8 +274,8 @@ class TestClaimPlan:
                 "finished_at = now() WHERE id % 4 <> 0"
             )
             await conn.execute(f'ANALYZE "{pg_backend.schema}".jobs')
-            claim = Queries(pg_backend.schema).claim
-            for queues in (["q"], ["q", "other"]):
+            queries = Queries(pg_backend.schema)
+            for claim, queues in ((queries.claim_one, "q"), (queries.claim, ["q", "other"])):
                 rows = await conn.fetch(f"EXPLAIN {claim}", uuid.uuid4(), queues, 100, 30.0, 5)
                 plan = "\n".join(row[0] for row in rows)
                 assert "Index Scan using jobs_claim" in plan, plan
@@ -311,7 +311,8 @@ class TestClaimPlan:
                 # every heartbeat: the running rows (50 held), never the backlog or history
                 (queries.recover, (30.0, 1), "jobs_running", 50),
                 (queries.next_due, (["q"],), "jobs_claim", 3),  # a probe a priority: 5, 0, -1
-                (queries.claim, (worker, ["q"], 100, 30.0, 5), "jobs_claim", 100),
+                (queries.claim_one, (worker, "q", 100, 30.0, 5), "jobs_claim", 100),
+                (queries.claim, (worker, ["q", "other"], 100, 30.0, 5), "jobs_claim", 100),
             ]
             for statement, args, index, most in cases:
                 transaction = conn.transaction()

@@ -493,7 +493,10 @@ class PostgresBackend:
         max_attempts: int,
     ) -> list[ClaimedJob]:
         """Take up to ``limit`` due jobs for ``worker`` in one statement."""
-        rows = await self._fetch(self._q.claim, worker, list(queues), limit, lease, max_attempts)
+        statement, names = (
+            (self._q.claim_one, queues[0]) if len(queues) == 1 else (self._q.claim, list(queues))
+        )
+        rows = await self._fetch(statement, worker, names, limit, lease, max_attempts)
         return [_claimed(row) for row in rows]  # in claim order
 
     async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:
