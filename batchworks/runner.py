@@ -15,6 +15,7 @@ The runner knows nothing of SQL: it talks to its backend through :class:`Backend
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -514,12 +515,13 @@ class Runner:
             held.task.cancel()
 
     def _on_settled(self, outcomes: Sequence[Outcome], lost: frozenset[int]) -> None:
+        written = collections.Counter(
+            (outcome.queue, outcome.kind) for outcome in outcomes if outcome.job_id not in lost
+        )
         telemetry = self._telemetry
-        for outcome in outcomes:
-            if outcome.job_id in lost:
-                continue
-            self._counts[outcome.kind] += 1
-            telemetry.settled(outcome.queue, outcome.kind.value)
+        for (queue, kind), count in written.items():
+            self._counts[kind] += count
+            telemetry.settled(queue, kind.value, count)
         if lost:
             self._lost += len(lost)
             telemetry.leases_lost(len(lost))
