@@ -12,6 +12,8 @@ from batchworks.backends.base import Backend
 async def handle(job: Job) -> Any:
     if job.payload == "bad":
         raise Terminal("bad record")
+    if isinstance(job.payload, dict) and "sleep" in job.payload:
+        await asyncio.sleep(job.payload["sleep"])  # a job that takes this long
     if job.payload == "hang":
         await job.save_checkpoint({"step": 1})
         await asyncio.Event().wait()

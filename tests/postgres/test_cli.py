@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
 import signal
 import subprocess
 import sys
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
@@ -67,6 +70,51 @@ class TestRun:
         assert result.returncode == 1, result.stderr
         report = json.loads(result.stdout)
         assert (report["succeeded"], report["failed"], report["worker"]) == (1, 1, "cli-worker")
+
+    async def test_run_shows_live_progress_on_a_terminal_and_none_in_a_pipe(
+        self, cli: Cli, migrated: PostgresBackend, pg_dsn: str, pg_schema: str
+    ) -> None:
+        # Jobs that take 1.2 s, so the run outlasts a few progress ticks (0.5 s apart).
+        await migrated.enqueue_many("q", [{"sleep": 1.2}] * 3)
+        command = [sys.executable, "-m", "batchworks", "--dsn", pg_dsn, "--schema", pg_schema]
+        main, child = pty.openpty()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command, "run", APP, "--until-empty", cwd=ROOT, stdout=PIPE, stderr=child
+            )
+            os.close(child)
+            child = -1
+            stdout, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+            terminal = await asyncio.to_thread(_read_all, main)
+        finally:
+            os.close(main)
+            if child != -1:
+                os.close(child)
+        assert process.returncode == 0, terminal
+        assert stdout.decode().startswith("succeeded 3, failed 0")
+        ticks = [line for line in terminal.split("\r") if "jobs/s" in line]
+        assert ticks, f"no progress line on the terminal: {terminal!r}"
+        assert ticks[0].startswith("succeeded 0 | failed 0 | retried 0 | ")
+        assert terminal.endswith("\r\x1b[K"), "the progress line is not cleared at the end"
+
+        await migrated.enqueue_many("q", [{"sleep": 1.2}] * 3)
+        piped = await asyncio.to_thread(cli, "run", APP, "--until-empty")
+        assert piped.returncode == 0, piped.stderr
+        assert "\r" not in piped.stderr and "jobs/s" not in piped.stderr  # 10 s apart in a pipe
+
+
+def _read_all(fd: int) -> str:
+    """What a pseudo-terminal's other end wrote until it closed."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the other end is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
 
 
 class TestWorker:
