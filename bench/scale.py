@@ -71,8 +71,8 @@ QUICK = (
 
 async def main() -> int:
     parse = parser(__doc__)
-    parse.add_argument("--drain", type=int, default=5_000, help="jobs drained per round")
-    parse.add_argument("--rounds", type=int, default=3)
+    parse.add_argument("--drain", type=int, default=8_000, help="jobs drained per round")
+    parse.add_argument("--rounds", type=int, default=5)
     parse.add_argument("--max-seconds", type=float, default=20.0, help="bound on one drain")
     parse.add_argument("--no-stats-only", action="store_true", help="skip the ANALYZE runs")
     args = parse.parse_args()
@@ -194,10 +194,10 @@ async def explain_claim(backend: PostgresBackend, conn: asyncpg.Connection) -> l
     read from its backend (internal: if that changes shape, the plan is skipped)."""
     token = await backend.register_worker("bench-explain", [QUEUE])
     try:
-        claim = backend._q.claim
+        claim = backend._q.claim_one  # a runner of one queue claims with this one
         async with conn.transaction():
             rows = await conn.fetch(
-                "EXPLAIN (ANALYZE, BUFFERS) " + claim, token, [QUEUE], 100, 30.0, 5
+                "EXPLAIN (ANALYZE, BUFFERS) " + claim, token, QUEUE, 100, 30.0, 5
             )
             plan = [row[0] for row in rows]
             raise _Rollback

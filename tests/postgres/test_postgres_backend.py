@@ -150,6 +150,37 @@ class TestConfiguration:
         finally:
             await pool.close()
 
+    async def test_a_callers_pool_gets_its_listen_connection_back_unlistened(
+        self, pg_dsn: str, pg_backend: PostgresBackend
+    ) -> None:
+        # A pool with a reset of its own (one that does not UNLISTEN): the backend must not
+        # hand it back a connection still listening on batchworks' channel.
+        async def keep_session(conn: asyncpg.Connection) -> None:
+            pass
+
+        listen = f'LISTEN "batchworks_{pg_backend.schema}"'
+        watcher = await asyncpg.connect(pg_dsn)
+        pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1, reset=keep_session)
+        try:
+
+            async def listening() -> bool:
+                return bool(
+                    await watcher.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query = $1", listen
+                    )
+                )
+
+            async with PostgresBackend(pool=pool, schema=pg_backend.schema) as backend:
+                await backend.wait_for_work(["q"], max_wait=0.001)  # starts its listener
+                await eventually(listening, what="the listener to LISTEN")
+            # The pool's only connection, the listener's, must be back and usable.
+            async with pool.acquire(timeout=5) as conn:
+                channels = await conn.fetch("SELECT pg_listening_channels()")
+        finally:
+            pool.terminate()  # close() would wait for a connection that never came back
+            await watcher.close()
+        assert channels == []
+
 
 class TestTransactionalEnqueue:
     async def test_job_exists_only_if_the_callers_transaction_commits(

@@ -108,4 +108,8 @@ class Listener:
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
+                # UNLISTEN before a connection goes back to a pool: a pool created with a
+                # reset= of its own would keep it listening for its next user.
+                await conn.remove_listener(self._channel, self._on_notify)
+            with contextlib.suppress(Exception):
                 await self._release(conn)
