@@ -1,10 +1,11 @@
 """Scale: the cost per job as the backlog and the history grow, and the claim's query plan.
 
-For each case, a fresh batchworks schema gets a backlog of queued no-op jobs (``enqueue_many``)
-and, in the history case, finished jobs (inserted directly as ``succeeded``, as a vacuumed table
-holds them). Then a worker process (``Runner(concurrency=100, batch_size=100)``) drains
-``--drain`` jobs off the top of the backlog and stops; the backlog is topped up again between
-rounds, and the best of ``--rounds`` counts. Cases: 10k, 100k and 1M queued; 10k queued with 1M
+Each case gets a fresh batchworks schema of its own with a backlog of queued no-op jobs
+(``enqueue_many``) and, in the history case, finished jobs (inserted directly as ``succeeded``,
+as a vacuumed table holds them). Then, round after round, the cases alternating (so that the
+machine's drift over the run hits them alike), a worker process (``Runner(concurrency=100,
+batch_size=100)``) drains ``--drain`` jobs off the top of a case's backlog and stops; the
+backlog is topped up again, and the best of ``--rounds`` counts. Cases: 10k, 100k and 1M queued; 10k queued with 1M
 finished. The rate at 10k is the reference: the others should stay within 20% of it.
 
 Each case runs twice: as enqueued (no planner statistics yet: the state right after a bulk
@@ -23,6 +24,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -82,14 +84,19 @@ async def main() -> int:
     print(await describe_machine(dsn, args.uvloop))
     print(f"scale: drain {drain:,} jobs a round off each backlog, best of {rounds}")
     results: dict[str, dict[str, Any]] = {}
-    async with scratch_schema(dsn, "bench_scale") as schema:
+    async with contextlib.AsyncExitStack() as stack:
+        schemas = [
+            await stack.enter_async_context(scratch_schema(dsn, f"bench_scale_c{i}"))
+            for i in range(len(cases))
+        ]
         for analyzed in variants:
             label = "after ANALYZE" if analyzed else "no statistics"
             print(f"{label}:")
+            measured = await measure(
+                dsn, list(zip(cases, schemas, strict=True)), drain, rounds, analyzed, args
+            )
             for case in cases:
-                key = f"{case.name}, {label}"
-                results[key] = await measure(dsn, schema, case, drain, rounds, analyzed, args)
-                found = results[key]
+                found = results[f"{case.name}, {label}"] = measured[case.name]
                 print(
                     f"  {case.name:<28}{rate(found['rate'])}  "
                     f"({1e6 / found['rate']:.1f} us/job)  claim via {found['index']}, "
@@ -97,15 +104,11 @@ async def main() -> int:
                     flush=True,
                 )
                 if found["done"] == 0:
-                    print(f"error: no job ran in case {key}", file=sys.stderr)
+                    print(f"error: no job ran in case {case.name}, {label}", file=sys.stderr)
                     return 1
             if not args.quick:
                 print(f"  claim plan, {cases[-2].name}, {label}:")
-                print(
-                    "\n".join(
-                        "    " + line for line in results[f"{cases[-2].name}, {label}"]["plan"]
-                    )
-                )
+                print("\n".join("    " + line for line in measured[cases[-2].name]["plan"]))
     for analyzed in variants:
         label = "after ANALYZE" if analyzed else "no statistics"
         reference = results[f"{cases[0].name}, {label}"]["rate"]
@@ -120,44 +123,69 @@ async def main() -> int:
 
 
 async def measure(
-    dsn: str, schema: str, case: Case, drain: int, rounds: int, analyzed: bool, args: Any
-) -> dict[str, Any]:
+    dsn: str, cases: list[tuple[Case, str]], drain: int, rounds: int, analyzed: bool, args: Any
+) -> dict[str, dict[str, Any]]:
+    """Build every case's backlog in its own schema, then drain them round after round, the
+    cases alternating, so that the machine's drift over the run hits every case alike."""
     conn = await asyncpg.connect(dsn)
+    plans: dict[str, list[str]] = {}
+    best = {case.name: 0.0 for case, _ in cases}
+    done = {case.name: 0 for case, _ in cases}
     try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        async with PostgresBackend(dsn, schema=schema) as backend:
-            await backend.migrate()
-            await top_up(backend, case.backlog)
-            if case.history:
-                await conn.execute(
-                    f'INSERT INTO "{schema}".jobs (queue, payload, state, attempts, started_at, '
-                    "finished_at) SELECT $1, jsonb_build_object('n', g), 'succeeded', 1, now(), "
-                    "now() FROM generate_series(1, $2) AS g",
-                    QUEUE,
-                    case.history,
-                )
-            if analyzed:
-                await conn.execute(f'ANALYZE "{schema}".jobs')
-            plan = await explain_claim(backend, conn)
-            best, done = 0.0, 0
+        async with contextlib.AsyncExitStack() as stack:
+            backends = {}
+            for case, schema in cases:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                backend = await stack.enter_async_context(PostgresBackend(dsn, schema=schema))
+                await backend.migrate()
+                await top_up(backend, case.backlog)
+                if case.history:
+                    await conn.execute(
+                        f'INSERT INTO "{schema}".jobs (queue, payload, state, attempts, '
+                        "started_at, finished_at) SELECT $1, jsonb_build_object('n', g), "
+                        "'succeeded', 1, now(), now() FROM generate_series(1, $2) AS g",
+                        QUEUE,
+                        case.history,
+                    )
+                if analyzed:
+                    await conn.execute(f'ANALYZE "{schema}".jobs')
+                plans[case.name] = await explain_claim(backend, conn)
+                backends[case.name] = backend
             for _ in range(rounds):
-                command = worker_command(
-                    "batchworks",
-                    dsn,
-                    schema=schema,
-                    batch_size=100,
-                    concurrency=100,
-                    stop_after=drain,
-                    max_seconds=args.max_seconds,
-                    uvloop=args.uvloop,
-                )
-                results, _ = await run_workers([command], within=args.max_seconds + 60)
-                found = summarize("batchworks", results[0].done, results)
-                best, done = max(best, found.rate), max(done, found.done)
-                await top_up(backend, case.backlog - await queued(conn, schema))
+                for case, schema in cases:
+                    command = worker_command(
+                        "batchworks",
+                        dsn,
+                        schema=schema,
+                        batch_size=100,
+                        concurrency=100,
+                        stop_after=drain,
+                        max_seconds=args.max_seconds,
+                        uvloop=args.uvloop,
+                    )
+                    results, _ = await run_workers([command], within=args.max_seconds + 60)
+                    found = summarize("batchworks", results[0].done, results)
+                    best[case.name] = max(best[case.name], found.rate)
+                    done[case.name] = max(done[case.name], found.done)
+                    backend = backends[case.name]
+                    await top_up(backend, case.backlog - await queued(conn, schema))
     finally:
         await conn.close()
-    index = next(
+    return {
+        name: {
+            "rate": best[name],
+            "done": done[name],
+            "index": _claim_index(plan),
+            "claim_ms": _claim_ms(plan),
+            "plan": plan,
+        }
+        for name, plan in plans.items()
+    }
+
+
+def _claim_index(plan: list[str]) -> str:
+    """The index the claim reads its candidates from, as EXPLAIN names it."""
+    return next(
         (
             line.split(" using ")[1].split()[0]
             for line in plan
@@ -165,7 +193,10 @@ async def measure(
         ),
         "?",
     )
-    claim_ms = next(
+
+
+def _claim_ms(plan: list[str]) -> float:
+    return next(
         (
             float(line.split(":")[1].split()[0])
             for line in plan
@@ -173,7 +204,6 @@ async def measure(
         ),
         float("nan"),
     )
-    return {"rate": best, "done": done, "index": index, "claim_ms": claim_ms, "plan": plan}
 
 
 async def top_up(backend: PostgresBackend, count: int) -> None:
