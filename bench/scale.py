@@ -5,8 +5,9 @@ Each case gets a fresh batchworks schema of its own with a backlog of queued no-
 as a vacuumed table holds them). Then, round after round, the cases alternating (so that the
 machine's drift over the run hits them alike), a worker process (``Runner(concurrency=100,
 batch_size=100)``) drains ``--drain`` jobs off the top of a case's backlog and stops; the
-backlog is topped up again, and the best of ``--rounds`` counts. Cases: 10k, 100k and 1M queued; 10k queued with 1M
-finished. The rate at 10k is the reference: the others should stay within 20% of it.
+backlog is topped up again, and the best of ``--rounds`` counts. Cases: 10k, 100k and 1M
+queued; 10k queued with 1M finished. The rate at 10k is the reference: the others should stay
+within 20% of it.
 
 Each case runs twice: as enqueued (no planner statistics yet: the state right after a bulk
 enqueue, before autovacuum's ANALYZE, and for good where autovacuum is off), and after
