@@ -326,20 +326,25 @@ class PostgresBackend:
         with send_span(queue, len(payloads)) as carrier:
             context = None if carrier is None else json.dumps(carrier)
             if all(key is None for key in keys):
-                rows = await self._fetch(
-                    self._q.enqueue_plain,
-                    queue,
-                    array,
-                    options.priority,
-                    options.run_at,
-                    options.delay,
-                    options.max_attempts,
-                    options.timeout,
-                    context,
-                    connection=connection,
-                )
-                return sorted(row[0] for row in rows if row[0] is not None)
+                return await self._insert(options, array, context, connection)
             return await self._insert_deduped(options, array, keys, context, connection)
+
+    async def _insert(
+        self, options: EnqueueOptions, array: str, trace_context: str | None, connection: Any
+    ) -> list[int]:
+        rows = await self._fetch(
+            self._q.enqueue_plain,
+            options.queue,
+            array,
+            options.priority,
+            options.run_at,
+            options.delay,
+            options.max_attempts,
+            options.timeout,
+            trace_context,
+            connection=connection,
+        )
+        return sorted(row[0] for row in rows if row[0] is not None)  # None: the NOTIFY's row
 
     async def _insert_deduped(
         self,
