@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from batchworks import JobState, LeaseLost, MemoryBackend
-from batchworks.backends.base import Backend, ClaimedJob, WorkerToken
+from batchworks.backends.base import Backend, ClaimedJob, Heartbeat, WorkerToken
 from batchworks.outcome import Outcome, OutcomeKind
 
 LEASE = 30.0  # seconds
@@ -57,7 +57,7 @@ async def state(backend: Backend, job_id: int) -> JobState:
     return record.state
 
 
-def succeeded(job_id: int, result: str = '"ok"') -> Outcome:
+def succeeded(job_id: int, result: str | None = '"ok"') -> Outcome:
     return Outcome(job_id, OutcomeKind.SUCCEEDED, result_json=result)
 
 
@@ -530,18 +530,31 @@ class TestFencing:
         assert await backend.settle(new, [succeeded(job_id)]) == []
         assert await state(backend, job_id) is JobState.SUCCEEDED
 
-    async def test_settle_reports_only_the_lost_ids(self, backend: Backend) -> None:
+    # A flush of plain successes (no result) takes a statement of its own on PostgreSQL.
+    @pytest.mark.parametrize("result", ['"ok"', None], ids=["with-result", "plain"])
+    async def test_settle_reports_only_the_lost_ids(
+        self, backend: Backend, result: str | None
+    ) -> None:
         mine, theirs = await backend.enqueue_many("q", [1, 2])
         one = await backend.register_worker("w1", ["q"])
         two = await backend.register_worker("w2", ["q"])
         await claim_one(backend, one)
         await claim_one(backend, two)
 
-        lost = await backend.settle(one, [succeeded(mine), succeeded(theirs)])
+        lost = await backend.settle(one, [succeeded(mine, result), succeeded(theirs, result)])
 
         assert lost == [theirs]
-        assert await state(backend, mine) is JobState.SUCCEEDED
+        record = await backend.get_job(mine)
+        assert record is not None
+        assert (record.state, record.result, record.worker) == (
+            JobState.SUCCEEDED,
+            None if result is None else "ok",
+            "w1",
+        )
         assert await state(backend, theirs) is JobState.RUNNING
+        assert await backend.heartbeat(one, [mine], lease=LEASE) == Heartbeat(
+            alive=True, lost=(mine,)
+        )
 
     async def test_second_settle_of_the_same_job_is_lost(self, backend: Backend) -> None:
         job_id = await backend.enqueue("q", {})

@@ -49,7 +49,7 @@ from batchworks.errors import (
     SchemaNotMigrated,
 )
 from batchworks.job import JobRecord, JobState
-from batchworks.outcome import Outcome
+from batchworks.outcome import Outcome, OutcomeKind
 from batchworks.tracing import send_span
 
 __all__ = ["PostgresBackend"]
@@ -57,6 +57,7 @@ __all__ = ["PostgresBackend"]
 logger = logging.getLogger(__name__)
 
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,49}")
+_SUCCEEDED = OutcomeKind.SUCCEEDED
 _MIGRATION_FILE = re.compile(r"(\d{4})_(\w+)\.sql")
 _NOT_MIGRATED = (
     asyncpg.UndefinedTableError,
@@ -508,15 +509,21 @@ class PostgresBackend:
         """Write outcomes in one statement, fenced; returns the ids no longer held."""
         if not outcomes:
             return []
-        rows = await self._fetch(
-            self._q.settle,
-            worker,
-            [o.job_id for o in outcomes],
-            [o.kind.value for o in outcomes],
-            [o.delay for o in outcomes],
-            [o.result_json for o in outcomes],
-            [None if o.error is None else json.dumps(o.error) for o in outcomes],
-        )
+        ids = [o.job_id for o in outcomes]
+        if all(
+            o.kind is _SUCCEEDED and o.result_json is None and o.error is None for o in outcomes
+        ):
+            rows = await self._fetch(self._q.settle_succeeded, worker, ids)
+        else:
+            rows = await self._fetch(
+                self._q.settle,
+                worker,
+                ids,
+                [o.kind.value for o in outcomes],
+                [o.delay for o in outcomes],
+                [o.result_json for o in outcomes],
+                [None if o.error is None else json.dumps(o.error) for o in outcomes],
+            )
         settled = {row["id"] for row in rows if row["id"] is not None}
         return [o.job_id for o in outcomes if o.job_id not in settled]
 

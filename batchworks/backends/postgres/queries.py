@@ -293,6 +293,17 @@ CLAIM: LiteralString = (
     + _CLAIM_TAIL
 )
 
+# A flush in which every job succeeded with nothing to keep (the common case of a busy queue):
+# ids only, no unnest join, nothing goes back to the queue. About 2 us a job less of
+# PostgreSQL's time than SETTLE, and four arrays fewer to build and encode.
+SETTLE_SUCCEEDED: LiteralString = """
+UPDATE __SCHEMA__.jobs
+SET state = 'succeeded', finished_at = now(), result = NULL,
+    worker_token = NULL, lease_until = NULL, cancel_requested = false
+WHERE id = ANY($2::bigint[]) AND state = 'running' AND worker_token = $1
+RETURNING id
+"""
+
 SETTLE: LiteralString = (
     """
 WITH o AS (
