@@ -89,6 +89,7 @@ def dumps_array(values: Sequence[Any], *, what: Callable[[int], str], limit: int
             return _dumps_each(values, what, limit)
     if max(sizes, default=0) > limit:
         index = next(i for i, size in enumerate(sizes) if size > limit)
+        _dumps_each(values[:index], what, limit)  # an earlier value's own error comes first
         raise PayloadError(_too_big(what(index), sizes[index], limit))
     if ("{" in text and _bad_keys(values)) or ("\\u0000" in text and _NUL.search(text)):
         return _dumps_each(values, what, limit)
