@@ -325,57 +325,33 @@ class PostgresBackend:
             limit=self._max_bytes,
         )
         with send_span(queue, len(payloads)) as carrier:
-            context = None if carrier is None else json.dumps(carrier)
+            args = (
+                queue,
+                array,
+                options.priority,
+                options.run_at,
+                options.delay,
+                options.max_attempts,
+                options.timeout,
+                None if carrier is None else json.dumps(carrier),
+            )
             if all(key is None for key in keys):
-                return await self._insert(options, array, context, connection)
-            return await self._insert_deduped(options, array, keys, context, connection)
-
-    async def _insert(
-        self, options: EnqueueOptions, array: str, trace_context: str | None, connection: Any
-    ) -> list[int]:
-        rows = await self._fetch(
-            self._q.enqueue_plain,
-            options.queue,
-            array,
-            options.priority,
-            options.run_at,
-            options.delay,
-            options.max_attempts,
-            options.timeout,
-            trace_context,
-            connection=connection,
-        )
-        return sorted(row[0] for row in rows if row[0] is not None)  # None: the NOTIFY's row
+                rows = await self._fetch(self._q.enqueue_plain, *args, connection=connection)
+                return sorted(row[0] for row in rows if row[0] is not None)  # None: NOTIFY's row
+            return await self._insert_deduped(args, keys, connection)
 
     async def _insert_deduped(
-        self,
-        options: EnqueueOptions,
-        array: str,
-        keys: list[str | None],
-        trace_context: str | None,
-        connection: Any,
+        self, args: tuple[Any, ...], keys: list[str | None], connection: Any
     ) -> list[int]:
-        rows = await self._fetch(
-            self._q.enqueue,
-            options.queue,
-            array,
-            keys,
-            options.priority,
-            options.run_at,
-            options.delay,
-            options.max_attempts,
-            options.timeout,
-            trace_context,
-            connection=connection,
-        )
+        """ENQUEUE with the keys: ids in payload order, a live job's id for a taken key."""
+        rows = await self._fetch(self._q.enqueue, *args, keys, connection=connection)
         fresh = sorted(row["id"] for row in rows if row["inserted"] and row["dedupe_key"] is None)
         by_key = {row["dedupe_key"]: row["id"] for row in rows if row["dedupe_key"] is not None}
         missing = [key for key in keys if key is not None and key not in by_key]
         if missing:
             # A concurrent enqueue committed the key after this statement's snapshot was taken.
-            more = await self._fetch(
-                self._q.live_dedupe, options.queue, missing, connection=connection
-            )
+            queue = args[0]  # the statements' $1
+            more = await self._fetch(self._q.live_dedupe, queue, missing, connection=connection)
             by_key.update({row["dedupe_key"]: row["id"] for row in more})
         plain = iter(fresh)
         ids = []

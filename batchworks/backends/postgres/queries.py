@@ -88,15 +88,16 @@ UNION ALL
 SELECT NULL FROM woke
 """
 
+# The same parameters as ENQUEUE_PLAIN, and the dedupe keys ($9) in payload order.
 ENQUEUE: LiteralString = """
 WITH input AS (
-    SELECT * FROM ROWS FROM (jsonb_array_elements($2::jsonb), unnest($3::text[]))
+    SELECT * FROM ROWS FROM (jsonb_array_elements($2::jsonb), unnest($9::text[]))
         WITH ORDINALITY AS t(payload, dedupe_key, ord)
 ), ins AS (
     INSERT INTO __SCHEMA__.jobs
         (queue, payload, priority, run_at, max_attempts, dedupe_key, timeout, trace_context)
-    SELECT $1, payload, $4, coalesce($5, now() + make_interval(secs => $6)), $7, dedupe_key, $8,
-           $9::jsonb
+    SELECT $1, payload, $3, coalesce($4, now() + make_interval(secs => $5)), $6, dedupe_key, $7,
+           $8::jsonb
     FROM input ORDER BY ord
     ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('queued', 'running')
     DO NOTHING
@@ -107,7 +108,7 @@ WITH input AS (
 SELECT id, dedupe_key, true AS inserted FROM ins
 UNION ALL
 SELECT id, dedupe_key, false FROM __SCHEMA__.jobs
-WHERE queue = $1 AND dedupe_key = ANY($3::text[]) AND state IN ('queued', 'running')
+WHERE queue = $1 AND dedupe_key = ANY($9::text[]) AND state IN ('queued', 'running')
 UNION ALL
 SELECT NULL, NULL, false FROM woke
 """
