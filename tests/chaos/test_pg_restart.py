@@ -106,7 +106,8 @@ async def test_postgres_restart_loses_nothing_and_work_resumes(
     await asyncio.sleep(0.5)
     ids = await backend.enqueue_many("q", [{"ms": 1}] * 5)
     ledger.expect(ids)
-    woke = await poll(ledger.drained, within=POLL_INTERVAL * 2, what="the jobs enqueued at idle")
+    # A hang net at half the poll interval: only a NOTIFY can have woken them this soon.
+    woke = await poll(ledger.drained, within=POLL_INTERVAL / 2, what="the jobs enqueued at idle")
     assert all(w.alive for w in workers), "a worker exited after PostgreSQL restarted"
 
     verdict = await settle_and_judge(ledger, fleet, within=30)
@@ -120,7 +121,6 @@ async def test_postgres_restart_loses_nothing_and_work_resumes(
     )
     verdict.assert_ok()
     assert max(resumed) < RESUME_WITHIN, f"work resumed after {describe(resumed)}"
-    assert woke < 2.0, f"an idle worker took {woke:.2f} s to take a new job: no NOTIFY?"
 
 
 async def _server_now(dsn: str) -> float:

@@ -29,6 +29,7 @@ BENCHMARKS = [
     "scale.py",
     "memory.py",
     "tracing_cost.py",
+    "refusal.py",
 ]
 RATIO = re.compile(r"^ratio\b.*\d+\.\d+x", re.MULTILINE)
 

@@ -212,7 +212,7 @@ class TestTransactionalEnqueue:
 
         conn = await asyncpg.connect(pg_dsn)
         try:
-            async with Runner(pg_backend, {"q": handler}, poll_interval=30):
+            async with Runner(pg_backend, {"q": handler}, poll_interval=60):
                 tx = conn.transaction()
                 await tx.start()
                 await pg_backend.enqueue("q", None, connection=conn)
@@ -220,7 +220,7 @@ class TestTransactionalEnqueue:
                     async with asyncio.timeout(0.3):
                         await started.wait()
                 await tx.commit()
-                async with asyncio.timeout(2):
+                async with asyncio.timeout(15):  # a hang net, far below the 60 s poll
                     await started.wait()
         finally:
             await conn.close()
@@ -237,7 +237,7 @@ class TestListener:
 
         conn = await asyncpg.connect(pg_dsn)
         try:
-            async with Runner(pg_backend, {"q": handler}, poll_interval=30):
+            async with Runner(pg_backend, {"q": handler}, poll_interval=60):
                 listen = f'LISTEN "batchworks_{pg_backend.schema}"'
 
                 async def listener_pid() -> int | None:
@@ -256,7 +256,7 @@ class TestListener:
 
                 await eventually(reconnected, what="the listener to reconnect")
                 await pg_backend.enqueue("q", None)
-                async with asyncio.timeout(2):  # far below the 30 s poll
+                async with asyncio.timeout(15):  # a hang net, far below the 60 s poll
                     await started.wait()
         finally:
             await conn.close()
@@ -266,30 +266,25 @@ async def _is_not_none(value: Awaitable[object]) -> bool:
     return (await value) is not None
 
 
-class TestLatency:
-    async def test_idle_runner_starts_an_enqueued_job_well_under_100ms(
+class TestWakeUps:
+    async def test_idle_runner_is_woken_by_each_of_several_enqueues_in_a_row(
         self, pg_backend: PostgresBackend
     ) -> None:
-        loop = asyncio.get_running_loop()
-        started_at: list[float] = []
+        # Each wake-up re-arms the next. How fast one is (enqueue -> handler start, p50/p99)
+        # is a figure of bench/latency.py; here only that a NOTIFY, not the 60 s poll, did it.
         started = asyncio.Event()
 
         async def handler(job: Job) -> None:
-            started_at.append(loop.time())
             started.set()
 
-        async with Runner(pg_backend, {"q": handler}, poll_interval=5):
-            latencies = []
+        async with Runner(pg_backend, {"q": handler}, poll_interval=60):
             for _ in range(5):
                 started.clear()
                 # let the runner go idle in wait_for_work first
                 await asyncio.sleep(0.05)
-                enqueued_at = loop.time()
                 await pg_backend.enqueue("q", None)
-                async with asyncio.timeout(2):
+                async with asyncio.timeout(15):  # a hang net, far below the 60 s poll
                     await started.wait()
-                latencies.append(started_at[-1] - enqueued_at)
-        assert sorted(latencies)[2] < 0.1, f"median latency {sorted(latencies)[2]:.3f}s"
 
 
 class TestClaimPlan:
