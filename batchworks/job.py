@@ -95,7 +95,9 @@ class JobRecord:
     #: when its last attempt started, and when it reached a final state
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    #: one entry per failed attempt, oldest first
+    #: one entry per failed attempt, oldest first; also one for a succeeded attempt whose
+    #: result could not be kept (not JSON, or too large): type ``PayloadError``, the message
+    #: naming the type and what to return instead
     errors: tuple[ErrorEntry, ...] = ()
     #: what the handler returned, for a succeeded job
     result: Any = None

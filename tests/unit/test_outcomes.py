@@ -332,18 +332,59 @@ class TestBatch:
 
 
 class TestResults:
-    async def test_non_json_result_still_succeeds_without_a_result(self, backend: Backend) -> None:
+    @pytest.mark.parametrize(
+        ("result", "named", "instead"),
+        [
+            pytest.param(
+                {"at": datetime.now(UTC)}, "datetime at '$.at'", "ISO string", id="datetime"
+            ),
+            pytest.param({"tags": {"a", "b"}}, "set at '$.tags'", "pass a list", id="set"),
+            pytest.param("x" * (2 * 1024 * 1024), "over the limit", "", id="too-large"),
+        ],
+    )
+    async def test_result_that_cannot_be_kept_is_an_error_entry_of_a_succeeded_job(
+        self, backend: Backend, result: object, named: str, instead: str
+    ) -> None:
+        calls = []
+
         async def handler(job: Job) -> object:
-            return {"at": datetime.now(UTC)}
+            calls.append(job.id)
+            return result
 
         job_id = await _run_one(backend, handler)
 
         record = await backend.get_job(job_id)
         assert record is not None
-        assert record.state is JobState.SUCCEEDED
-        assert record.attempts == 1
-        assert record.result is None
-        assert record.errors == ()
+        # The side effects happened: the job stays succeeded and does not run again.
+        assert (record.state, record.attempts, record.result, calls) == (
+            JobState.SUCCEEDED,
+            1,
+            None,
+            [job_id],
+        )
+        [entry] = record.errors
+        assert (entry["attempt"], entry["type"]) == (1, "PayloadError")
+        assert named in entry["message"] and instead in entry["message"], entry["message"]
+        assert "result was not kept" in entry["message"]
+        assert entry["at"]
+
+    async def test_a_flush_mixing_kept_dropped_and_no_results_settles_each(
+        self, backend: Backend
+    ) -> None:
+        async def handler(job: Job) -> object:
+            return {"none": None, "kept": [1], "dropped": {1, 2}}[job.payload]
+
+        ids = await backend.enqueue_many("q", ["none", "kept", "dropped", "none"])
+        report = await Runner(backend, {"q": handler}, batch_size=4).run_until_empty()
+
+        assert report.succeeded == 4
+        records = [await backend.get_job(job_id) for job_id in ids]
+        assert [(r.state, r.result, len(r.errors)) for r in records if r is not None] == [
+            (JobState.SUCCEEDED, None, 0),
+            (JobState.SUCCEEDED, [1], 0),
+            (JobState.SUCCEEDED, None, 1),
+            (JobState.SUCCEEDED, None, 0),
+        ]
 
     async def test_result_comes_back_as_json(self, backend: Backend) -> None:
         async def handler(job: Job) -> object:
