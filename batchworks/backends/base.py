@@ -155,6 +155,17 @@ class Backend(Protocol):
 
     async def get_job(self, job_id: int) -> JobRecord | None: ...
 
+    async def wait_job(self, job_id: int, timeout: float | None = None) -> JobRecord:
+        """Return the job once it is succeeded, failed or cancelled (at once if it already is).
+
+        Woken by the backend when the job ends (PostgreSQL: a NOTIFY for that job only), not
+        by polling; a job re-queued by ``retry_failed()`` is waited for again.
+
+        :param timeout: seconds to wait at most (None: no limit).
+        :raises TimeoutError: the job did not end within ``timeout``.
+        :raises JobNotFound: no job has that id.
+        """
+
     async def stats(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: count}}`` with every state present."""
 

@@ -19,6 +19,7 @@ from batchworks import (
     PostgresBackend,
     Runner,
     SchemaNotMigrated,
+    Terminal,
 )
 from batchworks.backends.postgres import backend as backend_module
 from batchworks.backends.postgres.backend import Queries
@@ -41,7 +42,7 @@ class TestMigrate:
             )
         finally:
             await conn.close()
-        assert [row["version"] for row in versions] == [1, 2, 3]
+        assert [row["version"] for row in versions] == [1, 2, 3, 4]
 
     async def test_upgrade_from_version_2_keeps_jobs_in_flight(
         self, pg_dsn: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
@@ -58,7 +59,17 @@ class TestMigrate:
         async with PostgresBackend(pg_dsn, schema=pg_schema) as backend:
             await backend.migrate()
             running, queued = await backend.enqueue_many("q", [1, 2])
-            worker = await backend.register_worker("w", ["q"])
+            # The worker row as 0.1 wrote it: today's register_worker needs version 4's column.
+            worker = uuid.uuid4()
+            setup = await asyncpg.connect(pg_dsn)
+            try:
+                await setup.execute(
+                    f'INSERT INTO "{pg_schema}".workers (token, name, host, pid, queues) '
+                    "VALUES ($1, 'w', 'h', 1, '{q}')",
+                    worker,
+                )
+            finally:
+                await setup.close()
             [claimed] = await backend.claim(worker, ["q"], 1, lease=30.0, max_attempts=5)
             monkeypatch.undo()
 
@@ -85,7 +96,7 @@ class TestMigrate:
                 waiter = asyncio.create_task(backend.wait_for_work(["q"], max_wait=30))
                 await backend.enqueue("q", 3)
                 try:
-                    async with asyncio.timeout(5):
+                    async with asyncio.timeout(15):  # a hang net, far below max_wait=30
                         await waiter
                 except TimeoutError:
                     pytest.fail("an enqueue after the upgrade did not wake the idle backend")
@@ -95,7 +106,7 @@ class TestMigrate:
                 )
             finally:
                 await conn.close()
-        assert sorted(row["version"] for row in versions) == [1, 2, 3]
+        assert sorted(row["version"] for row in versions) == [1, 2, 3, 4]
         assert not {"jobs_due", "jobs_lease"} & {row["indexname"] for row in indexes}
 
     async def test_concurrent_migrations_from_many_processes_serialize(
@@ -224,6 +235,46 @@ class TestTransactionalEnqueue:
                     await started.wait()
         finally:
             await conn.close()
+
+
+class TestWaitJobNotify:
+    async def test_only_the_jobs_someone_waits_on_send_a_notify(
+        self, pg_backend: PostgresBackend, pg_dsn: str
+    ) -> None:
+        # A NOTIFY takes the global notify lock at commit: a flush of jobs nobody waits on
+        # must send none, on the fast path (plain successes) and on the general one alike.
+        async def handler(job: Job) -> object:
+            if job.payload % 5 == 0:
+                raise Terminal("multiple of five")
+            return None if job.payload % 2 else job.payload
+
+        heard: list[str] = []
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.add_listener(
+                f"bw_done_{pg_backend.schema}", lambda *args: heard.append(args[-1])
+            )
+            ids = await pg_backend.enqueue_many("q", list(range(1, 41)))
+            waited = [ids[6], ids[9]]  # payload 7 (a plain success) and 10 (fails)
+            waiters = [asyncio.create_task(pg_backend.wait_job(job_id)) for job_id in waited]
+
+            async def marked() -> bool:
+                count = await conn.fetchval(
+                    f'SELECT count(*) FROM "{pg_backend.schema}".jobs WHERE waited'
+                )
+                return bool(count == 2)
+
+            await eventually(marked, what="both waiters to mark their job")
+            report = await Runner(pg_backend, {"q": handler}, batch_size=10).run_until_empty()
+            async with asyncio.timeout(15):  # a hang net, far below the 30 s re-read
+                records = await asyncio.gather(*waiters)
+            await conn.execute("SELECT 1")  # what was sent has arrived by its answer
+        finally:
+            await conn.close()
+
+        assert (report.succeeded, report.failed) == (32, 8)
+        assert [record.state for record in records] == [JobState.SUCCEEDED, JobState.FAILED]
+        assert sorted(heard) == sorted(str(job_id) for job_id in waited)
 
 
 class TestListener:

@@ -22,6 +22,8 @@ PROBE_TIMEOUT = 5.0  # seconds a probe may take before the connection counts as 
 
 Connect = Callable[[], Awaitable[Any]]
 Release = Callable[[Any], Awaitable[None]]
+#: called with each NOTIFY's payload on its channel, and with None after each (re)connect
+OnNotify = Callable[[str | None], None]
 
 
 class Listener:
@@ -35,6 +37,17 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
         self._conn: Any = None
         self._closed = False
+        self._subscribers: dict[str, OnNotify] = {}
+        # asyncpg's listener callbacks, by channel: the same object must be given to remove
+        self._adapters: dict[str, Callable[[Any, int, str, str], None]] = {}
+        #: True while the connection listens (notifications are heard)
+        self.listening = False
+
+    def subscribe(self, channel: str, callback: OnNotify) -> None:
+        """Also listen on ``channel`` (from the next connect on): ``callback(payload)`` on
+        each NOTIFY, ``callback(None)`` after each (re)connect."""
+        self._subscribers[channel] = callback
+        self._adapters[channel] = lambda _conn, _pid, _channel, payload: callback(payload)
 
     def start(self) -> None:
         """Start listening in the background (once)."""
@@ -69,6 +82,10 @@ class Listener:
                 conn = await self._connect()
                 self._conn = conn
                 conn.add_termination_listener(lambda _conn, event=lost: event.set())
+                # The runners' channel last: operators (and tests) find the listener by its
+                # last query in pg_stat_activity, LISTEN "batchworks_<schema>".
+                for channel, adapter in self._adapters.items():
+                    await conn.add_listener(channel, adapter)
                 await conn.add_listener(self._channel, self._on_notify)
             except Exception as exc:
                 await self._drop()
@@ -83,7 +100,10 @@ class Listener:
                 delay = min(delay * 2, RETRY_MAX)
                 continue
             delay = 0.1
+            self.listening = True
             self.wake()
+            for callback in self._subscribers.values():
+                callback(None)
             await self._watch(conn, lost)
             await self._drop()
             logger.warning("LISTEN connection lost; reconnecting", extra={"action": "listen_lost"})
@@ -106,10 +126,14 @@ class Listener:
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
+        self.listening = False
         if conn is not None:
             with contextlib.suppress(Exception):
                 # UNLISTEN before a connection goes back to a pool: a pool created with a
                 # reset= of its own would keep it listening for its next user.
                 await conn.remove_listener(self._channel, self._on_notify)
+            for channel, adapter in self._adapters.items():
+                with contextlib.suppress(Exception):
+                    await conn.remove_listener(channel, adapter)
             with contextlib.suppress(Exception):
                 await self._release(conn)

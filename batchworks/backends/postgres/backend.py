@@ -25,6 +25,7 @@ from typing import Any, LiteralString, Self, cast
 import asyncpg
 
 from batchworks import _json
+from batchworks.backends._waiters import JobWaiters
 from batchworks.backends.base import (
     ClaimedJob,
     EnqueueOptions,
@@ -57,6 +58,8 @@ __all__ = ["PostgresBackend"]
 logger = logging.getLogger(__name__)
 
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,49}")
+WAIT_RECHECK = 30.0  # seconds between reads of a waited job while notifications are heard
+WAIT_RECHECK_UNHEARD = 1.0  # seconds between reads while the LISTEN connection is down
 _SUCCEEDED = OutcomeKind.SUCCEEDED
 _MIGRATION_FILE = re.compile(r"(\d{4})_(\w+)\.sql")
 _NOT_MIGRATED = (
@@ -73,11 +76,16 @@ class Queries:
     def __init__(self, schema: str) -> None:
         quoted = f'"{schema}"'
         self.channel = f"batchworks_{schema}"
+        # wait_job()'s wake-ups, apart from the runners' so that they wake no idle runner.
+        # Short: a channel name is an identifier of at most 63 bytes, and schema has up to 50.
+        self.finished_channel = f"bw_done_{schema}"
         for name in dir(queries):
             text = getattr(queries, name)
             if name.isupper() and isinstance(text, str):
-                filled = text.replace("__SCHEMA__", quoted).replace(
-                    "__CHANNEL__", f"'{self.channel}'"
+                filled = (
+                    text.replace("__SCHEMA__", quoted)
+                    .replace("__CHANNEL__", f"'{self.channel}'")
+                    .replace("__FINISHED__", f"'{self.finished_channel}'")
                 )
                 setattr(self, name.lower(), filled)
 
@@ -133,6 +141,8 @@ class PostgresBackend:
         self._min_size, self._max_size = min_size, max_size
         self._max_bytes = max_payload_bytes
         self._listener = Listener(self._q.channel, self._listen_connect, self._listen_release)
+        self._job_waiters = JobWaiters()
+        self._listener.subscribe(self._q.finished_channel, self._on_finished)
         self._closed = False
 
     @property
@@ -370,6 +380,35 @@ class PostgresBackend:
         """The job as stored, or None."""
         rows = await self._fetch(self._q.get_job, job_id)
         return _record(rows[0]) if rows else None
+
+    async def wait_job(self, job_id: int, timeout: float | None = None) -> JobRecord:
+        """Return the job once it is succeeded, failed or cancelled; see
+        :meth:`Backend.wait_job`.
+
+        The job is marked (``waited``) so that the statement ending it sends a NOTIFY for it
+        alone, on the backend's LISTEN connection; jobs nobody waits on cost no notification.
+        While that connection is down the job is read again every
+        :data:`WAIT_RECHECK_UNHEARD` seconds, and every :data:`WAIT_RECHECK` seconds anyway.
+        """
+        self._listener.start()
+        return await self._job_waiters.wait(
+            job_id, timeout, fetch=self._mark_and_get, recheck=self._wait_recheck
+        )
+
+    async def _mark_and_get(self, job_id: int) -> JobRecord | None:
+        # In this order: see MARK_WAITED.
+        await self._fetch(self._q.mark_waited, job_id)
+        return await self.get_job(job_id)
+
+    def _wait_recheck(self) -> float:
+        return WAIT_RECHECK if self._listener.listening else WAIT_RECHECK_UNHEARD
+
+    def _on_finished(self, payload: str | None) -> None:
+        if payload is None:  # (re)connected: what ended meanwhile was not heard
+            self._job_waiters.wake_all()
+        elif self._job_waiters:
+            with contextlib.suppress(ValueError):
+                self._job_waiters.wake(int(payload))
 
     async def overview(self) -> dict[str, QueueOverview]:
         """Each queue's counts, the age of its oldest due job and its checkpointed jobs."""
