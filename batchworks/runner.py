@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self, TypedDict, Unpack, overload
 
 import anyio
 
@@ -36,7 +36,7 @@ from batchworks._json import MAX_PAYLOAD_BYTES
 from batchworks._settle import SettleBuffer
 from batchworks.backends.base import Backend, ClaimedJob, WorkerToken
 from batchworks.errors import ConfigurationError, LifecycleError
-from batchworks.job import Job
+from batchworks.job import Job, PayloadT
 from batchworks.outcome import Outcome, OutcomeKind
 from batchworks.report import RunReport
 from batchworks.retry import RetryPolicy
@@ -58,11 +58,37 @@ CLAIM_RETRY_MAX = 2.0  # seconds between claim retries at most
 CANCEL_GRACE = 5.0  # seconds a cancelled handler gets to unwind at shutdown
 
 
-class Handler(Protocol):
+class Handler(Protocol[PayloadT]):
     """``async def handler(job: Job) -> object``: what it returns (JSON) is kept as the
-    job's result; what it raises decides a retry or a failure."""
+    job's result; what it raises decides a retry or a failure. ``Handler[OrderPayload]`` takes
+    a ``Job[OrderPayload]``.
 
-    def __call__(self, job: Job, /) -> Awaitable[Any]: ...
+    A type checker refuses a plain ``def`` here (it returns no awaitable): pass
+    ``sync_in_thread=True`` to Runner to run those in threads.
+    """
+
+    def __call__(self, job: Job[PayloadT], /) -> Awaitable[Any]: ...
+
+
+#: a plain function handler, allowed with ``Runner(..., sync_in_thread=True)``
+SyncHandler = Callable[[Job[Any]], Any]
+
+
+class RunnerOptions(TypedDict, total=False):
+    """The keyword options of :class:`Runner` besides ``sync_in_thread`` (for its overloads,
+    which differ only in the handlers that ``sync_in_thread`` allows)."""
+
+    concurrency: int
+    batch_size: int
+    retry: RetryPolicy | None
+    job_timeout: float | None
+    worker_name: str | None
+    heartbeat_interval: float
+    prune_after: float
+    shutdown_timeout: float
+    poll_interval: float
+    queues: Iterable[str] | None
+    flush_interval: float
 
 
 _names = itertools.count()
@@ -98,10 +124,42 @@ class Runner:
     :param flush_interval: seconds a finished job's outcome may wait to be written.
     """
 
+    # A type checker takes plain functions as handlers only with sync_in_thread=True; at run
+    # time check_handlers says the same, for code that is not type checked.
+    @overload
     def __init__(
         self,
         backend: Backend,
-        handlers: Mapping[str, Handler | Callable[[Job], Any]],
+        handlers: Mapping[str, Handler[Any]],
+        *,
+        sync_in_thread: Literal[False] = False,
+        **options: Unpack[RunnerOptions],
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        backend: Backend,
+        handlers: Mapping[str, Handler[Any] | SyncHandler],
+        *,
+        sync_in_thread: Literal[True],
+        **options: Unpack[RunnerOptions],
+    ) -> None: ...
+
+    @overload
+    def __init__(  # sync_in_thread known only at run time: async handlers only
+        self,
+        backend: Backend,
+        handlers: Mapping[str, Handler[Any]],
+        *,
+        sync_in_thread: bool,
+        **options: Unpack[RunnerOptions],
+    ) -> None: ...
+
+    def __init__(
+        self,
+        backend: Backend,
+        handlers: Mapping[str, Handler[Any] | SyncHandler],
         *,
         concurrency: int = CONCURRENCY,
         batch_size: int = BATCH_SIZE,
