@@ -460,17 +460,17 @@ class Runner:
         telemetry = self._telemetry
         telemetry.refresh()  # an SDK installed meanwhile is picked up from the next batch on
         try:
-            with telemetry.receive_span(self._queues) as span:
-                claimed = await self._backend.claim(
-                    self._token,
-                    self._queues,
-                    limit,
-                    lease=self._prune_after,
-                    max_attempts=self._policy.max_attempts,
-                )
-                telemetry.claimed(span, len(claimed))
-                self._claim_retry = CLAIM_RETRY_INITIAL
-                return claimed
+            started = telemetry.claim_started()
+            claimed = await self._backend.claim(
+                self._token,
+                self._queues,
+                limit,
+                lease=self._prune_after,
+                max_attempts=self._policy.max_attempts,
+            )
+            telemetry.claimed(self._queues, started, len(claimed))
+            self._claim_retry = CLAIM_RETRY_INITIAL
+            return claimed
         except Exception as exc:
             delay = self._claim_retry
             self._claim_retry = min(delay * 2, CLAIM_RETRY_MAX, self._poll_interval)

@@ -205,11 +205,13 @@ class MemoryBackend:
             self._encode(payload, payload_label(options.queue, index if numbered else None))
             for index, payload in enumerate(payloads)
         ]
-        with send_span(options.queue, len(texts)) as carrier:
-            return [
-                self._insert(options, text, key, carrier)
+        with send_span(options.queue, len(texts)) as span:
+            ids = [
+                self._insert(options, text, key, span.carrier)
                 for text, key in zip(texts, keys, strict=True)
             ]
+            span.sent(ids)
+            return ids
 
     def _check_connection(self, connection: object) -> None:
         self._check_open()

@@ -334,7 +334,10 @@ class PostgresBackend:
             what=lambda index: payload_label(queue, index if numbered else None),
             limit=self._max_bytes,
         )
-        with send_span(queue, len(payloads)) as carrier:
+        # On a caller's connection inside its transaction, the jobs exist only if it commits.
+        in_transaction = connection is not None and connection.is_in_transaction()
+        with send_span(queue, len(payloads), in_transaction=in_transaction) as span:
+            carrier = span.carrier
             args = (
                 queue,
                 array,
@@ -347,8 +350,11 @@ class PostgresBackend:
             )
             if all(key is None for key in keys):
                 rows = await self._fetch(self._q.enqueue_plain, *args, connection=connection)
-                return sorted(row[0] for row in rows if row[0] is not None)  # None: NOTIFY's row
-            return await self._insert_deduped(args, keys, connection)
+                ids = sorted(row[0] for row in rows if row[0] is not None)  # None: NOTIFY's row
+            else:
+                ids = await self._insert_deduped(args, keys, connection)
+            span.sent(ids)
+            return ids
 
     async def _insert_deduped(
         self, args: tuple[Any, ...], keys: list[str | None], connection: Any
