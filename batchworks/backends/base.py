@@ -105,7 +105,9 @@ class QueueOverview:
 
 @runtime_checkable
 class Backend(Protocol):
-    """Where jobs live. See DESIGN.md for the semantics both backends share."""
+    """Where jobs live. The semantics both backends share are README.md's (what happens to a
+    job, "Guarantees"), held by the contract tests that run on each (the ``backend`` fixture of
+    tests/conftest.py); docs/postgres-roles.md has the PostgreSQL roles."""
 
     # -- lifecycle and user-facing operations ------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""DESIGN.md's outcome mapping, row by row, and the allSettled guarantees of a batch."""
+"""README.md's outcome table ("What happens to a job"), row by row, and the allSettled
+guarantees of a batch."""
 
 from __future__ import annotations
 

@@ -138,4 +138,5 @@ class TestWaitJob:
         with pytest.raises(asyncio.CancelledError):
             await waiter
 
-        await eventually(lambda: not backend._job_waiters, what="the waiter to be gone")  # type: ignore[attr-defined]
+        waiters = getattr(backend, "_job_waiters")  # noqa: B009 - private: no public view of it
+        await eventually(lambda: not waiters, what="the waiter to be gone")
