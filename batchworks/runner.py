@@ -222,6 +222,7 @@ class Runner:
         self._counts = dict.fromkeys(OutcomeKind, 0)
         self._lost = 0
         self._started_at = 0.0
+        self._beat_ok_at = 0.0  # monotonic time of the last heartbeat the backend answered
         self._finished_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
@@ -245,6 +246,21 @@ class Runner:
     def backend(self) -> Backend:
         """The backend this runner takes its jobs from."""
         return self._backend
+
+    @property
+    def healthy(self) -> bool:
+        """For a liveness probe: True while the runner runs and the backend answered a
+        heartbeat within the last ``prune_after`` seconds (the registration counts as one).
+        False before it started, once it is stopping or stopped (a pruned or replaced worker
+        stops), and while heartbeats have failed for ``prune_after``: by then the other
+        workers presume it dead and take its jobs over, so restarting it loses nothing.
+
+        A read of the runner's state, cheap enough for every probe. An event loop blocked by
+        sync code answers no probe at all, which a probe's own timeout catches.
+        """
+        if self._state != "running" or self._stop_requested or not self._registered.is_set():
+            return False
+        return time.monotonic() - self._beat_ok_at <= self._prune_after
 
     @property
     def report(self) -> RunReport:
@@ -363,6 +379,7 @@ class Runner:
             self._concurrency,
             extra={"action": "worker_ready", "worker": self._worker_name},
         )
+        self._beat_ok_at = time.monotonic()
         self._registered.set()
         settler = asyncio.create_task(self._settle.run(), name="batchworks:settle")
         heart = asyncio.create_task(self._heartbeat_loop(), name="batchworks:heartbeat")
@@ -621,6 +638,7 @@ class Runner:
                 self._cancel(job_id, "lost")
             self.stop()
             return
+        self._beat_ok_at = time.monotonic()  # for healthy
         for job_id in beat.lost:
             self._cancel(job_id, "lost")
         for job_id in beat.cancel:

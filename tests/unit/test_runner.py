@@ -18,7 +18,7 @@ from batchworks import (
     RetryPolicy,
     Runner,
 )
-from batchworks.backends.base import Backend
+from batchworks.backends.base import Backend, Heartbeat
 from tests.conftest import eventually
 
 FAST = {"heartbeat_interval": 0.05, "prune_after": 5.0, "poll_interval": 0.05}
@@ -385,3 +385,64 @@ async def test_repr_shows_worker_state_and_counts() -> None:
     assert repr(runner) == "<Runner worker='w1' state=created running=0 succeeded=0 failed=0>"
     await runner.run_until_empty()
     assert repr(runner) == "<Runner worker='w1' state=stopped running=0 succeeded=3 failed=0>"
+
+
+class TestHealthy:
+    async def test_healthy_while_running_and_not_before_or_after(self) -> None:
+        gate = Gate()
+        gate.expect = 1
+        backend = MemoryBackend()
+        await backend.enqueue("q", 1)
+        runner = Runner(backend, {"q": gate}, shutdown_timeout=10, **FAST)
+        assert not runner.healthy  # not started
+
+        task = asyncio.create_task(runner.run())
+        await runner.wait_ready()
+        assert runner.healthy
+        async with asyncio.timeout(10):
+            await gate.all_started.wait()
+        runner.stop()
+        assert not runner.healthy  # stopping, with a job still running
+        gate.open.set()
+        async with asyncio.timeout(10):
+            await task
+        assert not runner.healthy  # stopped
+
+    async def test_unhealthy_once_heartbeats_failed_for_prune_after(self) -> None:
+        class Flaky(MemoryBackend):
+            failing = False
+            beats = 0
+
+            async def heartbeat(self, *args: Any, **kwargs: Any) -> Heartbeat:
+                if self.failing:
+                    raise ConnectionError("database unreachable")
+                self.beats += 1
+                return await super().heartbeat(*args, **kwargs)
+
+        async def handler(job: Job) -> None:
+            return None
+
+        backend = Flaky()
+        options = {"heartbeat_interval": 0.02, "prune_after": 0.3, "poll_interval": 0.05}
+        async with Runner(backend, {"q": handler}, **options) as runner:
+            await eventually(lambda: backend.beats >= 3, what="a few heartbeats")
+            assert runner.healthy
+            backend.failing = True
+            await eventually(lambda: not runner.healthy, what="healthy to turn false")
+            assert repr(runner).count("state=running") == 1  # still running: only unhealthy
+            backend.failing = False
+            await eventually(lambda: runner.healthy, what="healthy again after a heartbeat")
+
+    async def test_a_pruned_worker_is_unhealthy(self) -> None:
+        async def handler(job: Job) -> None:
+            return None
+
+        backend = MemoryBackend()
+        runner = Runner(backend, {"q": handler}, worker_name="w", **FAST)
+        task = asyncio.create_task(runner.run())
+        await runner.wait_ready()
+        await backend.register_worker("w", ["q"])  # another incarnation replaces it
+
+        await eventually(lambda: not runner.healthy, what="the replaced worker to be unhealthy")
+        async with asyncio.timeout(10):
+            await task  # and it stopped by itself
