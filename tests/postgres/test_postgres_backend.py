@@ -276,6 +276,30 @@ class TestWaitJobNotify:
         assert [record.state for record in records] == [JobState.SUCCEEDED, JobState.FAILED]
         assert sorted(heard) == sorted(str(job_id) for job_id in waited)
 
+    async def test_without_notifications_a_waiter_still_returns_by_reading_again(
+        self, pg_backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The LISTEN connection cannot be opened (a pooler that drops LISTEN, say): a waiter
+        # falls back to reading the job every second.
+        async def refuse() -> Any:
+            raise OSError("LISTEN is not available here")
+
+        monkeypatch.setattr(pg_backend._listener, "_connect", refuse)
+        job_id = await pg_backend.enqueue("q", 5)
+        waiter = asyncio.create_task(pg_backend.wait_job(job_id))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+
+        worker = await pg_backend.register_worker("w", ["q"])
+        await pg_backend.claim(worker, ["q"], 1, lease=30.0, max_attempts=5)
+        outcome = Outcome(job_id, OutcomeKind.SUCCEEDED, result_json="10", queue="q")
+        assert await pg_backend.settle(worker, [outcome]) == []
+
+        assert not pg_backend._listener.listening
+        async with asyncio.timeout(15):  # a hang net; the re-read is every second
+            record = await waiter
+        assert (record.state, record.result) == (JobState.SUCCEEDED, 10)
+
 
 class TestListener:
     async def test_wake_up_survives_the_listen_connection_dying(
