@@ -120,7 +120,7 @@ class TestSigkill:
         first = await start_worker("w1", "hang", prune_after=60, heartbeat_interval=1)
         await eventually(lambda: _count(effects, pg_backend.schema, 5), what="all 5 jobs started")
         first.signal(signal.SIGKILL)
-        await first.exit_code(within=5)
+        await first.exit_code(within=15)
         assert (await states(pg_backend, ids)) == {JobState.RUNNING: 5}
 
         await start_worker("w1", "sleep:1", prune_after=60, heartbeat_interval=1)
@@ -158,7 +158,7 @@ class TestSigkill:
                 what=f"attempt {round_ + 1} started",
             )
             worker.signal(signal.SIGKILL)  # the job "kills" its worker
-            await worker.exit_code(within=5)
+            await worker.exit_code(within=15)
         # The restart recovers the second attempt's job: no attempts left, so it fails.
         await start_worker("w", "sleep:1", prune_after=60)
         record = await pg_backend.get_job(job_id)
@@ -181,7 +181,7 @@ class TestCheckpoints:
 
         await eventually(some_progress, what="the export to checkpoint past item 500")
         first.signal(signal.SIGKILL)
-        await first.exit_code(within=5)
+        await first.exit_code(within=15)
         killed_at = await pg_backend.get_job(job_id)
         assert killed_at is not None and killed_at.checkpoint is not None
         resumed_from = killed_at.checkpoint["offset"]

@@ -37,7 +37,7 @@ async def _run_one(
 ) -> int:
     """Enqueue one job, run a Runner until the queue is empty, return the job's id."""
     job_id = await backend.enqueue("q", {"n": 1}, max_attempts=max_attempts)
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(15):  # a hang net
         await Runner(backend, {"q": handler}, **runner_options).run_until_empty()
     return job_id
 
@@ -108,7 +108,7 @@ async def _cancelled_by_shutdown(backend: Backend) -> int:
     job_id = await backend.enqueue("q", {"n": 1})
     runner = Runner(backend, {"q": handler}, shutdown_timeout=0.05)
     task = asyncio.create_task(runner.run())
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(15):  # a hang net
         await started.wait()
         runner.stop()
         await task
@@ -128,7 +128,7 @@ async def _worker_lost(backend: Backend) -> int:
     job_id = await backend.enqueue("q", {"n": 1})
     hung = Runner(backend, {"q": handler}, worker_name="w1")
     task = asyncio.create_task(hung.run_until_empty())
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(15):  # a hang net
         await started.wait()
         await backend.register_worker("w1", ["q"])
         hung.stop(now=True)
@@ -253,7 +253,7 @@ class TestBatch:
             return job.payload["n"] * 2
 
         ids = await backend.enqueue_many("q", [{"n": n} for n in range(10)])
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             report = await Runner(backend, {"q": handler}, batch_size=10).run_until_empty()
 
         assert (report.succeeded, report.failed, report.retried) == (8, 2, 0)
@@ -289,7 +289,7 @@ class TestBatch:
         policy = RetryPolicy(retry=tenacity.retry_if_exception_type(ConnectionError))
         ids = await backend.enqueue_many("q", behaviours)
         runner = Runner(backend, {"q": handler}, batch_size=8, concurrency=8, retry=policy)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             report = await runner.run_until_empty()
 
         assert calls == dict.fromkeys(ids, 1)
@@ -327,7 +327,7 @@ class TestBatch:
         slow_record = await backend.get_job(slow)
         assert slow_record is not None and slow_record.state is JobState.RUNNING
         release.set()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             report = await task
         assert report.succeeded == 2
 

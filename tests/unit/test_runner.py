@@ -78,7 +78,7 @@ class TestConcurrency:
         ids = await backend.enqueue_many("q", list(range(12)))
         runner = Runner(backend, {"q": gate}, concurrency=4, batch_size=4, **FAST)
         async with runner:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(15):  # a hang net
                 await gate.all_started.wait()
 
             async def held() -> bool:
@@ -167,12 +167,12 @@ class TestShutdown:
         ids = await backend.enqueue_many("q", [1, 2])
         runner = Runner(backend, {"q": gate}, concurrency=2, shutdown_timeout=0.2, **FAST)
         task = asyncio.create_task(runner.run())
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await gate.all_started.wait()
         loop = asyncio.get_running_loop()
         stopped_at = loop.time()
         runner.stop()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await task
         took = loop.time() - stopped_at
 
@@ -191,12 +191,12 @@ class TestShutdown:
         job_id = await backend.enqueue("q", 1)
         runner = Runner(backend, {"q": gate}, shutdown_timeout=10, **FAST)
         task = asyncio.create_task(runner.run())
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await gate.all_started.wait()
         runner.stop()
         await eventually(lambda: "stopping" in repr(runner), what="the runner to be stopping")
         gate.open.set()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await task
         assert await state_of(backend, job_id) is JobState.SUCCEEDED
 
@@ -208,7 +208,7 @@ class TestShutdown:
             backend, {"q": gate}, concurrency=1, batch_size=5, shutdown_timeout=30, **FAST
         )
         task = asyncio.create_task(runner.run())
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await gate.all_started.wait()
         runner.stop()
         # The four waiting for the single slot go back while the first still runs.
@@ -218,7 +218,7 @@ class TestShutdown:
         )
         assert await state_of(backend, gate.started[0]) is JobState.RUNNING
         runner.stop(now=True)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await task
         record = await backend.get_job(gate.started[0])
         assert record is not None and (record.state, record.attempts) == (JobState.QUEUED, 0)
@@ -229,13 +229,13 @@ class TestShutdown:
         job_id = await backend.enqueue("q", 1)
         runner = Runner(backend, {"q": gate}, shutdown_timeout=60, **FAST)
         task = asyncio.create_task(runner.run())
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await gate.all_started.wait()
         os.kill(os.getpid(), signal.SIGTERM)
         await eventually(lambda: "stopping" in repr(runner), what="graceful stop on SIGTERM")
         assert not task.done()
         os.kill(os.getpid(), signal.SIGTERM)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await task  # returns normally: a worker process exits 0
         record = await backend.get_job(job_id)
         assert record is not None and (record.state, record.attempts) == (JobState.QUEUED, 0)
@@ -327,7 +327,7 @@ class TestHeartbeats:
         gate.expect = 1
         job_id = await backend.enqueue("q", None)
         async with Runner(backend, {"q": gate}, **FAST):
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(15):  # a hang net
                 await gate.all_started.wait()
             assert await backend.cancel(job_id)
             await eventually(
@@ -344,11 +344,11 @@ class TestHeartbeats:
         job_id = await backend.enqueue("q", None, max_attempts=3)
         runner = Runner(backend, {"q": gate}, worker_name="w1", **FAST)
         task = asyncio.create_task(runner.run())
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await gate.all_started.wait()
         # A new incarnation of w1 takes over: the job goes back to the queue as worker-lost.
         await backend.register_worker("w1", ["q"])
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await task  # the old incarnation notices at its next heartbeat and stops
         record = await backend.get_job(job_id)
         assert record is not None

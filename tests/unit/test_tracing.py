@@ -332,7 +332,7 @@ class TestMetrics:
         runner = Runner(backend, {"q": handler}, worker_name="w1", heartbeat_interval=30,
                         prune_after=120)  # fmt: skip
         async with runner:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(15):  # a hang net
                 await started.wait()
             await backend.register_worker("w1", ["q"])  # a restart takes the job over
             release.set()
