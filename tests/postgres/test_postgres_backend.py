@@ -392,3 +392,15 @@ async def test_job_state_values_match_the_database_check(pg_backend: PostgresBac
     assert await pg_backend.cancel(job_id)
     record = await pg_backend.get_job(job_id)
     assert record is not None and record.state is JobState.CANCELLED
+
+
+class TestPendingMigrations:
+    async def test_an_empty_schema_lacks_every_migration_and_migrate_applies_them(
+        self, pg_dsn: str, pg_schema: str
+    ) -> None:
+        async with PostgresBackend(pg_dsn, schema=pg_schema) as backend:
+            missing = await backend.pending_migrations()
+            assert missing[:2] == ["0001_initial", "0002_job_timeout"]
+            assert "0004_worker_max_attempts" in missing
+            await backend.migrate()
+            assert await backend.pending_migrations() == []

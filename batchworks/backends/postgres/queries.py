@@ -126,6 +126,7 @@ FROM __SCHEMA__.jobs WHERE id = $1
 
 OVERVIEW: LiteralString = """
 SELECT queue, state, count(*) AS n,
+       count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS later,
        max(extract(epoch FROM now() - run_at)::float8)
            FILTER (WHERE state = 'queued' AND run_at <= now()) AS oldest_ready,
        count(*) FILTER (WHERE state = 'running' AND checkpoint IS NOT NULL) AS checkpointed
@@ -190,6 +191,23 @@ WITH gone AS (
 SELECT count(*) FROM gone
 """
 
+# What PURGE would delete: the same condition, counted.
+PURGEABLE: LiteralString = """
+SELECT queue, state, count(*) AS n FROM __SCHEMA__.jobs
+WHERE state IN ('succeeded', 'failed', 'cancelled')
+  AND finished_at < now() - make_interval(secs => $1)
+GROUP BY queue, state
+"""
+
+# The retry policy's max_attempts each queue's latest worker recorded, a live worker first.
+POLICY_MAX_ATTEMPTS: LiteralString = """
+SELECT DISTINCT ON (q.name) q.name AS queue, w.max_attempts
+FROM unnest($1::text[]) AS q(name)
+JOIN __SCHEMA__.workers AS w ON q.name = ANY(w.queues)
+WHERE w.max_attempts IS NOT NULL
+ORDER BY q.name, (w.state = 'active') DESC, w.started_at DESC
+"""
+
 REGISTER_WORKER: LiteralString = (
     """
 WITH old AS (
@@ -197,7 +215,8 @@ WITH old AS (
     WHERE name = $2 AND state = 'active'
     RETURNING token
 ), new AS (
-    INSERT INTO __SCHEMA__.workers (token, name, host, pid, queues) VALUES ($1, $2, $3, $4, $5)
+    INSERT INTO __SCHEMA__.workers (token, name, host, pid, queues, max_attempts)
+    VALUES ($1, $2, $3, $4, $5, $6)
 ), lost AS (
     SELECT j.id, 'was replaced by a restart of the same name'::text AS why
     FROM __SCHEMA__.jobs AS j
