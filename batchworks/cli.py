@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -167,9 +168,15 @@ def _parser() -> argparse.ArgumentParser:
         "health",
         _health,
         "for probes: exit 0 if the database answers and its schema is migrated (and, with "
-        "--worker, that worker heartbeats), 1 if not",
+        "--worker or --this-host, that worker heartbeats), 1 if not",
     )
-    health.add_argument("--worker", metavar="NAME", help="a worker_name that must be live")
+    which = health.add_mutually_exclusive_group()
+    which.add_argument("--worker", metavar="NAME", help="a worker_name that must be live")
+    which.add_argument(
+        "--this-host",
+        action="store_true",
+        help="a worker registered from this host (in Kubernetes: this pod) must be live",
+    )
     health.add_argument(
         "--max-silence",
         type=_duration,
@@ -789,18 +796,25 @@ async def _check_health(args: argparse.Namespace) -> str:
                 f"unhealthy: schema {args.schema!r} lacks migrations {', '.join(missing)}; "
                 "run 'batchworks migrate'"
             )
-        if args.worker is None:
+        if args.worker is None and not args.this_host:
             return f"healthy: the database answers and schema {args.schema!r} is up to date"
-        live = [worker for worker in await backend.workers() if worker.name == args.worker]
+        workers = await backend.workers()
+    if args.this_host:
+        host = socket.gethostname()
+        which = f"on host {host!r}"
+        live = [worker for worker in workers if worker.host == host]
+    else:
+        which = f"named {args.worker!r}"
+        live = [worker for worker in workers if worker.name == args.worker]
     if not live:
-        return f"unhealthy: no live worker named {args.worker!r}"
-    silent = min(worker.silent_for for worker in live)
-    if silent > args.max_silence:
-        return (
-            f"unhealthy: worker {args.worker!r} last heartbeat {_age(silent)} ago "
-            f"(more than {_age(args.max_silence)})"
-        )
-    return f"healthy: worker {args.worker!r} last heartbeat {_age(silent)} ago"
+        return f"unhealthy: no live worker {which}"
+    # The freshest one counts: after a container restart under a new name, the old
+    # incarnation's row stays active (silent) until a worker prunes it.
+    freshest = min(live, key=lambda worker: worker.silent_for)
+    heard = f"worker {freshest.name!r} last heartbeat {_age(freshest.silent_for)} ago"
+    if freshest.silent_for > args.max_silence:
+        return f"unhealthy: {heard} (more than {_age(args.max_silence)})"
+    return f"healthy: {heard}"
 
 
 def _record_dict(record: JobRecord) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
+import asyncpg
 import pytest
 
 from batchworks import JobState, PostgresBackend
@@ -260,6 +261,7 @@ class TestErrors:
             (["retry", "1", "x"], "a job id must be a whole number from 1"),
             (["health", "--timeout", "later"], "is not a duration"),
             (["health", "--max-silence=-1s"], "is not a duration"),
+            (["health", "--worker", "w", "--this-host"], "not allowed with argument"),
             (["worker", APP, "--log-level", "loud"], "--log-level 'loud' is not a level"),
             (["jobs"], "the following arguments are required"),
         ],
@@ -609,9 +611,10 @@ class TestHealth:
             async with asyncio.timeout(20):
                 while b"ready" not in (line := await proc.stderr.readline()):
                     assert line, "the worker exited before it was ready"
-            live = await asyncio.to_thread(cli, "health", "--worker", "cli-worker")
-            assert live.returncode == 0, live.stderr
-            assert live.stdout.startswith("healthy: worker 'cli-worker' last heartbeat")
+            for which in (["--worker", "cli-worker"], ["--this-host"]):
+                live = await asyncio.to_thread(cli, "health", *which)
+                assert live.returncode == 0, live.stderr
+                assert live.stdout.startswith("healthy: worker 'cli-worker' last heartbeat")
             proc.send_signal(signal.SIGSTOP)  # alive, but its heartbeats stop
             try:
 
@@ -631,3 +634,27 @@ class TestHealth:
         gone = await asyncio.to_thread(cli, "health", "--worker", "cli-worker")
         assert gone.returncode == 1
         assert gone.stderr.strip() == "batchworks: unhealthy: no live worker named 'cli-worker'"
+        nobody = await asyncio.to_thread(cli, "health", "--this-host")
+        assert nobody.returncode == 1
+        assert nobody.stderr.startswith("batchworks: unhealthy: no live worker on host")
+
+    async def test_this_host_counts_its_freshest_worker(
+        self, cli: Cli, migrated: PostgresBackend, pg_dsn: str, pg_schema: str
+    ) -> None:
+        # A container restarted under a new worker name leaves its old row active and silent
+        # until someone prunes it: the probe must not fail the new incarnation for it.
+        await migrated.register_worker("old-incarnation", ["q"])
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute(
+                f"UPDATE \"{pg_schema}\".workers SET heartbeat_at = now() - interval '1 hour'"
+            )
+        finally:
+            await conn.close()
+        stale = await asyncio.to_thread(cli, "health", "--this-host")
+        assert stale.returncode == 1
+        assert "worker 'old-incarnation' last heartbeat 1.0h ago (more than 30.0s)" in stale.stderr
+        await migrated.register_worker("new-incarnation", ["q"])
+        fresh = await asyncio.to_thread(cli, "health", "--this-host")
+        assert fresh.returncode == 0, fresh.stderr
+        assert fresh.stdout.startswith("healthy: worker 'new-incarnation'")

@@ -39,7 +39,7 @@ async def main() -> RunReport:
 BAD_APP = GOOD_APP.replace("concurrency=4", 'concurrency="four"')
 
 
-def _run(*args: str | Path, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _run(*args: object, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(arg) for arg in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
