@@ -658,3 +658,27 @@ class TestHealth:
         fresh = await asyncio.to_thread(cli, "health", "--this-host")
         assert fresh.returncode == 0, fresh.stderr
         assert fresh.stdout.startswith("healthy: worker 'new-incarnation'")
+
+    async def test_a_schema_one_migration_behind(
+        self, cli: Cli, migrated: PostgresBackend, pg_dsn: str, pg_schema: str
+    ) -> None:
+        # The schema of the previous release: a worker of this one must say to migrate, and
+        # so must a readiness probe.
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute(f'ALTER TABLE "{pg_schema}".workers DROP COLUMN max_attempts')
+            await conn.execute(f'DELETE FROM "{pg_schema}".migrations WHERE version = 4')
+        finally:
+            await conn.close()
+        behind = await asyncio.to_thread(cli, "health")
+        assert behind.returncode == 1
+        assert behind.stderr.strip() == (
+            f"batchworks: unhealthy: schema {pg_schema!r} lacks migrations "
+            "0004_worker_max_attempts; run 'batchworks migrate'"
+        )
+        worker = await asyncio.to_thread(cli, "run", APP, "--until-empty")
+        assert worker.returncode == 2
+        assert "or not those of this version" in worker.stderr and "migrate" in worker.stderr
+        assert len(worker.stderr.strip().splitlines()) == 1, worker.stderr
+        assert (await asyncio.to_thread(cli, "migrate")).returncode == 0
+        assert (await asyncio.to_thread(cli, "health")).returncode == 0

@@ -199,7 +199,8 @@ class PostgresBackend:
             yield
         except _NOT_MIGRATED as exc:
             raise SchemaNotMigrated(
-                f"schema {self._schema!r} has no batchworks tables ({exc}); run "
+                f"schema {self._schema!r} has no batchworks tables, or not those of this "
+                f"version ({exc}); run "
                 "'await backend.migrate()' or 'batchworks migrate' first"
             ) from exc
         except (
