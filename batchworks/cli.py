@@ -348,7 +348,7 @@ async def _run(args: argparse.Namespace) -> int:
                 progress.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await progress
-                pending = await _pending(runner)
+                pending = await _pending_or_none(runner)
         finally:
             progress.cancel()
     if args.json:
@@ -358,13 +358,15 @@ async def _run(args: argparse.Namespace) -> int:
                     **_report_dict(report),
                     "worker": runner.worker_name,
                     "interrupted": interrupted[0].name if interrupted else None,
-                    "pending": {line.queue: line.as_dict() for line in pending},
+                    "pending": None
+                    if pending is None
+                    else {line.queue: line.as_dict() for line in pending},
                 }
             )
         )
     else:
         print(_report_line(report))
-        for line in pending:
+        for line in pending or ():
             print(line.text())
     if interrupted:
         print(
@@ -373,9 +375,21 @@ async def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 128 + interrupted[0].value
-    if report.failed or (args.fail_on_pending and pending):
+    if report.failed:
         return EXIT_FAILED_JOBS
-    return EXIT_OK
+    if args.fail_on_pending and pending is None:
+        return EXIT_USAGE  # cannot tell: not a success
+    return EXIT_FAILED_JOBS if args.fail_on_pending and pending else EXIT_OK
+
+
+async def _pending_or_none(runner: Runner) -> list[_Pending] | None:
+    """The work left, or None (said on stderr) when the backend cannot tell: the report of
+    the run must be printed all the same."""
+    try:
+        return await _pending(runner)
+    except (BatchworksError, OSError) as exc:
+        print(f"batchworks: error: could not count the jobs left: {exc}", file=sys.stderr)
+        return None
 
 
 @contextlib.contextmanager
@@ -417,6 +431,7 @@ class _Pending:
     due_now: int
     later: int
     served: bool
+    #: seconds until the first of the jobs queued for later, when none is due now
     next_due: float | None
 
     def as_dict(self) -> dict[str, Any]:
@@ -451,13 +466,16 @@ async def _pending(runner: Runner) -> list[_Pending]:
         if not queued or (queue not in served and queue in elsewhere):
             continue
         later = overview.queued_later
+        # next_due is the earliest queued job: when some are due now, it says nothing of
+        # those queued for later.
+        next_due = await backend.next_due([queue]) if later == queued else None
         left.append(
             _Pending(
                 queue=queue,
                 due_now=queued - later,
                 later=later,
                 served=queue in served,
-                next_due=await backend.next_due([queue]) if later else None,
+                next_due=next_due,
             )
         )
     return left

@@ -481,15 +481,20 @@ class PostgresBackend:
     ) -> WorkerToken:
         """A new incarnation of ``name``; earlier live ones are replaced, their jobs recovered."""
         token = uuid.uuid4()
-        row = await self._fetchrow(
-            self._q.register_worker,
-            token,
-            name,
-            socket.gethostname(),
-            os.getpid(),
-            list(queues),
-            max_attempts,
-        )
+        args = (token, name, socket.gethostname(), os.getpid(), list(queues))
+        try:
+            row = await self._fetchrow(self._q.register_worker, *args, max_attempts)
+        except SchemaNotMigrated as exc:
+            if not isinstance(exc.__cause__, asyncpg.UndefinedColumnError):
+                raise
+            # A schema before migration 4: a rolling deploy may start workers before its
+            # migrate ran. They run; only `jobs list` lacks their policy's max_attempts.
+            logger.warning(
+                "schema %r lacks migration 0004_worker_max_attempts; run 'batchworks migrate'",
+                self._schema,
+                extra={"action": "schema_behind", "worker": name},
+            )
+            row = await self._fetchrow(self._q.register_worker_v3, *args)
         if row["recovered"]:
             logger.warning(
                 "worker %r restarted: recovered %d jobs of its earlier incarnation",

@@ -208,15 +208,15 @@ WHERE w.max_attempts IS NOT NULL
 ORDER BY q.name, (w.state = 'active') DESC, w.started_at DESC
 """
 
-REGISTER_WORKER: LiteralString = (
-    """
+_REGISTER_HEAD: LiteralString = """
 WITH old AS (
     UPDATE __SCHEMA__.workers SET state = 'replaced'
     WHERE name = $2 AND state = 'active'
     RETURNING token
-), new AS (
-    INSERT INTO __SCHEMA__.workers (token, name, host, pid, queues, max_attempts)
-    VALUES ($1, $2, $3, $4, $5, $6)
+), new AS ("""
+
+_REGISTER_TAIL: LiteralString = (
+    """
 ), lost AS (
     SELECT j.id, 'was replaced by a restart of the same name'::text AS why
     FROM __SCHEMA__.jobs AS j
@@ -227,6 +227,24 @@ WITH old AS (
     + """
 SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS woke
 """
+)
+
+REGISTER_WORKER: LiteralString = (
+    _REGISTER_HEAD
+    + """
+    INSERT INTO __SCHEMA__.workers (token, name, host, pid, queues, max_attempts)
+    VALUES ($1, $2, $3, $4, $5, $6)"""
+    + _REGISTER_TAIL
+)
+
+# The same on a schema before migration 4, which has no workers.max_attempts: a worker of
+# this version started before the deploy's migrate still runs (see register_worker).
+REGISTER_WORKER_V3: LiteralString = (
+    _REGISTER_HEAD
+    + """
+    INSERT INTO __SCHEMA__.workers (token, name, host, pid, queues)
+    VALUES ($1, $2, $3, $4, $5)"""
+    + _REGISTER_TAIL
 )
 
 UNREGISTER_WORKER: LiteralString = (
