@@ -264,7 +264,8 @@ def load_app(path: str) -> Any:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, SyntaxError) as exc:
+        # Other exceptions raised while the module runs keep their traceback: a bug in it.
         raise UsageError(f"cannot import module {module_name!r} of APP {path!r}: {exc}") from exc
     target: Any = module
     for part in attribute.split("."):
@@ -286,7 +287,7 @@ async def _runner(args: argparse.Namespace) -> AsyncIterator[Runner]:
         return
     if not callable(app):
         raise UsageError(f"APP {args.app!r} is neither a Runner nor a factory returning one")
-    takes_backend = bool(inspect.signature(app).parameters)
+    takes_backend = _takes_backend(app, args.app)
     async with contextlib.AsyncExitStack() as stack:
         made = app(await stack.enter_async_context(_backend(args))) if takes_backend else app()
         if inspect.isawaitable(made):
@@ -296,6 +297,23 @@ async def _runner(args: argparse.Namespace) -> AsyncIterator[Runner]:
         if not takes_backend:
             await stack.enter_async_context(_opened(made.backend))
         yield made
+
+
+def _takes_backend(factory: Callable[..., Any], path: str) -> bool:
+    """Whether the APP factory takes the backend: it must be callable with one positional
+    argument or with none."""
+    parameters = list(inspect.signature(factory).parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    required = [p for p in parameters if p.default is p.empty and p.kind not in variadic]
+    if len(required) > 1 or any(p.kind not in positional for p in required):
+        raise UsageError(
+            f"APP {path!r} must take the backend as its one argument, or no argument; it "
+            f"takes ({', '.join(p.name for p in parameters)})"
+        )
+    return bool(required) or any(
+        p.kind in positional or p.kind is p.VAR_POSITIONAL for p in parameters
+    )
 
 
 @contextlib.asynccontextmanager

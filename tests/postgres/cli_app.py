@@ -45,6 +45,10 @@ def make_patient_runner(backend: Backend) -> Runner:
 not_a_runner = 42
 
 
+def two_arguments(backend: Backend, other: int) -> Runner:
+    return make_runner(backend)
+
+
 def own_backend_runner() -> Runner:
     """A factory that builds its own backend, from a DSN that is not one."""
     return make_runner(PostgresBackend("notadsn"))

@@ -245,6 +245,12 @@ class TestErrors:
             (["run", "tests.postgres.cli_app:nothing", "--until-empty"], "has no attribute"),
             (["worker", "tests.postgres.cli_app:not_a_runner"], "neither a Runner nor a factory"),
             (["worker", "no-colon"], "must be module:attribute"),
+            (
+                ["run", "tests.postgres.cli_app:two_arguments", "--until-empty"],
+                "must take the backend as its one argument, or no argument; it takes (backend, "
+                "other)",
+            ),
+            (["stats", "--schema", "Bad-Name"], "schema name 'Bad-Name' is invalid"),
             (["stats"], "has no batchworks tables"),
             (["run", APP, "--until-empty"], "has no batchworks tables"),
             (["jobs", "list", "--queue", "q"], "has no batchworks tables"),
@@ -275,6 +281,19 @@ class TestErrors:
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stderr.startswith("batchworks: error: ")
+
+    def test_an_app_module_with_a_syntax_error_is_one_line(
+        self, pg_dsn: str, tmp_path: Path
+    ) -> None:
+        (tmp_path / "broken_app.py").write_text("def make_runner(backend):\n    return (\n")
+        env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+        result = _batchworks(
+            "--dsn", pg_dsn, "run", "broken_app:make_runner", "--until-empty", env=env
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("batchworks: error: cannot import module 'broken_app'")
+        assert "broken_app.py, line 2" in result.stderr  # where to look
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
     def test_an_unreachable_database_is_one_line(self) -> None:
         result = _batchworks("--dsn", "postgresql://x@127.0.0.1:1/x", "stats")
