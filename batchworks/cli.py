@@ -118,7 +118,12 @@ def _parser() -> argparse.ArgumentParser:
     worker = command("worker", _worker, "run a worker until SIGTERM/SIGINT")
     worker.add_argument("app", metavar="APP", help="module:attribute naming a Runner or factory")
     worker.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
-    run = command("run", _run, "run a batch from cron: exit 0 if no job failed, 1 if some did")
+    run = command(
+        "run",
+        _run,
+        "run a batch from cron: exit 0 if no job failed, 1 if some did, 128 + the signal's "
+        "number if SIGINT/SIGTERM stopped it",
+    )
     run.add_argument("app", metavar="APP", help="module:attribute naming a Runner or factory")
     run.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
     run.add_argument("--until-empty", action="store_true", required=True, help="stop when drained")
@@ -422,8 +427,9 @@ def _stop_on_signals(runner: Runner) -> Iterator[list[signal.Signals]]:
     def on_signal(sig: signal.Signals) -> None:
         received.append(sig)
         again = len(received) > 1
+        clear = "\r\x1b[K" if sys.stderr.isatty() else ""  # the progress line, on a terminal
         print(
-            f"batchworks: {sig.name}: "
+            f"{clear}batchworks: {sig.name}: "
             + ("stopping now" if again else "stopping gracefully (again to stop now)"),
             file=sys.stderr,
         )
