@@ -42,7 +42,7 @@ class TestMigrate:
             )
         finally:
             await conn.close()
-        assert [row["version"] for row in versions] == [1, 2, 3, 4]
+        assert [row["version"] for row in versions] == [1, 2, 3, 4, 5]
 
     async def test_upgrade_from_version_2_keeps_jobs_in_flight(
         self, pg_dsn: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
@@ -59,17 +59,9 @@ class TestMigrate:
         async with PostgresBackend(pg_dsn, schema=pg_schema) as backend:
             await backend.migrate()
             running, queued = await backend.enqueue_many("q", [1, 2])
-            # The worker row as 0.1 wrote it: today's register_worker needs version 4's column.
-            worker = uuid.uuid4()
-            setup = await asyncpg.connect(pg_dsn)
-            try:
-                await setup.execute(
-                    f'INSERT INTO "{pg_schema}".workers (token, name, host, pid, queues) '
-                    "VALUES ($1, 'w', 'h', 1, '{q}')",
-                    worker,
-                )
-            finally:
-                await setup.close()
+            # A worker of this version before the upgrade: it does without the columns of
+            # migrations 4 and 5 (saying to migrate) until the migrate below.
+            worker = await backend.register_worker("w", ["q"])
             [claimed] = await backend.claim(worker, ["q"], 1, lease=30.0, max_attempts=5)
             monkeypatch.undo()
 
@@ -106,7 +98,7 @@ class TestMigrate:
                 )
             finally:
                 await conn.close()
-        assert sorted(row["version"] for row in versions) == [1, 2, 3, 4]
+        assert sorted(row["version"] for row in versions) == [1, 2, 3, 4, 5]
         assert not {"jobs_due", "jobs_lease"} & {row["indexname"] for row in indexes}
 
     async def test_concurrent_migrations_from_many_processes_serialize(
@@ -300,6 +292,37 @@ class TestWaitJobNotify:
             record = await waiter
         assert (record.state, record.result) == (JobState.SUCCEEDED, 10)
 
+    async def test_a_schema_before_migration_5_runs_jobs_and_wait_job_reads_again(
+        self, pg_backend: PostgresBackend, pg_dsn: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # A rolling deploy starts workers of this version before its migrate: they run, say
+        # to migrate, and wait_job falls back to reading the job every second.
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute(f'ALTER TABLE "{pg_backend.schema}".jobs DROP COLUMN waited')
+            await conn.execute(f'DELETE FROM "{pg_backend.schema}".migrations WHERE version = 5')
+        finally:
+            await conn.close()
+
+        async def handler(job: Job) -> object:
+            return job.payload * 2
+
+        ids = await pg_backend.enqueue_many("q", [1, 2, 3])
+        waiter = asyncio.create_task(pg_backend.wait_job(ids[0]))
+        report = await Runner(pg_backend, {"q": handler}).run_until_empty()
+        async with asyncio.timeout(15):  # a hang net; the re-read is every second
+            record = await waiter
+
+        assert report.succeeded == 3
+        assert (record.state, record.result) == (JobState.SUCCEEDED, 2)
+        assert "lacks migration 0005_wait_job; run 'batchworks migrate'" in caplog.text
+        await pg_backend.migrate()  # and then the backend notifies again
+        job_id = await pg_backend.enqueue("q", 5)
+        waiter = asyncio.create_task(pg_backend.wait_job(job_id))
+        await Runner(pg_backend, {"q": handler}).run_until_empty()
+        async with asyncio.timeout(15):
+            assert (await waiter).result == 10
+
 
 class TestListener:
     async def test_wake_up_survives_the_listen_connection_dying(
@@ -462,3 +485,15 @@ async def test_job_state_values_match_the_database_check(pg_backend: PostgresBac
     assert await pg_backend.cancel(job_id)
     record = await pg_backend.get_job(job_id)
     assert record is not None and record.state is JobState.CANCELLED
+
+
+class TestPendingMigrations:
+    async def test_an_empty_schema_lacks_every_migration_and_migrate_applies_them(
+        self, pg_dsn: str, pg_schema: str
+    ) -> None:
+        async with PostgresBackend(pg_dsn, schema=pg_schema) as backend:
+            missing = await backend.pending_migrations()
+            assert missing[:2] == ["0001_initial", "0002_job_timeout"]
+            assert "0004_worker_max_attempts" in missing
+            await backend.migrate()
+            assert await backend.pending_migrations() == []

@@ -58,6 +58,7 @@ __all__ = ["PostgresBackend"]
 logger = logging.getLogger(__name__)
 
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,49}")
+WAIT_JOB_MIGRATION = 5  # the migration that adds jobs.waited
 WAIT_RECHECK = 30.0  # seconds between reads of a waited job while notifications are heard
 WAIT_RECHECK_UNHEARD = 1.0  # seconds between reads while the LISTEN connection is down
 _SUCCEEDED = OutcomeKind.SUCCEEDED
@@ -73,21 +74,28 @@ _NOT_MIGRATED = (
 class Queries:
     """The statements of :mod:`.queries` with the schema and channel filled in."""
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, *, waited: bool = True) -> None:
+        """:param waited: False for a schema before migration 5: statements that end a job
+        then notify no wait_job() waiter (there is no ``waited`` column to say whom)."""
         quoted = f'"{schema}"'
         self.channel = f"batchworks_{schema}"
         # wait_job()'s wake-ups, apart from the runners' so that they wake no idle runner.
         # Short: a channel name is an identifier of at most 63 bytes, and schema has up to 50.
         self.finished_channel = f"bw_done_{schema}"
+        self.waited = waited
+        notify_done = queries.NOTIFY_DONE_ITEM if waited else "NULL"
+        self.names: dict[str, str] = {}  # statement text -> its name, for the fallback
         for name in dir(queries):
             text = getattr(queries, name)
             if name.isupper() and isinstance(text, str):
                 filled = (
-                    text.replace("__SCHEMA__", quoted)
+                    text.replace("__NOTIFY_DONE__", notify_done)
+                    .replace("__SCHEMA__", quoted)
                     .replace("__CHANNEL__", f"'{self.channel}'")
                     .replace("__FINISHED__", f"'{self.finished_channel}'")
                 )
                 setattr(self, name.lower(), filled)
+                self.names[filled] = name.lower()
 
     def __getattr__(self, name: str) -> LiteralString:  # for the type checker
         raise AttributeError(name)
@@ -209,7 +217,8 @@ class PostgresBackend:
             yield
         except _NOT_MIGRATED as exc:
             raise SchemaNotMigrated(
-                f"schema {self._schema!r} has no batchworks tables ({exc}); run "
+                f"schema {self._schema!r} has no batchworks tables, or not those of this "
+                f"version ({exc}); run "
                 "'await backend.migrate()' or 'batchworks migrate' first"
             ) from exc
         except (
@@ -221,10 +230,43 @@ class PostgresBackend:
             raise BackendError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
     async def _fetch(self, query: str, *args: Any, connection: Any = None) -> list[asyncpg.Record]:
+        try:
+            return await self._fetch_once(query, *args, connection=connection)
+        except SchemaNotMigrated as exc:
+            before_5 = self._before_migration_5(exc, query)
+            if before_5 is None:
+                raise
+            return await self._fetch_once(before_5, *args, connection=connection)
+
+    async def _fetch_once(
+        self, query: str, *args: Any, connection: Any = None
+    ) -> list[asyncpg.Record]:
         async with self._errors():
             if connection is not None:
                 return cast(list[asyncpg.Record], await connection.fetch(query, *args))
             return cast(list[asyncpg.Record], await self._require_pool().fetch(query, *args))
+
+    def _before_migration_5(self, exc: SchemaNotMigrated, query: str) -> str | None:
+        """On a schema without ``jobs.waited`` (a rolling deploy may start workers before its
+        migrate ran), switch to the statements that do without it, once, and return the one
+        to run instead of ``query``; None when that is not what failed."""
+        cause = exc.__cause__
+        if not isinstance(cause, asyncpg.UndefinedColumnError) or "waited" not in str(cause):
+            return None
+        name = self._q.names.get(query)
+        if name is None:
+            return None
+        if self._q.waited:
+            logger.warning(
+                "schema %r lacks migration 0005_wait_job; run 'batchworks migrate' (until "
+                "then wait_job() reads its job every %.0fs instead of being notified)",
+                self._schema,
+                WAIT_RECHECK_UNHEARD,
+                extra={"action": "schema_behind"},
+            )
+            self._q = Queries(self._schema, waited=False)
+        text: str = getattr(self._q, name)
+        return text
 
     async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record:
         rows = await self._fetch(query, *args)
@@ -259,6 +301,9 @@ class PostgresBackend:
                     self._schema,
                     extra={"action": "migrated", "version": version},
                 )
+                applied.add(version)
+        if not self._q.waited and WAIT_JOB_MIGRATION in applied:
+            self._q = Queries(self._schema)  # back from the statements of _before_migration_5
 
     # -- enqueue --------------------------------------------------------------------------------
 
@@ -403,11 +448,18 @@ class PostgresBackend:
 
     async def _mark_and_get(self, job_id: int) -> JobRecord | None:
         # In this order: see MARK_WAITED.
-        await self._fetch(self._q.mark_waited, job_id)
+        if self._q.waited:
+            try:
+                await self._fetch(self._q.mark_waited, job_id)
+            except SchemaNotMigrated:
+                if self._q.waited:
+                    raise
+                # the schema lacks migration 5 (see _before_migration_5): nothing to mark
         return await self.get_job(job_id)
 
     def _wait_recheck(self) -> float:
-        return WAIT_RECHECK if self._listener.listening else WAIT_RECHECK_UNHEARD
+        heard = self._listener.listening and self._q.waited
+        return WAIT_RECHECK if heard else WAIT_RECHECK_UNHEARD
 
     def _on_finished(self, payload: str | None) -> None:
         if payload is None:  # (re)connected: what ended meanwhile was not heard
@@ -421,17 +473,21 @@ class PostgresBackend:
         counts: dict[str, dict[str, int]] = {}
         oldest: dict[str, float] = {}
         checkpointed: dict[str, int] = {}
+        later: dict[str, int] = {}
         for row in await self._fetch(self._q.overview):
             queue = row["queue"]
             counts.setdefault(queue, {state.value: 0 for state in JobState})[row["state"]] = row[
                 "n"
             ]
+            if row["later"]:
+                later[queue] = row["later"]
             if row["oldest_ready"] is not None:
                 oldest[queue] = max(oldest.get(queue, 0.0), row["oldest_ready"])
             checkpointed[queue] = checkpointed.get(queue, 0) + row["checkpointed"]
         return {
             queue: QueueOverview(
                 counts=per_state,
+                queued_later=later.get(queue, 0),
                 oldest_ready=oldest.get(queue),
                 running_with_checkpoint=checkpointed.get(queue, 0),
             )
@@ -488,14 +544,53 @@ class PostgresBackend:
         await self._fetch(self._q.purge_workers, age)
         return int(row[0])
 
+    async def purgeable(self, older_than: float | timedelta) -> dict[str, dict[str, int]]:
+        """What :meth:`purge` would delete now, ``{queue: {state: count}}``."""
+        age = seconds(older_than, name="older_than")
+        counts: dict[str, dict[str, int]] = {}
+        for row in await self._fetch(self._q.purgeable, age):
+            counts.setdefault(row["queue"], {})[row["state"]] = row["n"]
+        return counts
+
+    async def pending_migrations(self) -> list[str]:
+        """The migrations :meth:`migrate` would apply, as ``0004_name``."""
+        try:
+            rows = await self._fetch(self._q.applied_migrations)
+        except SchemaNotMigrated:
+            rows = []
+        applied = {row[0] for row in rows}
+        return [
+            f"{version:04d}_{name}"
+            for version, name, _ in _migration_files()
+            if version not in applied
+        ]
+
+    async def policy_max_attempts(self, queues: Sequence[str]) -> dict[str, int]:
+        """The ``max_attempts`` the latest worker of each queue (a live one first) recorded."""
+        rows = await self._fetch(self._q.policy_max_attempts, list(queues))
+        return {row["queue"]: row["max_attempts"] for row in rows}
+
     # -- worker side ----------------------------------------------------------------------------
 
-    async def register_worker(self, name: str, queues: Sequence[str]) -> WorkerToken:
+    async def register_worker(
+        self, name: str, queues: Sequence[str], *, max_attempts: int | None = None
+    ) -> WorkerToken:
         """A new incarnation of ``name``; earlier live ones are replaced, their jobs recovered."""
         token = uuid.uuid4()
-        row = await self._fetchrow(
-            self._q.register_worker, token, name, socket.gethostname(), os.getpid(), list(queues)
-        )
+        args = (token, name, socket.gethostname(), os.getpid(), list(queues))
+        try:
+            row = await self._fetchrow(self._q.register_worker, *args, max_attempts)
+        except SchemaNotMigrated as exc:
+            if not isinstance(exc.__cause__, asyncpg.UndefinedColumnError):
+                raise
+            # A schema before migration 4: a rolling deploy may start workers before its
+            # migrate ran. They run; only `jobs list` lacks their policy's max_attempts.
+            logger.warning(
+                "schema %r lacks migration 0004_worker_max_attempts; run 'batchworks migrate'",
+                self._schema,
+                extra={"action": "schema_behind", "worker": name},
+            )
+            row = await self._fetchrow(self._q.register_worker_v3, *args)
         if row["recovered"]:
             logger.warning(
                 "worker %r restarted: recovered %d jobs of its earlier incarnation",

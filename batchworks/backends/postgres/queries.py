@@ -44,9 +44,12 @@ _WOKE: LiteralString = """
 # global notify lock at commit, and a statement that calls no pg_notify takes none; the CASE
 # calls it for marked rows only. The payload is the job id. In RETURNING rather than a CTE
 # over it: a CTE and a UNION ALL over it cost a plain-success settle about 5% more (measured).
+# A placeholder that Queries fills in: with NULL on a schema before migration 5 (no waited).
 _NOTIFY_DONE: LiteralString = """
-    CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
-         THEN pg_notify(__FINISHED__, j.id::text) END"""
+    __NOTIFY_DONE__"""
+NOTIFY_DONE_ITEM: LiteralString = """CASE
+        WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+        THEN pg_notify(__FINISHED__, j.id::text) END"""
 
 # The tail of every statement that recovers jobs: applies _LOSE to the rows of a CTE named
 # lost (id, why), wakes idle runners for those that went back to the queue (woke) and the
@@ -138,6 +141,7 @@ FROM __SCHEMA__.jobs WHERE id = $1
 
 OVERVIEW: LiteralString = """
 SELECT queue, state, count(*) AS n,
+       count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS later,
        max(extract(epoch FROM now() - run_at)::float8)
            FILTER (WHERE state = 'queued' AND run_at <= now()) AS oldest_ready,
        count(*) FILTER (WHERE state = 'running' AND checkpoint IS NOT NULL) AS checkpointed
@@ -213,14 +217,32 @@ WITH gone AS (
 SELECT count(*) FROM gone
 """
 
-REGISTER_WORKER: LiteralString = (
-    """
+# What PURGE would delete: the same condition, counted.
+PURGEABLE: LiteralString = """
+SELECT queue, state, count(*) AS n FROM __SCHEMA__.jobs
+WHERE state IN ('succeeded', 'failed', 'cancelled')
+  AND finished_at < now() - make_interval(secs => $1)
+GROUP BY queue, state
+"""
+
+# The retry policy's max_attempts each queue's latest worker recorded, a live worker first.
+POLICY_MAX_ATTEMPTS: LiteralString = """
+SELECT DISTINCT ON (q.name) q.name AS queue, w.max_attempts
+FROM unnest($1::text[]) AS q(name)
+JOIN __SCHEMA__.workers AS w ON q.name = ANY(w.queues)
+WHERE w.max_attempts IS NOT NULL
+ORDER BY q.name, (w.state = 'active') DESC, w.started_at DESC
+"""
+
+_REGISTER_HEAD: LiteralString = """
 WITH old AS (
     UPDATE __SCHEMA__.workers SET state = 'replaced'
     WHERE name = $2 AND state = 'active'
     RETURNING token
-), new AS (
-    INSERT INTO __SCHEMA__.workers (token, name, host, pid, queues) VALUES ($1, $2, $3, $4, $5)
+), new AS ("""
+
+_REGISTER_TAIL: LiteralString = (
+    """
 ), lost AS (
     SELECT j.id, 'was replaced by a restart of the same name'::text AS why
     FROM __SCHEMA__.jobs AS j
@@ -231,6 +253,24 @@ WITH old AS (
     + """
 SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS woke
 """
+)
+
+REGISTER_WORKER: LiteralString = (
+    _REGISTER_HEAD
+    + """
+    INSERT INTO __SCHEMA__.workers (token, name, host, pid, queues, max_attempts)
+    VALUES ($1, $2, $3, $4, $5, $6)"""
+    + _REGISTER_TAIL
+)
+
+# The same on a schema before migration 4, which has no workers.max_attempts: a worker of
+# this version started before the deploy's migrate still runs (see register_worker).
+REGISTER_WORKER_V3: LiteralString = (
+    _REGISTER_HEAD
+    + """
+    INSERT INTO __SCHEMA__.workers (token, name, host, pid, queues)
+    VALUES ($1, $2, $3, $4, $5)"""
+    + _REGISTER_TAIL
 )
 
 UNREGISTER_WORKER: LiteralString = (

@@ -1,4 +1,4 @@
--- batchworks schema, version 4: wait_job() wakes its waiters with a NOTIFY, only for the jobs
+-- batchworks schema, version 5: wait_job() wakes its waiters with a NOTIFY, only for the jobs
 -- someone waits on.
 --
 -- A NOTIFY takes PostgreSQL's global notify lock at commit, so one for every settle flush
