@@ -620,8 +620,8 @@ class MemoryBackend:
         if row is None or row.worker != worker:
             raise LeaseLost(f"job {job_id} is no longer held by this worker; nothing was saved")
         row.checkpoint = text
-        return _json.loads(text)
         row.lease_until = self._clock() + lease
+        return _json.loads(text)
 
     async def next_due(self, queues: Sequence[str]) -> float | None:
         """Seconds until the earliest queued job of ``queues`` is due, or None."""
