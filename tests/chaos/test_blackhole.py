@@ -30,8 +30,9 @@ pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(120)]
 PRUNE_AFTER = 2.0  # seconds
 HEARTBEAT = 0.25  # seconds
 SLOTS = 4
-#: the exit bound beyond shutdown_timeout: CLOSE_GRACE (5 s, 2 s after a hard stop) and the backend's close (2 s),
-#: with a generous margin for a loaded machine; a hang would take until the network heals
+#: the exit bound beyond shutdown_timeout: CLOSE_GRACE (5 s, 2 s after a hard stop) and the
+#: backend's close (2 s), with a generous margin for a loaded machine; a hang would last
+#: until the network heals
 EXIT_MARGIN = 15.0  # seconds
 
 
