@@ -30,6 +30,13 @@ class Calls:
         self._slow_after = slow_after
         self._hard_stop = hard_stop
         self._abandoned: set[asyncio.Future[Any]] = set()
+        self._cuts: dict[asyncio.Event, set[Callable[..., None]]] = {}
+
+    def cut(self, event: asyncio.Event) -> None:
+        """Wake the calls ``event`` cuts off; whoever sets the event calls this too (one
+        callback per waiting call is cheaper than a task per call watching the event)."""
+        for ring in list(self._cuts.get(event, ())):
+            ring()
 
     @property
     def abandoned(self) -> int:
@@ -61,8 +68,6 @@ class Calls:
         if cut is None and not self._hard_stop.is_set():
             cut = self._hard_stop
         task = asyncio.ensure_future(call)
-        stopper = asyncio.ensure_future(cut.wait()) if cut is not None else None
-        watchers: set[asyncio.Future[Any]] = {task} if stopper is None else {task, stopper}
         start = loop.time()
         warned = not slow
         try:
@@ -72,7 +77,7 @@ class Calls:
                     break
                 slow_in = start + self._slow_after - loop.time()
                 wait = left if warned else min(left, max(0.0, slow_in))
-                await asyncio.wait(watchers, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                await self._wait(task, cut, wait)
                 if not warned and not task.done() and loop.time() - start >= self._slow_after:
                     warned = True
                     logger.warning(
@@ -83,8 +88,6 @@ class Calls:
                         extra={"action": "slow_call", "call": what},
                     )
         finally:
-            if stopper is not None:
-                stopper.cancel()
             if not task.done():
                 self._abandon(task, on_abandon)
         if task.done() and not task.cancelled():
@@ -92,6 +95,30 @@ class Calls:
         if cut is not None and cut.is_set():
             raise TimeoutError(f"{what} was cut off by a stop")
         raise TimeoutError(f"{what} got no answer within {limit:.1f}s")
+
+    async def _wait(
+        self, task: asyncio.Future[Any], cut: asyncio.Event | None, seconds: float
+    ) -> None:
+        """Return when ``task`` is done, ``cut`` is set or ``seconds`` have passed."""
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Future[None] = loop.create_future()
+
+        def ring(_: object = None) -> None:
+            if not wake.done():
+                wake.set_result(None)
+
+        task.add_done_callback(ring)
+        timer = loop.call_later(seconds, ring)
+        rings = None if cut is None else self._cuts.setdefault(cut, set())
+        if rings is not None:
+            rings.add(ring)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            task.remove_done_callback(ring)
+            if rings is not None:
+                rings.discard(ring)
 
     def _abandon(
         self, task: asyncio.Future[T], on_abandon: Callable[[asyncio.Future[T]], None] | None

@@ -281,9 +281,11 @@ class Runner:
         """
         self._stop_requested = True
         self._stop_event.set()
+        self._calls.cut(self._stop_event)
         self._room.set()
         if now:
             self._hard_stop.set()
+            self._calls.cut(self._hard_stop)
 
     async def __aenter__(self) -> Self:
         """Start running in the background (for services); the exit stops gracefully."""
@@ -784,6 +786,8 @@ class Runner:
             )
             self.stop()
             return
+        if self._stop_requested:
+            return  # stopping anyway: nothing left to carry on with
         # Pruned while alive (a partition, a pause, a stall longer than prune_after): its jobs
         # went back to the queue, but the process is healthy; exiting would leave fewer
         # workers than the operator runs. It carries on as a new incarnation.

@@ -6,68 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any
 
 import pytest
 
-from batchworks import Job, JobState, MemoryBackend, Runner, RunnerFailed
-from batchworks.backends.base import ClaimedJob, Heartbeat, WorkerToken
-from batchworks.outcome import Outcome
+from batchworks import Job, JobState, MemoryBackend, Runner, RunnerFailed, cli
 from tests.conftest import eventually
-
-
-class FaultyBackend(MemoryBackend):
-    """A MemoryBackend whose worker-side calls can hang (a black-holed network), be slow
-    (a stalled database) or raise a programming error (a bug)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.healed = asyncio.Event()
-        self.healed.set()
-        self.bug: dict[str, Exception] = {}
-        self.slow: dict[str, float] = {}
-        self.calls: list[str] = []
-
-    def partition(self) -> None:
-        self.healed.clear()
-
-    def heal(self) -> None:
-        self.healed.set()
-
-    async def _enter(self, op: str) -> None:
-        self.calls.append(op)
-        if op in self.bug:
-            raise self.bug[op]
-        await self.healed.wait()
-        delay = self.slow.pop(op, 0.0)
-        if delay:
-            self.calls[-1] = f"{op}:slow"
-            await asyncio.sleep(delay)
-
-    async def claim(
-        self, worker: WorkerToken, queues: Sequence[str], limit: int, **kwargs: Any
-    ) -> list[ClaimedJob]:
-        await self._enter("claim")
-        return await super().claim(worker, queues, limit, **kwargs)
-
-    async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:
-        await self._enter("settle")
-        return await super().settle(worker, outcomes)
-
-    async def heartbeat(
-        self, worker: WorkerToken, job_ids: Sequence[int], *, lease: float
-    ) -> Heartbeat:
-        await self._enter("heartbeat")
-        return await super().heartbeat(worker, job_ids, lease=lease)
-
-    async def recover(self, *, prune_after: float) -> int:
-        await self._enter("recover")
-        return await super().recover(prune_after=prune_after)
-
-    async def unregister_worker(self, worker: WorkerToken) -> None:
-        await self._enter("unregister")
-        await super().unregister_worker(worker)
+from tests.unit.faulty import FaultyBackend
 
 
 async def _state(backend: MemoryBackend, job_id: int) -> JobState:
@@ -112,6 +56,10 @@ class TestBackgroundTaskFailures:
             async with asyncio.timeout(20):
                 await runner.run()
         assert isinstance(raised.value.__cause__, TypeError)
+
+    def test_the_cli_worker_exits_non_zero(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert cli.main(["worker", "tests.unit.faulty:buggy_runner", "--log-level=ERROR"]) == 2
+        assert "settle task failed" in capsys.readouterr().err
 
     async def test_a_failing_database_is_retried_not_fatal(self) -> None:
         backend = FaultyBackend()
