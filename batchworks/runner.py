@@ -158,10 +158,11 @@ class Runner:
         self._claim_retry = CLAIM_RETRY_INITIAL
         self._suspect: Job | None = None
         self._flush_interval = duration(flush_interval, "flush_interval", zero=True)
-        # The lease by this worker's own clock ends a margin before the database's can: the
-        # database counts it from when the heartbeat landed, this worker from when it was sent,
-        # and the margin covers the clocks' rates. The margin leaves room for one interval.
-        # A heartbeat later or slower than this means this worker was stuck (see _after_beat).
+        # Both come from the room prune_after leaves beyond one heartbeat interval. A beat
+        # later or slower than _stall_limit means this worker was stuck (see _after_beat).
+        # Its own clock gives its leases up _lease_margin before the database may take them:
+        # the database counts from when a heartbeat landed, the worker from when it sent it,
+        # and the margin covers the two clocks' rates.
         self._stall_limit = (self._prune_after - self._heartbeat_interval) / 2
         self._lease_margin = min(self._heartbeat_interval, self._stall_limit)
         if worker_name is not None and (not isinstance(worker_name, str) or not worker_name):
@@ -387,7 +388,7 @@ class Runner:
         if self._failure is None and error is not None:
             self._failure, self._failure_what = error, what
         logger.error(
-            "worker %r: %s failed; stopping now (running jobs are put back)",
+            "worker %r: %s failed; it stops now, and run() will raise RunnerFailed",
             self._worker_name,
             what,
             exc_info=error,
