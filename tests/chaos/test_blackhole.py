@@ -185,3 +185,24 @@ async def test_partitioned_worker_drops_its_leases_and_another_takes_its_jobs(
     # leases ran out by its own clock, so nothing ran twice and nothing it wrote was kept.
     verdict.assert_ok(duplicates_allowed=False)
     assert cut.report is not None and cut.report["succeeded"] == 0, cut.report
+
+
+async def test_backend_close_cuts_connections_that_do_not_answer(
+    pg_backend: PostgresBackend, proxy: Proxy
+) -> None:
+    """``aclose()`` over a black-holed network: a graceful close would wait for TCP to give
+    up (minutes); it cuts the connections after its time limit instead."""
+    backend = PostgresBackend(proxy.dsn, schema=pg_backend.schema)
+    await backend.open()
+    token = await backend.register_worker("closer", ["q"])  # starts the LISTEN connection too
+    await poll(lambda: backend._listener._conn is not None, within=10, what="LISTEN connected")
+    proxy.blackhole()
+    try:
+        async with asyncio.timeout(EXIT_MARGIN):
+            await backend.aclose()
+    except TimeoutError:
+        pytest.fail(f"aclose() hung for {EXIT_MARGIN}s on a black-holed network")
+    assert repr(backend).endswith("closed>")
+    proxy.heal()
+    assert [w.name for w in await pg_backend.workers()] == ["closer"]  # nothing was written
+    await pg_backend.unregister_worker(token)
