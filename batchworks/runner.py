@@ -359,7 +359,8 @@ class Runner:
             finally:
                 heart.cancel()
                 self._settle.stop()
-                _, pending = await asyncio.wait({settler}, timeout=self._time_left())
+                # Half the time left at most: the final flush needs the rest.
+                _, pending = await asyncio.wait({settler}, timeout=self._time_left() / 2)
                 for task in pending:  # stuck retrying a write: the final flush takes over
                     task.cancel()
                 await asyncio.gather(heart, settler, return_exceptions=True)  # seen by _watch
@@ -921,6 +922,13 @@ class Runner:
                     type(exc).__name__,
                     exc,
                 )
+        if self._calls.abandoned:
+            logger.warning(
+                "%d backend calls were cut off and never answered (a network that stopped "
+                "answering?); closing the backend drops them",
+                self._calls.abandoned,
+                extra={"action": "calls_abandoned", "count": self._calls.abandoned},
+            )
         self._state = "stopped"
         self._finished_at = time.monotonic()
         self._ended.set()
