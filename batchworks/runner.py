@@ -278,7 +278,10 @@ class Runner:
         """Stop fetching and shut down gracefully (``now=True``: cancel running jobs at once).
 
         Jobs not yet started are put back at once; running ones get ``shutdown_timeout``
-        seconds, then are cancelled and put back, without using an attempt.
+        seconds, then are cancelled and put back, without using an attempt. A claim in flight
+        is cut short at once (its jobs are put back if it returns any); ``now=True`` also cuts
+        every other backend call in flight. The last writes then get ``CLOSE_GRACE`` seconds
+        (``HARD_STOP_GRACE`` after ``now=True``), whatever the network does.
         """
         self._stop_requested = True
         self._stop_event.set()
