@@ -17,6 +17,7 @@ backend::
         │   └── SchemaNotMigrated      the database has no batchworks schema yet
         ├── JobNotFound                (also LookupError) no job has that id (or it was purged)
         ├── LeaseLost                  this worker no longer holds the job
+        ├── RunnerFailed               (also RuntimeError) a Runner's background task broke
         └── WorkerLost                 recorded on a job whose worker died or hung
 """
 
@@ -32,6 +33,7 @@ __all__ = [
     "LifecycleError",
     "PayloadError",
     "Retryable",
+    "RunnerFailed",
     "SchemaNotMigrated",
     "Snooze",
     "Terminal",
@@ -112,6 +114,13 @@ class JobNotFound(BatchworksError, LookupError):
 class LeaseLost(BatchworksError):
     """This worker no longer holds the job (it was presumed dead and the job moved on, or the
     job was cancelled): nothing was written. Let it propagate from the handler."""
+
+
+class RunnerFailed(BatchworksError, RuntimeError):
+    """A background task of the Runner (the one writing outcomes, or the heartbeats) failed
+    with an unexpected error, so the run stopped rather than claim jobs it could not settle or
+    keep; the error is the ``__cause__`` and was logged with its traceback. Jobs left running
+    are recovered by the backend as for a lost worker."""
 
 
 class WorkerLost(BatchworksError):

@@ -586,7 +586,8 @@ class MemoryBackend:
         """Extend the leases of the held jobs; report lost and cancel-requested ones."""
         record = self._workers.get(worker)
         if record is None or record.state != "active":
-            return Heartbeat(alive=False, lost=tuple(job_ids))
+            replaced = record is not None and record.state == "replaced"
+            return Heartbeat(alive=False, lost=tuple(job_ids), replaced=replaced)
         now = self._clock()
         record.heartbeat_at = now
         lost: list[int] = []

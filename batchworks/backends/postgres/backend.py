@@ -57,6 +57,9 @@ __all__ = ["PostgresBackend"]
 
 logger = logging.getLogger(__name__)
 
+COMMAND_TIMEOUT = 60.0  # seconds: asyncpg's default time limit on a statement of our own pool
+CLOSE_TIMEOUT = 2.0  # seconds closing the pool may wait for its connections, then they are cut
+
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,49}")
 WAIT_JOB_MIGRATION = 5  # the migration that adds jobs.waited
 WAIT_RECHECK = 30.0  # seconds between reads of a waited job while notifications are heard
@@ -127,6 +130,11 @@ class PostgresBackend:
 
     Open it with ``async with backend:`` (or :meth:`open`), create its tables once with
     :meth:`migrate`.
+
+    The pool it opens gives each statement at most ``COMMAND_TIMEOUT`` seconds (asyncpg's
+    ``command_timeout``). That also bounds the cancel request asyncpg sends for a statement
+    cut short: without it, a cancelled call on a black-holed network holds its connection
+    until TCP gives up, minutes later.
     """
 
     def __init__(
@@ -179,6 +187,7 @@ class PostgresBackend:
                     min_size=self._min_size,
                     max_size=self._max_size,
                     reset=_keep_session,
+                    command_timeout=COMMAND_TIMEOUT,
                 )
             except (OSError, asyncpg.PostgresError) as exc:
                 raise BackendError(f"could not connect to PostgreSQL: {exc}") from exc
@@ -196,11 +205,29 @@ class PostgresBackend:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop listening and close the pool (if the backend opened it)."""
+        """Stop listening and close the pool (if the backend opened it).
+
+        A graceful close waits for the server to see each connection go; over a network that
+        stopped answering it would wait for TCP to give up. So it waits ``CLOSE_TIMEOUT``
+        seconds at most, then cuts the connections (the server drops their sessions as for a
+        client that went away).
+        """
         self._closed = True
-        await self._listener.aclose()
-        if self._pool is not None and self._own_pool:
-            await self._pool.close()
+        pool = self._pool if self._own_pool else None
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._listener.aclose()
+                if pool is not None:
+                    await pool.close()
+        except TimeoutError:
+            logger.warning(
+                "PostgreSQL did not answer the close within %.1fs; cutting its connections",
+                CLOSE_TIMEOUT,
+                extra={"action": "close_timeout"},
+            )
+            self._listener.terminate()
+            if pool is not None:
+                pool.terminate()
         self._pool = None if self._own_pool else self._pool
 
     def _require_pool(self) -> asyncpg.Pool:
@@ -653,6 +680,7 @@ class PostgresBackend:
             alive=row["alive"],
             lost=tuple(job_id for job_id in job_ids if job_id not in held),
             cancel=tuple(row["cancel"]),
+            replaced=row["replaced"],
         )
 
     async def recover(self, *, prune_after: float) -> int:
