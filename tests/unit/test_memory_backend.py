@@ -1002,23 +1002,3 @@ class TestMemoryOnlyWaitForWork:
         await backend.wait_for_work(["q"], max_wait=0.05)
 
         assert loop.time() - start >= 0.04
-
-
-class TestMemoryOnlyCheckpointLease:
-    async def test_a_checkpoint_extends_the_jobs_lease(self) -> None:
-        # As on PostgreSQL (SAVE_CHECKPOINT sets lease_until): a job that saves progress is
-        # held by a live worker and must not be recovered as lost when its first lease ends.
-        clock = FakeClock()
-        backend = MemoryBackend(clock=clock)
-        job_id = await backend.enqueue("q", {})
-        worker = await backend.register_worker("w1", ["q"])
-        await claim_one(backend, worker)  # lease LEASE from now
-
-        clock.advance(LEASE - 1)
-        await backend.heartbeat(worker, [], lease=LEASE)  # the worker itself stays alive
-        await backend.save_checkpoint(worker, job_id, {"offset": 10}, lease=LEASE)
-        clock.advance(2)  # past the claim's lease, within the checkpoint's
-
-        assert await backend.recover(prune_after=LEASE * 10) == 0
-        record = await backend.get_job(job_id)
-        assert record is not None and record.state is JobState.RUNNING
