@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 from batchworks.backends.base import Backend
 from batchworks.backends.postgres import PostgresBackend
+from batchworks.backends.postgres._connect import OPEN_TIMEOUT
 from batchworks.errors import BatchworksError
 from batchworks.job import JobRecord, JobState
 from batchworks.report import RunReport
@@ -80,12 +81,14 @@ def _parser() -> argparse.ArgumentParser:
     worker = command("worker", _worker, "run a worker until SIGTERM/SIGINT")
     worker.add_argument("app", metavar="APP", help="module:attribute naming a Runner or factory")
     worker.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    _open_timeout_option(worker)
     run = command("run", _run, "run a batch from cron: exit 0 if no job failed, 1 if some did")
     run.add_argument("app", metavar="APP", help="module:attribute naming a Runner or factory")
     run.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
     run.add_argument("--until-empty", action="store_true", required=True, help="stop when drained")
     run.add_argument("--max-delay", type=float, default=0.0, help="also wait for jobs due soon")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
+    _open_timeout_option(run)
     stats = command("stats", _stats, "queues by state, oldest ready job, live workers")
     stats.add_argument("--json", action="store_true", help="print JSON")
 
@@ -112,6 +115,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _open_timeout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--open-timeout",
+        type=_duration,
+        default=OPEN_TIMEOUT,
+        metavar="DURATION",
+        help="how long to wait for the database of --dsn to accept connections, retrying "
+        f"with backoff (default: {OPEN_TIMEOUT:g}s; 0 tries once)",
+    )
+
+
 def _duration(text: str) -> float:
     match = _DURATION.fullmatch(text.strip())
     if not match:
@@ -124,10 +138,16 @@ async def _no_subcommand(args: argparse.Namespace) -> int:  # pragma: no cover -
 
 
 @contextlib.asynccontextmanager
-async def _backend(args: argparse.Namespace) -> AsyncIterator[PostgresBackend]:
+async def _backend(
+    args: argparse.Namespace, *, open_timeout: float = 0.0
+) -> AsyncIterator[PostgresBackend]:
+    """The backend of --dsn. Operator commands fail at once when the database does not
+    answer; workers wait ``open_timeout`` for it (they may start before it)."""
     if not args.dsn:
         raise UsageError("no database: pass --dsn or set BATCHWORKS_DSN")
-    async with PostgresBackend(args.dsn, schema=args.schema, min_size=1) as backend:
+    async with PostgresBackend(
+        args.dsn, schema=args.schema, min_size=1, open_timeout=open_timeout
+    ) as backend:
         yield backend
 
 
@@ -174,7 +194,8 @@ async def _runner(args: argparse.Namespace) -> AsyncIterator[Runner]:
         raise UsageError(f"APP {args.app!r} is neither a Runner nor a factory returning one")
     takes_backend = bool(inspect.signature(app).parameters)
     async with contextlib.AsyncExitStack() as stack:
-        made = app(await stack.enter_async_context(_backend(args))) if takes_backend else app()
+        opened = _backend(args, open_timeout=args.open_timeout)
+        made = app(await stack.enter_async_context(opened)) if takes_backend else app()
         if inspect.isawaitable(made):
             made = await made
         if not isinstance(made, Runner):
