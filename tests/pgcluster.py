@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tests.pgserver import _free_port, _pg_bin
 
-__all__ = ["Cluster", "clusters", "free_port"]
+__all__ = ["STANDBY", "Cluster", "clusters", "free_port", "primary_and_standby"]
 
 free_port = _free_port
 
@@ -117,6 +117,28 @@ class Cluster:
 
     def promote(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-w", "promote")
+
+
+STANDBY = "standby1"  # the standby's application_name, as synchronous_standby_names names it
+
+
+def primary_and_standby(root: Path, *, synchronous: bool = True) -> tuple[Cluster, Cluster]:
+    """A primary and a streaming standby of it (``pg_basebackup -R``), both started; with
+    ``synchronous``, a commit returns only once the standby has flushed it. The standby does
+    not wait for a standby of its own once promoted."""
+    primary = Cluster(root, "primary")
+    sync = f"synchronous_standby_names = '{STANDBY}'" if synchronous else ""
+    primary.initdb("wal_level = replica", "max_wal_senders = 4", "fsync = off", sync)
+    primary.start()
+    standby = Cluster(root, "standby")
+    standby.basebackup(primary, app_name=STANDBY)
+    conninfo = f"host=127.0.0.1 port={primary.port} user=postgres application_name={STANDBY}"
+    with (standby.data / "postgresql.auto.conf").open("a") as conf:
+        conf.write(f"primary_conninfo = '{conninfo}'\nsynchronous_standby_names = ''\n")
+        # Retrying the lost primary every 5 s (the default) can hold a promotion that long.
+        conf.write("wal_retrieve_retry_interval = '100ms'\n")
+    standby.start()
+    return primary, standby
 
 
 @contextlib.contextmanager

@@ -66,6 +66,8 @@ _TRANSIENT = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.InterfaceError,
+    # every host of a multi-host DSN answered, none read-write yet (a standby being promoted)
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
 )
 
 
