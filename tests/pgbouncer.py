@@ -20,9 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
+
 from tests.pgserver import _free_port
 
-__all__ = ["PgBouncerMissing", "find_pgbouncer", "pgbouncer"]
+__all__ = ["PgBouncerMissing", "find_pgbouncer", "pgbouncer", "pgbouncer_or_skip"]
 
 
 class PgBouncerMissing(RuntimeError):
@@ -108,3 +110,14 @@ def pgbouncer(dsn: str) -> Iterator[str]:
             proc.kill()
             proc.wait()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def pgbouncer_or_skip(dsn: str, *, in_ci: bool) -> Iterator[str]:
+    """For fixtures: :func:`pgbouncer`'s DSN; without the binary, skip, or fail under CI."""
+    try:
+        with pgbouncer(dsn) as bounced:
+            yield bounced
+    except PgBouncerMissing as exc:
+        if in_ci:
+            pytest.fail(f"{exc} (CI=true: .ci/run installs it; PgBouncer tests must not skip)")
+        pytest.skip(str(exc))

@@ -17,7 +17,7 @@ from batchworks.backends.postgres import _listener
 from batchworks.errors import BackendError
 from batchworks.outcome import Outcome, OutcomeKind
 from tests.conftest import IN_CI, eventually
-from tests.pgbouncer import PgBouncerMissing, pgbouncer
+from tests.pgbouncer import pgbouncer_or_skip
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
@@ -29,13 +29,7 @@ UNDELIVERED = "LISTEN hears no NOTIFY"
 @pytest.fixture(scope="module")
 def bouncer_dsn(pg_dsn: str) -> Iterator[str]:
     """A DSN through a PgBouncer (pool_mode=transaction) in front of the test server."""
-    try:
-        with pgbouncer(pg_dsn) as dsn:
-            yield dsn
-    except PgBouncerMissing as exc:
-        if IN_CI:
-            pytest.fail(f"{exc} (CI=true: .ci/run installs it; PgBouncer tests must not skip)")
-        pytest.skip(str(exc))
+    yield from pgbouncer_or_skip(pg_dsn, in_ci=IN_CI)
 
 
 @pytest.fixture

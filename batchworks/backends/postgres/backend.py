@@ -16,7 +16,7 @@ import re
 import socket
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from importlib import resources
 from types import TracebackType
@@ -196,13 +196,15 @@ class PostgresBackend:
         if self._pool is None:
             assert self._dsn is not None
             dsn = self._dsn
+            options = dict(self._options)
+            options["init"] = _with_types_known(options.get("init"))
             self._pool = await retry_connect(
                 lambda: asyncpg.create_pool(
                     dsn,
                     min_size=self._min_size,
                     max_size=self._max_size,
                     reset=_keep_session,
-                    **self._options,
+                    **options,
                 ),
                 open_timeout=self._open_timeout,
                 where=redact(dsn),
@@ -633,6 +635,36 @@ class PostgresBackend:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max_wait):
                 await wake.wait()
+
+
+Init = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
+def _with_types_known(init: Init | None) -> Init:
+    """The pool's ``init``: teach each new connection the array types batchworks binds, then
+    run the user's ``init``.
+
+    asyncpg looks up a type it has no codec for with a catalog query, once per connection,
+    after turning JIT off for the session around it. Behind PgBouncer in transaction pooling
+    mode that session-level SET lands on one server and the query on another, where JIT makes
+    it take a second or more: a pool of fresh connections then holds every server, and
+    heartbeats wait longer than ``prune_after``. One transaction (one server) with ``SET
+    LOCAL jit = off`` does the lookup up front, everywhere. (asyncpg's own SET inside it
+    leaves JIT off for that session, which batchworks' short statements do not miss.)"""
+
+    async def setup(conn: asyncpg.Connection) -> None:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL jit = off")
+            await conn.fetchval(_KNOWN_TYPES, None, None, None)
+        if init is not None:
+            await init(conn)
+
+    return setup
+
+
+# The array types batchworks binds that asyncpg has no built-in codec for (int8[], float8[],
+# jsonb[]): a statement that mentions them makes asyncpg introspect them.
+_KNOWN_TYPES = "SELECT $1::int8[] IS NULL AND $2::float8[] IS NULL AND $3::jsonb[] IS NULL"
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
