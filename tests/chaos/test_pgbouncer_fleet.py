@@ -13,7 +13,14 @@ import asyncpg
 import pytest
 
 from batchworks import PostgresBackend
-from tests.chaos.harness import Fleet, pick, poll, record_figures, settle_and_judge
+from tests.chaos.harness import (
+    Fleet,
+    pick,
+    poll,
+    record_figures,
+    recovery_time,
+    settle_and_judge,
+)
 from tests.conftest import IN_CI
 from tests.pgbouncer import pgbouncer_or_skip
 
@@ -54,8 +61,12 @@ async def test_workers_through_pgbouncer_lose_nothing_and_stop_cleanly(
     await poll(
         lambda: _finished(ledger.pool, ledger.schema, JOBS // 3), within=60, what="a third done"
     )
+    loop = asyncio.get_running_loop()
+    held = await ledger.held_by(fleet.current["a"].pid)
+    killed_at = loop.time()
     await fleet.kill("a")
     restarted = await fleet.restart("a")
+    recovered = await recovery_time(ledger, held, since=killed_at, within=30)
     await poll(ledger.drained, within=90, every=0.1, what="the queue to drain")
 
     await asyncio.sleep(0.5)  # idle now: a 30 s poll, so only a NOTIFY is quick
@@ -73,6 +84,7 @@ async def test_workers_through_pgbouncer_lose_nothing_and_stop_cleanly(
         "PgBouncer (transaction pooling), one kill -9",
         **verdict.figures(),
         stuck=len(verdict.left_running) + len(verdict.left_queued),
+        recovery=f"{recovered:.2f} s ({len(held)} jobs held at the kill)",
         worker_rows=",".join(sorted(states)),
         notify_wakeup=f"{woke:.2f} s (poll_interval {POLL_INTERVAL:g} s)",
     )
