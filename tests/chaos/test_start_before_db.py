@@ -155,3 +155,15 @@ async def test_no_database_within_open_timeout_exits_2_with_one_line(
     assert cli.lines[-1] == errors[0], "the error must be the last line"
     assert cli.has("is not reachable yet (try 1"), "each try must be logged"
     assert not cli.has("Traceback")
+
+
+async def test_sigterm_while_waiting_for_the_database_exits_at_once(start_cli: StartCli) -> None:
+    dsn = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"  # nothing listens there
+    cli = await start_cli(dsn, "worker", APP, "--open-timeout", "60")
+    await poll(lambda: cli.has("is not reachable yet (try 1"), within=30, what="the first try")
+    cli.proc.send_signal(signal.SIGTERM)
+    # Nothing is registered yet, so nothing needs cleaning up: the default action (exit) is
+    # right, and the wait must not hold a deploy for the rest of --open-timeout.
+    code = await cli.exit_code(within=10)
+    assert code in (-signal.SIGTERM, 128 + signal.SIGTERM), "\n".join(cli.lines)
+    assert not cli.has("Traceback")
