@@ -3,7 +3,8 @@
 :func:`pgbouncer` starts one on a free port with its ini, userlist and log in a temporary
 directory, pointing at the host and port of a DSN, and yields the DSN that goes through it.
 Without the binary it raises :class:`PgBouncerMissing` (``.ci/run`` installs it; under
-CI=true the tests that need it fail instead of skipping).
+CI=true the tests that need it fail instead of skipping). PgBouncer logs in to the server as
+the DSN's user without a password, so that server must trust it (the suite's own servers do).
 """
 
 from __future__ import annotations
