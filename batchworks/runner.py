@@ -189,6 +189,11 @@ class Runner:
         return self._backend
 
     @property
+    def queues(self) -> tuple[str, ...]:
+        """The queues this runner takes jobs from."""
+        return tuple(self._queues)
+
+    @property
     def report(self) -> RunReport:
         """The outcomes written so far in this run."""
         counts = self._counts
@@ -285,7 +290,9 @@ class Runner:
         if self._sync_in_thread:
             self._attempts.thread_limiter = anyio.CapacityLimiter(self._concurrency)
         try:
-            token = await self._backend.register_worker(self._worker_name, self._queues)
+            token = await self._backend.register_worker(
+                self._worker_name, self._queues, max_attempts=self._policy.max_attempts
+            )
         except BaseException:
             self._state = "stopped"
             self._ended.set()

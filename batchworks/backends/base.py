@@ -97,6 +97,8 @@ class QueueOverview:
 
     #: jobs by state, every state present
     counts: dict[str, int]
+    #: queued jobs not due yet (retries, snoozes, delayed jobs), counted in ``counts`` too
+    queued_later: int = 0
     #: seconds the oldest due job has waited to run, or None when none is due
     oldest_ready: float | None = None
     #: running jobs that saved a checkpoint
@@ -180,11 +182,25 @@ class Backend(Protocol):
     async def purge(self, older_than: float | timedelta) -> int:
         """Delete jobs that reached a final state more than ``older_than`` ago."""
 
+    async def purgeable(self, older_than: float | timedelta) -> dict[str, dict[str, int]]:
+        """What :meth:`purge` would delete now, ``{queue: {state: count}}``; deletes nothing."""
+
+    async def pending_migrations(self) -> list[str]:
+        """The migrations :meth:`migrate` would apply (``0004_name``), empty when up to date."""
+
+    async def policy_max_attempts(self, queues: Sequence[str]) -> dict[str, int]:
+        """For each of ``queues`` that a worker ever registered for, the ``max_attempts`` of
+        the retry policy of the latest such worker (a live one first): what a claim there
+        gives a job enqueued without its own."""
+
     # -- worker-side operations (the Runner's) -----------------------------------------------
 
-    async def register_worker(self, name: str, queues: Sequence[str]) -> WorkerToken:
+    async def register_worker(
+        self, name: str, queues: Sequence[str], *, max_attempts: int | None = None
+    ) -> WorkerToken:
         """Start a worker incarnation named ``name``; earlier incarnations of the same name
-        are marked replaced and their jobs recovered at once."""
+        are marked replaced and their jobs recovered at once. ``max_attempts`` is its retry
+        policy's, recorded for operators (see :meth:`policy_max_attempts`)."""
 
     async def unregister_worker(self, worker: WorkerToken) -> None:
         """Mark the incarnation stopped (after it released or settled everything)."""

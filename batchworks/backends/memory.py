@@ -86,6 +86,7 @@ class _Worker:
     started_at: float
     heartbeat_at: float
     state: str = "active"  # active, stopped, pruned, replaced
+    max_attempts: int | None = None
 
 
 class MemoryBackend:
@@ -337,10 +338,11 @@ class MemoryBackend:
         result = {}
         for queue, counts in (await self.stats()).items():
             rows = [row for row in self._rows.values() if row.queue == queue]
-            due = [now - row.run_at for row in rows if row.state is JobState.QUEUED]
-            due = [age for age in due if age >= 0]
+            waits = [now - row.run_at for row in rows if row.state is JobState.QUEUED]
+            due = [age for age in waits if age >= 0]
             result[queue] = QueueOverview(
                 counts=counts,
+                queued_later=len(waits) - len(due),
                 oldest_ready=max(due) if due else None,
                 running_with_checkpoint=sum(
                     1 for row in rows if row.state is JobState.RUNNING and row.checkpoint
@@ -421,19 +423,45 @@ class MemoryBackend:
 
     async def purge(self, older_than: float | timedelta) -> int:
         """Delete jobs that reached a final state more than ``older_than`` ago."""
+        old = self._purgeable(older_than)
+        for row in old:
+            del self._rows[row.id]
+        return len(old)
+
+    async def purgeable(self, older_than: float | timedelta) -> dict[str, dict[str, int]]:
+        """What :meth:`purge` would delete now, ``{queue: {state: count}}``."""
+        counts: dict[str, dict[str, int]] = {}
+        for row in self._purgeable(older_than):
+            per_queue = counts.setdefault(row.queue, {})
+            per_queue[row.state.value] = per_queue.get(row.state.value, 0) + 1
+        return counts
+
+    def _purgeable(self, older_than: float | timedelta) -> list[_Row]:
         cutoff = self._clock() - seconds(older_than, name="older_than")
-        old = [
-            row.id
+        return [
+            row
             for row in self._rows.values()
             if row.state.is_final and row.finished_at is not None and row.finished_at < cutoff
         ]
-        for job_id in old:
-            del self._rows[job_id]
-        return len(old)
+
+    async def pending_migrations(self) -> list[str]:
+        """None: the memory backend has no schema."""
+        return []
+
+    async def policy_max_attempts(self, queues: Sequence[str]) -> dict[str, int]:
+        """The ``max_attempts`` the latest worker of each queue (a live one first) recorded."""
+        latest = sorted(
+            (w for w in self._workers.values() if w.max_attempts is not None),
+            key=lambda w: (w.state == "active", w.started_at),
+        )
+        found = {queue: w.max_attempts for w in latest for queue in w.queues if queue in queues}
+        return {queue: most for queue, most in found.items() if most is not None}
 
     # -- worker side ----------------------------------------------------------------------------
 
-    async def register_worker(self, name: str, queues: Sequence[str]) -> WorkerToken:
+    async def register_worker(
+        self, name: str, queues: Sequence[str], *, max_attempts: int | None = None
+    ) -> WorkerToken:
         """A new incarnation of ``name``; earlier live ones are replaced, their jobs recovered."""
         self._check_open()
         now = self._clock()
@@ -442,7 +470,9 @@ class MemoryBackend:
                 worker.state = "replaced"
                 self._recover_worker(worker, "was replaced by a restart of the same name", now)
         token = uuid.uuid4()
-        self._workers[token] = _Worker(token, name, tuple(queues), now, now)
+        self._workers[token] = _Worker(
+            token, name, tuple(queues), now, now, max_attempts=max_attempts
+        )
         return token
 
     async def unregister_worker(self, worker: WorkerToken) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from batchworks import Job, Runner, Terminal
+from batchworks import Job, PostgresBackend, RetryPolicy, Runner, Terminal
 from batchworks.backends.base import Backend
 
 
@@ -20,16 +20,35 @@ async def handle(job: Job) -> Any:
     return job.payload
 
 
-def make_runner(backend: Backend) -> Runner:
+#: not the default policy's 5, so that a test can tell where `jobs list` took a maximum from
+MAX_ATTEMPTS = 3
+
+
+def make_runner(backend: Backend, *, shutdown_timeout: float = 1.0) -> Runner:
     return Runner(
         backend,
         {"q": handle},
+        retry=RetryPolicy(max_attempts=MAX_ATTEMPTS),
         worker_name="cli-worker",
         heartbeat_interval=0.2,
         prune_after=2.0,
-        shutdown_timeout=1.0,
+        shutdown_timeout=shutdown_timeout,
         poll_interval=0.2,
     )
 
 
+def make_patient_runner(backend: Backend) -> Runner:
+    """A runner whose running jobs get a minute to finish after a first stop signal."""
+    return make_runner(backend, shutdown_timeout=60.0)
+
+
 not_a_runner = 42
+
+
+def two_arguments(backend: Backend, other: int) -> Runner:
+    return make_runner(backend)
+
+
+def own_backend_runner() -> Runner:
+    """A factory that builds its own backend, from a DSN that is not one."""
+    return make_runner(PostgresBackend("notadsn"))

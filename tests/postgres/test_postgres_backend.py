@@ -41,7 +41,7 @@ class TestMigrate:
             )
         finally:
             await conn.close()
-        assert [row["version"] for row in versions] == [1, 2, 3]
+        assert [row["version"] for row in versions] == [1, 2, 3, 4]
 
     async def test_upgrade_from_version_2_keeps_jobs_in_flight(
         self, pg_dsn: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
@@ -95,7 +95,7 @@ class TestMigrate:
                 )
             finally:
                 await conn.close()
-        assert sorted(row["version"] for row in versions) == [1, 2, 3]
+        assert sorted(row["version"] for row in versions) == [1, 2, 3, 4]
         assert not {"jobs_due", "jobs_lease"} & {row["indexname"] for row in indexes}
 
     async def test_concurrent_migrations_from_many_processes_serialize(
@@ -392,3 +392,15 @@ async def test_job_state_values_match_the_database_check(pg_backend: PostgresBac
     assert await pg_backend.cancel(job_id)
     record = await pg_backend.get_job(job_id)
     assert record is not None and record.state is JobState.CANCELLED
+
+
+class TestPendingMigrations:
+    async def test_an_empty_schema_lacks_every_migration_and_migrate_applies_them(
+        self, pg_dsn: str, pg_schema: str
+    ) -> None:
+        async with PostgresBackend(pg_dsn, schema=pg_schema) as backend:
+            missing = await backend.pending_migrations()
+            assert missing[:2] == ["0001_initial", "0002_job_timeout"]
+            assert "0004_worker_max_attempts" in missing
+            await backend.migrate()
+            assert await backend.pending_migrations() == []

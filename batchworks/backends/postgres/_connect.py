@@ -107,8 +107,11 @@ def redact(dsn: str) -> str:
 
 
 def transient(exc: BaseException | None) -> bool:
-    """True for an error a server that is (re)starting or not reachable yet gives."""
-    return isinstance(exc, _TRANSIENT)
+    """True for an error a server that is (re)starting or not reachable yet gives (a DSN
+    asyncpg cannot parse is an InterfaceError too, and no wait mends it)."""
+    return isinstance(exc, _TRANSIENT) and not isinstance(
+        exc, asyncpg.exceptions.ClientConfigurationError
+    )
 
 
 async def retry_connect(
@@ -159,6 +162,8 @@ async def retry_connect(
                 async with asyncio.timeout(max(deadline - loop.time(), ATTEMPT_MIN)):
                     return await connect()
     except _TRANSIENT as exc:
+        if not transient(exc):
+            raise
         waited = (
             f"gave up after {tries} tries in {open_timeout:g}s"
             if tries > 1

@@ -244,7 +244,8 @@ class PostgresBackend:
             yield
         except _NOT_MIGRATED as exc:
             raise SchemaNotMigrated(
-                f"schema {self._schema!r} has no batchworks tables ({exc}); run "
+                f"schema {self._schema!r} has no batchworks tables, or not those of this "
+                f"version ({exc}); run "
                 "'await backend.migrate()' or 'batchworks migrate' first"
             ) from exc
         except _PREPARED as exc:
@@ -427,17 +428,21 @@ class PostgresBackend:
         counts: dict[str, dict[str, int]] = {}
         oldest: dict[str, float] = {}
         checkpointed: dict[str, int] = {}
+        later: dict[str, int] = {}
         for row in await self._fetch(self._q.overview):
             queue = row["queue"]
             counts.setdefault(queue, {state.value: 0 for state in JobState})[row["state"]] = row[
                 "n"
             ]
+            if row["later"]:
+                later[queue] = row["later"]
             if row["oldest_ready"] is not None:
                 oldest[queue] = max(oldest.get(queue, 0.0), row["oldest_ready"])
             checkpointed[queue] = checkpointed.get(queue, 0) + row["checkpointed"]
         return {
             queue: QueueOverview(
                 counts=per_state,
+                queued_later=later.get(queue, 0),
                 oldest_ready=oldest.get(queue),
                 running_with_checkpoint=checkpointed.get(queue, 0),
             )
@@ -494,14 +499,53 @@ class PostgresBackend:
         await self._fetch(self._q.purge_workers, age)
         return int(row[0])
 
+    async def purgeable(self, older_than: float | timedelta) -> dict[str, dict[str, int]]:
+        """What :meth:`purge` would delete now, ``{queue: {state: count}}``."""
+        age = seconds(older_than, name="older_than")
+        counts: dict[str, dict[str, int]] = {}
+        for row in await self._fetch(self._q.purgeable, age):
+            counts.setdefault(row["queue"], {})[row["state"]] = row["n"]
+        return counts
+
+    async def pending_migrations(self) -> list[str]:
+        """The migrations :meth:`migrate` would apply, as ``0004_name``."""
+        try:
+            rows = await self._fetch(self._q.applied_migrations)
+        except SchemaNotMigrated:
+            rows = []
+        applied = {row[0] for row in rows}
+        return [
+            f"{version:04d}_{name}"
+            for version, name, _ in _migration_files()
+            if version not in applied
+        ]
+
+    async def policy_max_attempts(self, queues: Sequence[str]) -> dict[str, int]:
+        """The ``max_attempts`` the latest worker of each queue (a live one first) recorded."""
+        rows = await self._fetch(self._q.policy_max_attempts, list(queues))
+        return {row["queue"]: row["max_attempts"] for row in rows}
+
     # -- worker side ----------------------------------------------------------------------------
 
-    async def register_worker(self, name: str, queues: Sequence[str]) -> WorkerToken:
+    async def register_worker(
+        self, name: str, queues: Sequence[str], *, max_attempts: int | None = None
+    ) -> WorkerToken:
         """A new incarnation of ``name``; earlier live ones are replaced, their jobs recovered."""
         token = uuid.uuid4()
-        row = await self._fetchrow(
-            self._q.register_worker, token, name, socket.gethostname(), os.getpid(), list(queues)
-        )
+        args = (token, name, socket.gethostname(), os.getpid(), list(queues))
+        try:
+            row = await self._fetchrow(self._q.register_worker, *args, max_attempts)
+        except SchemaNotMigrated as exc:
+            if not isinstance(exc.__cause__, asyncpg.UndefinedColumnError):
+                raise
+            # A schema before migration 4: a rolling deploy may start workers before its
+            # migrate ran. They run; only `jobs list` lacks their policy's max_attempts.
+            logger.warning(
+                "schema %r lacks migration 0004_worker_max_attempts; run 'batchworks migrate'",
+                self._schema,
+                extra={"action": "schema_behind", "worker": name},
+            )
+            row = await self._fetchrow(self._q.register_worker_v3, *args)
         if row["recovered"]:
             logger.warning(
                 "worker %r restarted: recovered %d jobs of its earlier incarnation",

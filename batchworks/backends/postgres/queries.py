@@ -126,6 +126,7 @@ FROM __SCHEMA__.jobs WHERE id = $1
 
 OVERVIEW: LiteralString = """
 SELECT queue, state, count(*) AS n,
+       count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS later,
        max(extract(epoch FROM now() - run_at)::float8)
            FILTER (WHERE state = 'queued' AND run_at <= now()) AS oldest_ready,
        count(*) FILTER (WHERE state = 'running' AND checkpoint IS NOT NULL) AS checkpointed
@@ -190,14 +191,32 @@ WITH gone AS (
 SELECT count(*) FROM gone
 """
 
-REGISTER_WORKER: LiteralString = (
-    """
+# What PURGE would delete: the same condition, counted.
+PURGEABLE: LiteralString = """
+SELECT queue, state, count(*) AS n FROM __SCHEMA__.jobs
+WHERE state IN ('succeeded', 'failed', 'cancelled')
+  AND finished_at < now() - make_interval(secs => $1)
+GROUP BY queue, state
+"""
+
+# The retry policy's max_attempts each queue's latest worker recorded, a live worker first.
+POLICY_MAX_ATTEMPTS: LiteralString = """
+SELECT DISTINCT ON (q.name) q.name AS queue, w.max_attempts
+FROM unnest($1::text[]) AS q(name)
+JOIN __SCHEMA__.workers AS w ON q.name = ANY(w.queues)
+WHERE w.max_attempts IS NOT NULL
+ORDER BY q.name, (w.state = 'active') DESC, w.started_at DESC
+"""
+
+_REGISTER_HEAD: LiteralString = """
 WITH old AS (
     UPDATE __SCHEMA__.workers SET state = 'replaced'
     WHERE name = $2 AND state = 'active'
     RETURNING token
-), new AS (
-    INSERT INTO __SCHEMA__.workers (token, name, host, pid, queues) VALUES ($1, $2, $3, $4, $5)
+), new AS ("""
+
+_REGISTER_TAIL: LiteralString = (
+    """
 ), lost AS (
     SELECT j.id, 'was replaced by a restart of the same name'::text AS why
     FROM __SCHEMA__.jobs AS j
@@ -208,6 +227,24 @@ WITH old AS (
     + """
 SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS woke
 """
+)
+
+REGISTER_WORKER: LiteralString = (
+    _REGISTER_HEAD
+    + """
+    INSERT INTO __SCHEMA__.workers (token, name, host, pid, queues, max_attempts)
+    VALUES ($1, $2, $3, $4, $5, $6)"""
+    + _REGISTER_TAIL
+)
+
+# The same on a schema before migration 4, which has no workers.max_attempts: a worker of
+# this version started before the deploy's migrate still runs (see register_worker).
+REGISTER_WORKER_V3: LiteralString = (
+    _REGISTER_HEAD
+    + """
+    INSERT INTO __SCHEMA__.workers (token, name, host, pid, queues)
+    VALUES ($1, $2, $3, $4, $5)"""
+    + _REGISTER_TAIL
 )
 
 UNREGISTER_WORKER: LiteralString = (
