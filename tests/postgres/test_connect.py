@@ -114,6 +114,15 @@ class TestOpenRetries:
             await PostgresBackend(missing, open_timeout=60).open()
         assert not [r for r in caplog.records if getattr(r, "action", None) == "connect_retry"]
 
+    async def test_a_dsn_asyncpg_cannot_parse_is_not_retried(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.WARNING, logger="batchworks")
+        with pytest.raises(ValueError, match="port"):
+            async with asyncio.timeout(10):
+                await PostgresBackend("postgresql://x@127.0.0.1:notaport/x", open_timeout=60).open()
+        assert not [r for r in caplog.records if getattr(r, "action", None) == "connect_retry"]
+
     async def test_cancelling_open_stops_the_wait(self) -> None:
         backend = PostgresBackend(_nowhere(), open_timeout=60)
         task = asyncio.create_task(backend.open())
