@@ -82,6 +82,22 @@ class TestConnectOptions:
             finally:
                 await watcher.close()
 
+    async def test_a_users_init_still_runs_on_each_new_connection(
+        self, pg_dsn: str, pg_schema: str
+    ) -> None:
+        seen: list[int] = []
+
+        async def init(conn: asyncpg.Connection) -> None:
+            seen.append(conn.get_server_pid())
+
+        options = {"init": init}
+        async with PostgresBackend(
+            pg_dsn, schema=pg_schema, min_size=2, max_size=2, connect_options=options
+        ) as backend:
+            await backend.migrate()
+            pids = {await backend._require_pool().fetchval("SELECT pg_backend_pid()")}
+        assert len(seen) == 2 and pids <= set(seen)
+
 
 class TestOpenRetries:
     async def test_gives_up_after_open_timeout_saying_where_and_how_long(
