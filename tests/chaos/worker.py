@@ -2,6 +2,9 @@
 
 CONFIG_JSON holds ``dsn``, ``schema``, ``name`` and optional settings:
 
+- ``backend_dsn``: where the backend connects, when not ``dsn`` (a proxy that black-holes
+  the network); the effects pool always uses ``dsn``, so the ledger stays exact
+
 - ``runner``: keyword arguments for :class:`Runner` (``concurrency``, ``prune_after``...)
 - ``queues``: the queues it serves, all with the handler below (default ``["q"]``)
 - ``retry_wait`` / ``max_attempts``: the retry policy (a fixed wait, in seconds)
@@ -116,7 +119,8 @@ class ChaosBackend(PostgresBackend):
         self.inject = inject
         self.calls = {"claim": 0, "settle": 0}
         self.settled = 0
-        #: [monotonic time the settle was sent, outcomes, rows it changed (None: no answer)]
+        #: [monotonic time the settle was sent, outcomes, rows it changed (None: no answer),
+        #: the worker token it was fenced by]
         self.settles: list[list[Any]] = []
         self.rng = random.Random(inject.get("seed"))
 
@@ -152,7 +156,7 @@ class ChaosBackend(PostgresBackend):
             print(f"settle-pending {len(outcomes)}", flush=True)  # noqa: T201 - read by the test
             await asyncio.sleep(delay)
         self._fault("settle", "before")
-        entry = [time.monotonic(), len(outcomes), None]
+        entry = [time.monotonic(), len(outcomes), None, str(worker)]
         self.settles.append(entry)  # its rows stay None if the call never returns
         lost = await super().settle(worker, outcomes, *args, **kwargs)
         changed = entry[2] = len(outcomes) - len(lost)
@@ -232,7 +236,7 @@ async def main(config: dict[str, Any]) -> None:
         wait=tenacity.wait_fixed(float(config.get("retry_wait", 0.05))),
     )
     backend = ChaosBackend(
-        _with_app_name(dsn, f"chaos-bw-{name}-{pid}"),
+        _with_app_name(config.get("backend_dsn", dsn), f"chaos-bw-{name}-{pid}"),
         schema=schema,
         inject=config.get("inject", {}),
         max_size=int(config.get("pool_max", 10)),

@@ -81,6 +81,15 @@ class Listener:
             self._task = None
         await self._drop()
 
+    def terminate(self) -> None:
+        """Cut the connection without a goodbye (a close that got no answer)."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
     async def _run(self) -> None:
         delay = 0.1
         while not self._closed:
@@ -162,7 +171,9 @@ class Listener:
         self.wake()
 
     async def _drop(self) -> None:
-        conn, self._conn = self._conn, None
+        # self._conn is cleared only once it is released: a close cut short by its time limit
+        # still finds it, to terminate it.
+        conn = self._conn
         if conn is not None:
             with contextlib.suppress(Exception):
                 # UNLISTEN before a connection goes back to a pool: a pool created with a
@@ -170,6 +181,7 @@ class Listener:
                 await conn.remove_listener(self._channel, self._on_notify)
             with contextlib.suppress(Exception):
                 await self._release(conn)
+        self._conn = None
 
 
 async def _first(*events: asyncio.Event) -> None:

@@ -66,6 +66,9 @@ __all__ = ["PostgresBackend"]
 
 logger = logging.getLogger(__name__)
 
+COMMAND_TIMEOUT = 60.0  # seconds: asyncpg's default time limit on a statement of our own pool
+CLOSE_TIMEOUT = 2.0  # seconds closing the pool may wait for its connections, then they are cut
+
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,49}")
 _SUCCEEDED = OutcomeKind.SUCCEEDED
 UNREGISTER_TRIES = 3  # a clean stop marks its worker row stopped, trying this many times
@@ -135,6 +138,11 @@ class PostgresBackend:
 
     Open it with ``async with backend:`` (or :meth:`open`), create its tables once with
     :meth:`migrate`.
+
+    The pool it opens gives each statement at most ``COMMAND_TIMEOUT`` seconds (asyncpg's
+    ``command_timeout``; ``connect_options`` may set another). That also bounds the cancel
+    request asyncpg sends for a statement cut short: without it, a cancelled call on a
+    black-holed network holds its connection until TCP gives up, minutes later.
     """
 
     def __init__(
@@ -196,7 +204,7 @@ class PostgresBackend:
         if self._pool is None:
             assert self._dsn is not None
             dsn = self._dsn
-            options = dict(self._options)
+            options = {"command_timeout": COMMAND_TIMEOUT, **self._options}
             options["init"] = _with_types_known(options.get("init"))
             self._pool = await retry_connect(
                 lambda: asyncpg.create_pool(
@@ -223,11 +231,29 @@ class PostgresBackend:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop listening and close the pool (if the backend opened it)."""
+        """Stop listening and close the pool (if the backend opened it).
+
+        A graceful close waits for the server to see each connection go; over a network that
+        stopped answering it would wait for TCP to give up. So it waits ``CLOSE_TIMEOUT``
+        seconds at most, then cuts the connections (the server drops their sessions as for a
+        client that went away).
+        """
         self._closed = True
-        await self._listener.aclose()
-        if self._pool is not None and self._own_pool:
-            await self._pool.close()
+        pool = self._pool if self._own_pool else None
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._listener.aclose()
+                if pool is not None:
+                    await pool.close()
+        except TimeoutError:
+            logger.warning(
+                "PostgreSQL did not answer the close within %.1fs; cutting its connections",
+                CLOSE_TIMEOUT,
+                extra={"action": "close_timeout"},
+            )
+            self._listener.terminate()
+            if pool is not None:
+                pool.terminate()
         self._pool = None if self._own_pool else self._pool
 
     def _require_pool(self) -> asyncpg.Pool:
@@ -619,6 +645,7 @@ class PostgresBackend:
             alive=row["alive"],
             lost=tuple(job_id for job_id in job_ids if job_id not in held),
             cancel=tuple(row["cancel"]),
+            replaced=row["replaced"],
         )
 
     async def recover(self, *, prune_after: float) -> int:
