@@ -10,7 +10,9 @@ CONFIG_JSON holds ``dsn``, ``schema``, ``name`` and optional settings:
 - ``retry_wait`` / ``max_attempts``: the retry policy (a fixed wait, in seconds)
 - ``ms_scale``: a factor on every job's duration (``{"ms": 20}`` runs ``20 * ms_scale`` ms)
 - ``echo``: handlers return the payload itself and do nothing else (bad-input runs)
-- ``max_payload_bytes``, ``pool_max``: backend settings
+- ``max_payload_bytes``, ``pool_max``, ``connect_options``, ``listen_dsn``: backend settings
+- ``effects_dsn``: where the effects are written (default ``dsn``), when ``dsn`` goes through
+  a pooler under test
 - ``inject``: faults the process inflicts on itself, from inside the backend calls:
   ``{"point": "claim:after", "nth": 3, "seed": 7}`` kills it with SIGKILL around the nth claim
   (or settle): ``before`` the statement, ``during`` it (a timer of 0-3 ms) or 0-50 ms
@@ -178,8 +180,10 @@ async def main(config: dict[str, Any]) -> None:
     )
     dsn, schema, name = config["dsn"], config["schema"], config["name"]
     pid = os.getpid()
-    effects = await asyncpg.create_pool(
-        _with_app_name(dsn, f"chaos-fx-{name}-{pid}"), min_size=1, max_size=4
+    effects = await asyncpg.create_pool(  # the ledger's own: straight to PostgreSQL
+        _with_app_name(config.get("effects_dsn", dsn), f"chaos-fx-{name}-{pid}"),
+        min_size=1,
+        max_size=4,
     )
     scale = float(config.get("ms_scale", 1.0))
     echo = bool(config.get("echo", False))
@@ -236,11 +240,11 @@ async def main(config: dict[str, Any]) -> None:
         schema=schema,
         inject=config.get("inject", {}),
         max_size=int(config.get("pool_max", 10)),
-        **(
-            {"max_payload_bytes": config["max_payload_bytes"]}
-            if "max_payload_bytes" in config
-            else {}
-        ),
+        **{
+            key: config[key]
+            for key in ("max_payload_bytes", "connect_options", "listen_dsn")
+            if key in config
+        },
     )
     async with backend:
         handlers = {queue: handler for queue in config.get("queues", ["q"])}
