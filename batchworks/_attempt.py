@@ -93,8 +93,9 @@ class Attempts:
             if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():
                 raise  # cancelled by us (shutdown, operator, lost lease) or the loop
             return self._failure(job, exc), exc
-        encoded = self._encode_result(job, result)
-        return Outcome(job.id, OutcomeKind.SUCCEEDED, result_json=encoded, queue=job.queue), None
+        if result is None:  # the common case: nothing to encode, nothing to check
+            return Outcome(job.id, OutcomeKind.SUCCEEDED, queue=job.queue), None
+        return self._success(job, result), None
 
     async def _call(self, handler: Callable[[Job], Any], job: Job) -> Any:
         if self.thread_limiter is not None and not is_async(handler):
@@ -124,19 +125,27 @@ class Attempts:
             )
         return Outcome(job.id, decision.kind, decision.delay, error=error, queue=job.queue)
 
-    def _encode_result(self, job: Job, result: Any) -> str | None:
-        if result is None:
-            return None
+    def _success(self, job: Job, result: Any) -> Outcome:
+        """A succeeded attempt that returned a value: keep it as JSON, or, if it cannot be
+        kept, say so in the job's error history. The job stays succeeded: its side effects
+        happened, and failing it now would only run them again."""
         try:
-            return _json.dumps(result, what=f"result of job {job.id}", limit=self.result_limit)
+            encoded = _json.dumps(result, what=f"result of job {job.id}", limit=self.result_limit)
         except PayloadError as exc:
-            # The work is done; failing the job now would only run it again.
             logger.warning(
                 "%s; the job succeeded but its result was not kept",
                 exc,
                 extra={"action": "result_dropped", "job_id": job.id, "queue": job.queue},
             )
-            return None
+            error = {
+                "attempt": job.attempt,
+                "type": type(exc).__name__,
+                "message": f"{exc}; the job succeeded and will not run again, but its result "
+                "was not kept",
+                "traceback": None,
+            }
+            return Outcome(job.id, OutcomeKind.SUCCEEDED, error=error, queue=job.queue)
+        return Outcome(job.id, OutcomeKind.SUCCEEDED, result_json=encoded, queue=job.queue)
 
     @staticmethod
     def cancelled_outcome(job: Job, reason: str) -> Outcome | None:

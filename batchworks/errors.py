@@ -15,6 +15,7 @@ backend::
         ├── LifecycleError             (also RuntimeError) an object used in the wrong state
         ├── BackendError               the backend failed (driver errors are its __cause__)
         │   └── SchemaNotMigrated      the database has no batchworks schema yet
+        ├── JobNotFound                (also LookupError) no job has that id (or it was purged)
         ├── LeaseLost                  this worker no longer holds the job
         ├── RunnerFailed               (also RuntimeError) a Runner's background task broke
         └── WorkerLost                 recorded on a job whose worker died or hung
@@ -27,6 +28,7 @@ __all__ = [
     "BatchworksError",
     "ConfigurationError",
     "HandlerSignal",
+    "JobNotFound",
     "LeaseLost",
     "LifecycleError",
     "PayloadError",
@@ -96,6 +98,17 @@ class BackendError(BatchworksError):
 class SchemaNotMigrated(BackendError):
     """The database has no (or an older) batchworks schema: run ``await backend.migrate()``
     or ``batchworks migrate``."""
+
+
+class JobNotFound(BatchworksError, LookupError):
+    """No job has the id asked for: it never existed, or ``purge()`` deleted it."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            f"no job has id {job_id!r}: check the id enqueue() returned (a finished job is "
+            "gone once purge() deleted it)"
+        )
+        self.job_id = job_id
 
 
 class LeaseLost(BatchworksError):

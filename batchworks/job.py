@@ -7,11 +7,20 @@ import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic
+
+# TypeVar's default= is PEP 696, in typing from Python 3.13 only: typing_extensions has it for
+# 3.11 and 3.12 (and was already installed, by opentelemetry-api; now it is a dependency of ours).
+from typing_extensions import TypeVar
 
 from batchworks.errors import LifecycleError
 
-__all__ = ["ErrorEntry", "Job", "JobRecord", "JobState"]
+__all__ = ["ErrorEntry", "Job", "JobRecord", "JobState", "PayloadT"]
+
+#: The type of a job's payload, for handlers that want it checked: ``Job[OrderPayload]``
+#: (a TypedDict, say). A bare ``Job`` is ``Job[Any]``. Nothing checks it at run time: the
+#: payload is whatever JSON the producer enqueued.
+PayloadT = TypeVar("PayloadT", default=Any)
 
 #: One failed attempt as kept in :attr:`JobRecord.errors`: at least ``attempt`` (int),
 #: ``type`` (the exception's class name), ``message``, ``traceback`` (its head) and ``at``
@@ -45,16 +54,18 @@ CheckpointSaver = Callable[[Any], Awaitable[Any]]
 
 
 @dataclass(slots=True, kw_only=True, eq=False)
-class Job:
+class Job(Generic[PayloadT]):
     """One attempt at a job, as its handler sees it.
 
     ``attempt`` is 1-based and counts this attempt. ``checkpoint`` is the last value saved
-    with :meth:`save_checkpoint` (in this attempt or an earlier one), or None.
+    with :meth:`save_checkpoint` (in this attempt or an earlier one), or None. Generic over
+    its payload's type: ``async def handler(job: Job[OrderPayload])``; ``Job`` alone is
+    ``Job[Any]``.
     """
 
     id: int
     queue: str
-    payload: Any
+    payload: PayloadT
     attempt: int
     max_attempts: int
     checkpoint: Any = None
@@ -95,7 +106,9 @@ class JobRecord:
     #: when its last attempt started, and when it reached a final state
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    #: one entry per failed attempt, oldest first
+    #: one entry per failed attempt, oldest first; also one for a succeeded attempt whose
+    #: result could not be kept (not JSON, or too large): type ``PayloadError``, the message
+    #: naming the type and what to return instead
     errors: tuple[ErrorEntry, ...] = ()
     #: what the handler returned, for a succeeded job
     result: Any = None

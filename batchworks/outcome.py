@@ -70,7 +70,8 @@ class Outcome:
     delay: float = 0.0
     #: the handler's return value as JSON text (SUCCEEDED only)
     result_json: str | None = None
-    #: the failed attempt's entry for the job's error history
+    #: the entry for the job's error history: a failed attempt's, or a succeeded one's whose
+    #: result could not be kept (SUCCEEDED with no result_json)
     error: ErrorEntry | None = None
     #: the job's queue, for metrics (backends do not need it)
     queue: str = ""

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self, TypedDict, Unpack, overload
 
 import anyio
 
@@ -42,7 +42,7 @@ from batchworks._json import MAX_PAYLOAD_BYTES
 from batchworks._settle import TRANSIENT, SettleBuffer
 from batchworks.backends.base import Backend, ClaimedJob, Heartbeat, WorkerToken
 from batchworks.errors import ConfigurationError, LifecycleError, RunnerFailed
-from batchworks.job import Job
+from batchworks.job import Job, PayloadT
 from batchworks.outcome import Outcome, OutcomeKind
 from batchworks.report import RunReport
 from batchworks.retry import RetryPolicy
@@ -68,11 +68,37 @@ HARD_STOP_GRACE = 2.0  # seconds for everything left after a hard stop (a second
 SLOW_CALL = 5.0  # seconds a backend call may take before a warning says so
 
 
-class Handler(Protocol):
+class Handler(Protocol[PayloadT]):
     """``async def handler(job: Job) -> object``: what it returns (JSON) is kept as the
-    job's result; what it raises decides a retry or a failure."""
+    job's result; what it raises decides a retry or a failure. ``Handler[OrderPayload]`` takes
+    a ``Job[OrderPayload]``.
 
-    def __call__(self, job: Job, /) -> Awaitable[Any]: ...
+    A type checker refuses a plain ``def`` here (it returns no awaitable): pass
+    ``sync_in_thread=True`` to Runner to run those in threads.
+    """
+
+    def __call__(self, job: Job[PayloadT], /) -> Awaitable[Any]: ...
+
+
+#: a plain function handler, allowed with ``Runner(..., sync_in_thread=True)``
+SyncHandler = Callable[[Job[Any]], Any]
+
+
+class RunnerOptions(TypedDict, total=False):
+    """The keyword options of :class:`Runner` besides ``sync_in_thread`` (for its overloads,
+    which differ only in the handlers that ``sync_in_thread`` allows)."""
+
+    concurrency: int
+    batch_size: int
+    retry: RetryPolicy | None
+    job_timeout: float | None
+    worker_name: str | None
+    heartbeat_interval: float
+    prune_after: float
+    shutdown_timeout: float
+    poll_interval: float
+    queues: Iterable[str] | None
+    flush_interval: float
 
 
 _names = itertools.count()
@@ -112,10 +138,42 @@ class Runner:
         off when this worker's lease runs out by its own clock, and every call by a hard stop.
     """
 
+    # A type checker takes plain functions as handlers only with sync_in_thread=True; at run
+    # time check_handlers says the same, for code that is not type checked.
+    @overload
     def __init__(
         self,
         backend: Backend,
-        handlers: Mapping[str, Handler | Callable[[Job], Any]],
+        handlers: Mapping[str, Handler[Any]],
+        *,
+        sync_in_thread: Literal[False] = False,
+        **options: Unpack[RunnerOptions],
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        backend: Backend,
+        handlers: Mapping[str, Handler[Any] | SyncHandler],
+        *,
+        sync_in_thread: Literal[True],
+        **options: Unpack[RunnerOptions],
+    ) -> None: ...
+
+    @overload
+    def __init__(  # sync_in_thread known only at run time: async handlers only
+        self,
+        backend: Backend,
+        handlers: Mapping[str, Handler[Any]],
+        *,
+        sync_in_thread: bool,
+        **options: Unpack[RunnerOptions],
+    ) -> None: ...
+
+    def __init__(
+        self,
+        backend: Backend,
+        handlers: Mapping[str, Handler[Any] | SyncHandler],
         *,
         concurrency: int = CONCURRENCY,
         batch_size: int = BATCH_SIZE,
@@ -222,6 +280,20 @@ class Runner:
     def backend(self) -> Backend:
         """The backend this runner takes its jobs from."""
         return self._backend
+
+    @property
+    def healthy(self) -> bool:
+        """For a liveness probe: True while the runner runs and holds its leases. False
+        before it started, once it is stopping or stopped (a pruned or replaced worker
+        stops), and while no heartbeat has got through for ``prune_after`` (less a margin):
+        the runner then counts its leases as lost and claims nothing until one does, and the
+        other workers take its jobs over, so restarting it loses nothing.
+
+        A read of the runner's state, cheap enough for every probe. An event loop blocked by
+        sync code answers no probe at all, which a probe's own timeout catches.
+        """
+        running = self._state == "running" and not self._stop_requested
+        return running and self._registered.is_set() and self._link.is_set()
 
     @property
     def queues(self) -> tuple[str, ...]:
@@ -513,24 +585,24 @@ class Runner:
         telemetry = self._telemetry
         telemetry.refresh()  # an SDK installed meanwhile is picked up from the next batch on
         try:
-            with telemetry.receive_span(self._queues) as span:
-                # A stop cuts a claim short (a black-holed one would hold the stop up to
-                # db_timeout); jobs it returns after that are put back.
-                claimed = await self._calls.run(
-                    "claim",
-                    self._backend.claim(
-                        self._token,
-                        self._queues,
-                        limit,
-                        lease=self._prune_after,
-                        max_attempts=self._policy.max_attempts,
-                    ),
-                    cut=self._stop_event,
-                    on_abandon=self._put_back_late_claim,
-                )
-                telemetry.claimed(span, len(claimed))
-                self._claim_retry = CLAIM_RETRY_INITIAL
-                return claimed
+            started = telemetry.claim_started()
+            # A stop cuts a claim short (a black-holed one would hold the stop up to
+            # db_timeout); jobs it returns after that are put back.
+            claimed = await self._calls.run(
+                "claim",
+                self._backend.claim(
+                    self._token,
+                    self._queues,
+                    limit,
+                    lease=self._prune_after,
+                    max_attempts=self._policy.max_attempts,
+                ),
+                cut=self._stop_event,
+                on_abandon=self._put_back_late_claim,
+            )
+            telemetry.claimed(self._queues, started, len(claimed))
+            self._claim_retry = CLAIM_RETRY_INITIAL
+            return claimed
         except Exception as exc:
             if self._stop_requested:
                 return []

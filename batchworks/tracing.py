@@ -7,8 +7,14 @@ an SDK pays close to nothing (``bench/tracing_cost.py`` measures it).
 
 Spans follow the OpenTelemetry messaging conventions:
 
-- ``send <queue>`` (PRODUCER) around an enqueue; its W3C trace context is stored with each job;
-- ``receive <queues>`` (CONSUMER) around a claim, with the batch size;
+- ``send <queue>`` (PRODUCER) around an enqueue; its W3C trace context is stored with each job.
+  One job's span has its id (``messaging.message.id``) once the insert returned it; a batch's
+  has ``messaging.batch.message_count`` instead (each job's ``process`` span has its own id and
+  links to it). An enqueue on a caller's connection inside a transaction gets
+  ``batchworks.enqueue.in_caller_transaction``: its jobs exist only if that transaction
+  commits, which the span, ended when the insert returns, cannot know;
+- ``receive <queues>`` (CONSUMER) for a claim that found jobs, with the batch size, timed from
+  the claim's start; a claim that found nothing (an idle worker polling) makes no span;
 - ``process <queue>`` (CONSUMER) around one attempt of one job, linked to its ``send`` span,
   current while the handler runs (so the handler's own spans are its children), with the
   attempt, the worker and the outcome; a failed attempt records the exception and sets ERROR.
@@ -25,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -36,7 +42,7 @@ from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-__all__ = ["JobTelemetry", "Telemetry", "send_span", "tracing_enabled"]
+__all__ = ["JobTelemetry", "SendSpan", "Telemetry", "send_span", "tracing_enabled"]
 
 SYSTEM = "batchworks"
 _SCOPE = "batchworks"
@@ -99,13 +105,36 @@ def _reads_w3c_only(textmap: TextMapPropagator) -> bool:
     )
 
 
+class SendSpan:
+    """What :func:`send_span` yields: the trace context to store with the jobs (``carrier``,
+    None when tracing is off) and :meth:`sent`, for the ids once the insert returned them."""
+
+    __slots__ = ("_span", "carrier")
+
+    def __init__(self, carrier: dict[str, str] | None, span: trace.Span | None) -> None:
+        self.carrier = carrier
+        self._span = span
+
+    def sent(self, ids: Sequence[int]) -> None:
+        """The enqueue stored (or, for a live dedupe key, found) these jobs."""
+        span = self._span
+        if span is not None and len(ids) == 1 and span.is_recording():
+            span.set_attribute("messaging.message.id", str(ids[0]))
+
+
+_UNTRACED = SendSpan(None, None)
+
+
 @contextlib.contextmanager
-def send_span(queue: str, count: int) -> Iterator[dict[str, str] | None]:
-    """A PRODUCER span around an enqueue of ``count`` jobs; yields the W3C trace context to
-    store with them (None when tracing is off)."""
+def send_span(queue: str, count: int, *, in_transaction: bool = False) -> Iterator[SendSpan]:
+    """A PRODUCER span around an enqueue of ``count`` jobs; yields a :class:`SendSpan`.
+
+    :param in_transaction: the enqueue runs in a transaction of the caller's: its jobs exist
+        only if the caller commits, which the span says (it cannot know the outcome).
+    """
     tracer = _tracer()
     if tracer is None:
-        yield None
+        yield _UNTRACED
         return
     attributes: dict[str, Any] = {
         "messaging.system": SYSTEM,
@@ -115,12 +144,14 @@ def send_span(queue: str, count: int) -> Iterator[dict[str, str] | None]:
     }
     if count != 1:
         attributes["messaging.batch.message_count"] = count
+    if in_transaction:
+        attributes["batchworks.enqueue.in_caller_transaction"] = True
     with tracer.start_as_current_span(
         f"send {queue}", kind=SpanKind.PRODUCER, attributes=attributes
-    ):
+    ) as span:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
-        yield carrier
+        yield SendSpan(carrier, span)
 
 
 class _Instruments:
@@ -239,30 +270,34 @@ class Telemetry:
             )
         self.metrics = self._instruments is not None
 
-    @contextlib.contextmanager
-    def receive_span(self, queues: tuple[str, ...]) -> Iterator[trace.Span | None]:
-        """A CONSUMER span around a claim; the caller sets the batch size on it."""
-        tracer = self._tracer
-        if tracer is None:
-            yield None
-            return
-        with tracer.start_as_current_span(
-            f"receive {','.join(queues)}",
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": SYSTEM,
-                "messaging.operation.type": "receive",
-                "messaging.operation.name": "receive",
-                "messaging.destination.name": ",".join(queues),
-                "messaging.client.id": self.worker,
-            },
-        ) as span:
-            yield span
+    def claim_started(self) -> int:
+        """Call before a claim: its start (ns since the epoch) for :meth:`claimed`'s span."""
+        return time.time_ns() if self._tracer is not None else 0
 
-    def claimed(self, span: trace.Span | None, count: int) -> None:
-        if span is not None:
-            span.set_attribute("messaging.batch.message_count", count)
-        if self._instruments is not None and count:
+    def claimed(self, queues: tuple[str, ...], started: int, count: int) -> None:
+        """A claim that took ``count`` jobs: its ``receive`` span (from ``started``, ended now)
+        and the batch size. A claim that found nothing records nothing: an idle worker would
+        otherwise make a span per poll. The span is made after the claim, so the claim's own
+        database spans (from an asyncpg instrumentation, say) are not its children."""
+        if not count:
+            return
+        tracer = self._tracer
+        if tracer is not None and started:
+            names = ",".join(queues)
+            tracer.start_span(
+                f"receive {names}",
+                kind=SpanKind.CONSUMER,
+                start_time=started,
+                attributes={
+                    "messaging.system": SYSTEM,
+                    "messaging.operation.type": "receive",
+                    "messaging.operation.name": "receive",
+                    "messaging.destination.name": names,
+                    "messaging.client.id": self.worker,
+                    "messaging.batch.message_count": count,
+                },
+            ).end()
+        if self._instruments is not None:
             self._instruments.batch.record(count)
 
     def start_job(

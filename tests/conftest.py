@@ -72,7 +72,7 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 async def eventually(
     condition: Callable[[], Awaitable[bool] | bool],
     *,
-    within: float = 5.0,
+    within: float = 15.0,
     what: str,
 ) -> None:
     """Await ``condition`` becoming true, checking every few milliseconds, for at most

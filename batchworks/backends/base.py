@@ -109,7 +109,9 @@ class QueueOverview:
 
 @runtime_checkable
 class Backend(Protocol):
-    """Where jobs live. See DESIGN.md for the semantics both backends share."""
+    """Where jobs live. The semantics both backends share are README.md's (what happens to a
+    job, "Guarantees"), held by the contract tests that run on each (the ``backend`` fixture of
+    tests/conftest.py); docs/postgres-roles.md has the PostgreSQL roles."""
 
     # -- lifecycle and user-facing operations ------------------------------------------------
 
@@ -158,6 +160,17 @@ class Backend(Protocol):
         """Add jobs in one go; ids come back in payload order."""
 
     async def get_job(self, job_id: int) -> JobRecord | None: ...
+
+    async def wait_job(self, job_id: int, timeout: float | None = None) -> JobRecord:
+        """Return the job once it is succeeded, failed or cancelled (at once if it already is).
+
+        Woken by the backend when the job ends (PostgreSQL: a NOTIFY for that job only), not
+        by polling; a job re-queued by ``retry_failed()`` is waited for again.
+
+        :param timeout: seconds to wait at most (None: no limit).
+        :raises TimeoutError: the job did not end within ``timeout``.
+        :raises JobNotFound: no job has that id.
+        """
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: count}}`` with every state present."""

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from batchworks import _json
+from batchworks.backends._waiters import JobWaiters
 from batchworks.backends.base import (
     ClaimedJob,
     EnqueueOptions,
@@ -110,6 +111,7 @@ class MemoryBackend:
         self._next_id = 1
         self._closed = False
         self._wake: asyncio.Event | None = None
+        self._job_waiters = JobWaiters()
 
     @property
     def max_payload_bytes(self) -> int:
@@ -204,11 +206,13 @@ class MemoryBackend:
             self._encode(payload, payload_label(options.queue, index if numbered else None))
             for index, payload in enumerate(payloads)
         ]
-        with send_span(options.queue, len(texts)) as carrier:
-            return [
-                self._insert(options, text, key, carrier)
+        with send_span(options.queue, len(texts)) as span:
+            ids = [
+                self._insert(options, text, key, span.carrier)
                 for text, key in zip(texts, keys, strict=True)
             ]
+            span.sent(ids)
+            return ids
 
     def _check_connection(self, connection: object) -> None:
         self._check_open()
@@ -320,6 +324,13 @@ class MemoryBackend:
             checkpoint=_loads(row.checkpoint),
             worker=row.worker_name,
             timeout=row.timeout,
+        )
+
+    async def wait_job(self, job_id: int, timeout: float | None = None) -> JobRecord:
+        """Return the job once it is succeeded, failed or cancelled; see
+        :meth:`Backend.wait_job`. Woken by the settle that ends it, no polling."""
+        return await self._job_waiters.wait(
+            job_id, timeout, fetch=self.get_job, recheck=lambda: None
         )
 
     async def stats(self) -> dict[str, dict[str, int]]:
@@ -566,6 +577,8 @@ class MemoryBackend:
         row.seq += 1
         if row.dedupe_key is not None and self._dedupe.get((row.queue, row.dedupe_key)) == row.id:
             del self._dedupe[(row.queue, row.dedupe_key)]
+        if self._job_waiters:  # one check per finished job when nobody waits
+            self._job_waiters.wake(row.id)
 
     async def heartbeat(
         self, worker: WorkerToken, job_ids: Sequence[int], *, lease: float

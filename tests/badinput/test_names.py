@@ -1,15 +1,14 @@
 """Queue, schema and dedupe values that try SQL, run long or differ only in case, on
-PostgreSQL: refused at once with a clear error, or stored exactly and kept apart."""
+PostgreSQL: refused with a clear error before anything is written, or stored exactly and kept
+apart."""
 
 from __future__ import annotations
-
-import time
 
 import asyncpg
 import pytest
 
 from batchworks import ConfigurationError, JobState, PostgresBackend
-from tests.badinput.judge import REFUSE_WITHIN, refused_quickly
+from tests.badinput.judge import refused
 from tests.chaos.harness import Fleet, poll
 from tests.chaos.ledger import Ledger
 
@@ -32,9 +31,9 @@ INJECTION = 'x";DROP TABLE jobs;--'
         "129",
     ],
 )
-async def test_bad_queue_names_are_refused_quickly(pg_backend: PostgresBackend, queue: str) -> None:
-    await refused_quickly(lambda: pg_backend.enqueue(queue, {}), "queue name", "use 1-128")
-    await refused_quickly(lambda: pg_backend.enqueue_many(queue, [{}]), "queue name")
+async def test_bad_queue_names_are_refused(pg_backend: PostgresBackend, queue: str) -> None:
+    await refused(lambda: pg_backend.enqueue(queue, {}), "queue name", "use 1-128")
+    await refused(lambda: pg_backend.enqueue_many(queue, [{}]), "queue name")
     assert await pg_backend.stats() == {}
 
 
@@ -43,10 +42,8 @@ async def test_bad_queue_names_are_refused_quickly(pg_backend: PostgresBackend, 
     [INJECTION, "s" * 200, "Batchworks", "BATCHWORKS", "1abc", "a-b", "", "a" * 51, "sch\x00"],
 )
 def test_bad_schema_names_are_refused_at_construction(schema: str) -> None:
-    start = time.thread_time()
     with pytest.raises(ConfigurationError, match=r"schema name .* is invalid: use 1-50 lowercase"):
         PostgresBackend("postgresql://unused", schema=schema)
-    assert time.thread_time() - start < REFUSE_WITHIN
 
 
 @pytest.mark.parametrize("schema", ["_", "a" * 50, "x_1"])
@@ -66,8 +63,8 @@ async def test_odd_valid_schema_names_work(pg_dsn: str, schema: str) -> None:
 @pytest.mark.parametrize(
     "key", ["", "k" * 513, "a\x00b", "\ud800"], ids=["empty", "513", "nul", "surrogate"]
 )
-async def test_bad_dedupe_keys_are_refused_quickly(pg_backend: PostgresBackend, key: str) -> None:
-    await refused_quickly(lambda: pg_backend.enqueue("q", {}, dedupe_key=key), "dedupe_key")
+async def test_bad_dedupe_keys_are_refused(pg_backend: PostgresBackend, key: str) -> None:
+    await refused(lambda: pg_backend.enqueue("q", {}, dedupe_key=key), "dedupe_key")
     assert await pg_backend.stats() == {}
 
 

@@ -1,6 +1,6 @@
 """Payloads that are not plain JSON, on PostgreSQL: each is stored and comes back exactly
-(from ``get_job`` and in a worker's handler), or is refused at enqueue, quickly, with an error
-that says what to change, and nothing is written."""
+(from ``get_job`` and in a worker's handler), or is refused at enqueue with an error that
+says what to change, and nothing is written (how fast a refusal is: ``bench/refusal.py``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from batchworks import JobState, PayloadError, PostgresBackend
-from tests.badinput.judge import refused_quickly, same
+from tests.badinput.judge import refused, same
 from tests.chaos.harness import Fleet, poll
 from tests.chaos.ledger import Ledger
 
@@ -66,11 +66,11 @@ STORED = [
 
 
 @pytest.mark.parametrize(("payload", "fragment"), REFUSED)
-async def test_bad_payload_is_refused_quickly_and_stores_nothing(
+async def test_bad_payload_is_refused_and_stores_nothing(
     pg_backend: PostgresBackend, payload: Any, fragment: str
 ) -> None:
-    await refused_quickly(lambda: pg_backend.enqueue("q", payload), "payload", fragment)
-    await refused_quickly(
+    await refused(lambda: pg_backend.enqueue("q", payload), "payload", fragment)
+    await refused(
         lambda: pg_backend.enqueue_many("q", [{"fine": 1}, payload]), "payload #1", fragment
     )
     assert await pg_backend.stats() == {}
@@ -90,7 +90,7 @@ async def test_non_str_keys_are_refused_not_silently_renamed_or_merged(
 ) -> None:
     # JSON keys are strings: json.dumps turns 1 into "1", and two keys that render alike
     # collapse into one, so a value disappears without a word. Refuse instead.
-    await refused_quickly(lambda: pg_backend.enqueue("q", payload), "payload", "key")
+    await refused(lambda: pg_backend.enqueue("q", payload), "payload", "key")
     assert await pg_backend.stats() == {}
 
 
@@ -137,7 +137,7 @@ async def test_payload_limit_error_names_the_limit_and_the_fix(
     pg_dsn: str, pg_backend: PostgresBackend
 ) -> None:
     async with PostgresBackend(pg_dsn, schema=pg_backend.schema, max_payload_bytes=1000) as small:
-        message = await refused_quickly(lambda: small.enqueue("q", "x" * 1000), "payload")
+        message = await refused(lambda: small.enqueue("q", "x" * 1000), "payload")
     assert "1002 bytes of JSON, over the limit of 1000" in message
     assert "max_payload_bytes" in message
     with pytest.raises(PayloadError):

@@ -37,7 +37,7 @@ async def test_skewed_worker_clocks_neither_steal_nor_lose_jobs(
     workers = {}
     for name, skew in SKEWS.items():
         worker = await fleet.start(name, env={"BATCHWORKS_CHAOS_SKEW": str(skew)})
-        assert worker.clock is not None and abs(worker.clock - time.time() - skew) < 5, (
+        assert worker.clock is not None and abs(worker.clock - time.time() - skew) < 60, (
             f"worker {name} should see its clock {skew} s off, saw {worker.clock - time.time()}"
         )
         workers[name] = worker

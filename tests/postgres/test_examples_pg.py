@@ -41,6 +41,7 @@ async def test_resumable_export_survives_sigkill_on_postgres(pg_dsn: str) -> Non
     [
         ("service.py", "batchworks_service_example", "receipts sent: 30 of 30 orders"),
         ("cron_batch.py", "batchworks_cron_example", "invoices: succeeded 200, failed 0"),
+        ("fastapi_service.py", "batchworks_fastapi_example", "after shutdown: healthy=False"),
     ],
 )
 async def test_examples_run_on_postgres(

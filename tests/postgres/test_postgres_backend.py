@@ -19,6 +19,7 @@ from batchworks import (
     PostgresBackend,
     Runner,
     SchemaNotMigrated,
+    Terminal,
 )
 from batchworks.backends.postgres import backend as backend_module
 from batchworks.backends.postgres.backend import Queries
@@ -41,7 +42,7 @@ class TestMigrate:
             )
         finally:
             await conn.close()
-        assert [row["version"] for row in versions] == [1, 2, 3, 4]
+        assert [row["version"] for row in versions] == [1, 2, 3, 4, 5]
 
     async def test_upgrade_from_version_2_keeps_jobs_in_flight(
         self, pg_dsn: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
@@ -58,6 +59,8 @@ class TestMigrate:
         async with PostgresBackend(pg_dsn, schema=pg_schema) as backend:
             await backend.migrate()
             running, queued = await backend.enqueue_many("q", [1, 2])
+            # A worker of this version before the upgrade: it does without the columns of
+            # migrations 4 and 5 (saying to migrate) until the migrate below.
             worker = await backend.register_worker("w", ["q"])
             [claimed] = await backend.claim(worker, ["q"], 1, lease=30.0, max_attempts=5)
             monkeypatch.undo()
@@ -85,7 +88,7 @@ class TestMigrate:
                 waiter = asyncio.create_task(backend.wait_for_work(["q"], max_wait=30))
                 await backend.enqueue("q", 3)
                 try:
-                    async with asyncio.timeout(5):
+                    async with asyncio.timeout(15):  # a hang net, far below max_wait=30
                         await waiter
                 except TimeoutError:
                     pytest.fail("an enqueue after the upgrade did not wake the idle backend")
@@ -95,7 +98,7 @@ class TestMigrate:
                 )
             finally:
                 await conn.close()
-        assert sorted(row["version"] for row in versions) == [1, 2, 3, 4]
+        assert sorted(row["version"] for row in versions) == [1, 2, 3, 4, 5]
         assert not {"jobs_due", "jobs_lease"} & {row["indexname"] for row in indexes}
 
     async def test_concurrent_migrations_from_many_processes_serialize(
@@ -212,7 +215,7 @@ class TestTransactionalEnqueue:
 
         conn = await asyncpg.connect(pg_dsn)
         try:
-            async with Runner(pg_backend, {"q": handler}, poll_interval=30):
+            async with Runner(pg_backend, {"q": handler}, poll_interval=60):
                 tx = conn.transaction()
                 await tx.start()
                 await pg_backend.enqueue("q", None, connection=conn)
@@ -220,10 +223,105 @@ class TestTransactionalEnqueue:
                     async with asyncio.timeout(0.3):
                         await started.wait()
                 await tx.commit()
-                async with asyncio.timeout(2):
+                async with asyncio.timeout(15):  # a hang net, far below the 60 s poll
                     await started.wait()
         finally:
             await conn.close()
+
+
+class TestWaitJobNotify:
+    async def test_only_the_jobs_someone_waits_on_send_a_notify(
+        self, pg_backend: PostgresBackend, pg_dsn: str
+    ) -> None:
+        # A NOTIFY takes the global notify lock at commit: a flush of jobs nobody waits on
+        # must send none, on the fast path (plain successes) and on the general one alike.
+        async def handler(job: Job) -> object:
+            if job.payload % 5 == 0:
+                raise Terminal("multiple of five")
+            return None if job.payload % 2 else job.payload
+
+        heard: list[str] = []
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.add_listener(
+                f"bw_done_{pg_backend.schema}", lambda *args: heard.append(args[-1])
+            )
+            ids = await pg_backend.enqueue_many("q", list(range(1, 41)))
+            waited = [ids[6], ids[9]]  # payload 7 (a plain success) and 10 (fails)
+            waiters = [asyncio.create_task(pg_backend.wait_job(job_id)) for job_id in waited]
+
+            async def marked() -> bool:
+                count = await conn.fetchval(
+                    f'SELECT count(*) FROM "{pg_backend.schema}".jobs WHERE waited'
+                )
+                return bool(count == 2)
+
+            await eventually(marked, what="both waiters to mark their job")
+            report = await Runner(pg_backend, {"q": handler}, batch_size=10).run_until_empty()
+            async with asyncio.timeout(15):  # a hang net, far below the 30 s re-read
+                records = await asyncio.gather(*waiters)
+            await conn.execute("SELECT 1")  # what was sent has arrived by its answer
+        finally:
+            await conn.close()
+
+        assert (report.succeeded, report.failed) == (32, 8)
+        assert [record.state for record in records] == [JobState.SUCCEEDED, JobState.FAILED]
+        assert sorted(heard) == sorted(str(job_id) for job_id in waited)
+
+    async def test_without_notifications_a_waiter_still_returns_by_reading_again(
+        self, pg_backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The LISTEN connection cannot be opened (a pooler that drops LISTEN, say): a waiter
+        # falls back to reading the job every second.
+        async def refuse() -> Any:
+            raise OSError("LISTEN is not available here")
+
+        monkeypatch.setattr(pg_backend._listener, "_connect", refuse)
+        job_id = await pg_backend.enqueue("q", 5)
+        waiter = asyncio.create_task(pg_backend.wait_job(job_id))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+
+        worker = await pg_backend.register_worker("w", ["q"])
+        await pg_backend.claim(worker, ["q"], 1, lease=30.0, max_attempts=5)
+        outcome = Outcome(job_id, OutcomeKind.SUCCEEDED, result_json="10", queue="q")
+        assert await pg_backend.settle(worker, [outcome]) == []
+
+        assert not pg_backend._listener.listening
+        async with asyncio.timeout(15):  # a hang net; the re-read is every second
+            record = await waiter
+        assert (record.state, record.result) == (JobState.SUCCEEDED, 10)
+
+    async def test_a_schema_before_migration_5_runs_jobs_and_wait_job_reads_again(
+        self, pg_backend: PostgresBackend, pg_dsn: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # A rolling deploy starts workers of this version before its migrate: they run, say
+        # to migrate, and wait_job falls back to reading the job every second.
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute(f'ALTER TABLE "{pg_backend.schema}".jobs DROP COLUMN waited')
+            await conn.execute(f'DELETE FROM "{pg_backend.schema}".migrations WHERE version = 5')
+        finally:
+            await conn.close()
+
+        async def handler(job: Job) -> object:
+            return job.payload * 2
+
+        ids = await pg_backend.enqueue_many("q", [1, 2, 3])
+        waiter = asyncio.create_task(pg_backend.wait_job(ids[0]))
+        report = await Runner(pg_backend, {"q": handler}).run_until_empty()
+        async with asyncio.timeout(15):  # a hang net; the re-read is every second
+            record = await waiter
+
+        assert report.succeeded == 3
+        assert (record.state, record.result) == (JobState.SUCCEEDED, 2)
+        assert "lacks migration 0005_wait_job; run 'batchworks migrate'" in caplog.text
+        await pg_backend.migrate()  # and then the backend notifies again
+        job_id = await pg_backend.enqueue("q", 5)
+        waiter = asyncio.create_task(pg_backend.wait_job(job_id))
+        await Runner(pg_backend, {"q": handler}).run_until_empty()
+        async with asyncio.timeout(15):
+            assert (await waiter).result == 10
 
 
 class TestListener:
@@ -237,7 +335,7 @@ class TestListener:
 
         conn = await asyncpg.connect(pg_dsn)
         try:
-            async with Runner(pg_backend, {"q": handler}, poll_interval=30):
+            async with Runner(pg_backend, {"q": handler}, poll_interval=60):
                 listen = f'LISTEN "batchworks_{pg_backend.schema}"'
 
                 async def listener_pid() -> int | None:
@@ -256,7 +354,7 @@ class TestListener:
 
                 await eventually(reconnected, what="the listener to reconnect")
                 await pg_backend.enqueue("q", None)
-                async with asyncio.timeout(2):  # far below the 30 s poll
+                async with asyncio.timeout(15):  # a hang net, far below the 60 s poll
                     await started.wait()
         finally:
             await conn.close()
@@ -266,30 +364,25 @@ async def _is_not_none(value: Awaitable[object]) -> bool:
     return (await value) is not None
 
 
-class TestLatency:
-    async def test_idle_runner_starts_an_enqueued_job_well_under_100ms(
+class TestWakeUps:
+    async def test_idle_runner_is_woken_by_each_of_several_enqueues_in_a_row(
         self, pg_backend: PostgresBackend
     ) -> None:
-        loop = asyncio.get_running_loop()
-        started_at: list[float] = []
+        # Each wake-up re-arms the next. How fast one is (enqueue -> handler start, p50/p99)
+        # is a figure of bench/latency.py; here only that a NOTIFY, not the 60 s poll, did it.
         started = asyncio.Event()
 
         async def handler(job: Job) -> None:
-            started_at.append(loop.time())
             started.set()
 
-        async with Runner(pg_backend, {"q": handler}, poll_interval=5):
-            latencies = []
+        async with Runner(pg_backend, {"q": handler}, poll_interval=60):
             for _ in range(5):
                 started.clear()
                 # let the runner go idle in wait_for_work first
                 await asyncio.sleep(0.05)
-                enqueued_at = loop.time()
                 await pg_backend.enqueue("q", None)
-                async with asyncio.timeout(2):
+                async with asyncio.timeout(15):  # a hang net, far below the 60 s poll
                     await started.wait()
-                latencies.append(started_at[-1] - enqueued_at)
-        assert sorted(latencies)[2] < 0.1, f"median latency {sorted(latencies)[2]:.3f}s"
 
 
 class TestClaimPlan:

@@ -349,7 +349,7 @@ class TestRunnerConstruction:
 
         job_id = await backend.enqueue("emails", {"to": "a@example.com"})
         runner = Runner(backend, {"emails": send}, sync_in_thread=True)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             report = await runner.run_until_empty()
 
         assert report.succeeded == 1

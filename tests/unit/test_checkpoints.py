@@ -62,10 +62,10 @@ class TestResume:
         job_id = await backend.enqueue("q", None)
         first = Runner(backend, {"q": slow}, shutdown_timeout=0.05, **FAST)
         task = asyncio.create_task(first.run())
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await halfway.wait()
         first.stop()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await task
 
         record = await backend.get_job(job_id)
@@ -133,11 +133,11 @@ class TestFencing:
             backend, {"q": handler}, worker_name="w1", heartbeat_interval=30, prune_after=120
         )
         async with runner:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(15):  # a hang net
                 await saving.wait()
             await backend.register_worker("w1", ["q"])  # a restart took the job over
             may_save.set()
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(15):  # a hang net
                 await raised.wait()
         record = await backend.get_job(job_id)
         assert record is not None and record.checkpoint is None

@@ -33,6 +33,12 @@ SUMMARY_LINES = {
         r'"name": "send jobs".*"name": "process jobs".*^traced: succeeded 2, retried 1$',
         re.MULTILINE | re.DOTALL,
     ),
+    "fastapi_service.py": re.compile(
+        r"^GET /healthz: 200 \{'healthy': True\}\n"
+        r"^POST /quotes: 200 net 15.5 gross 18.6\n^POST /quotes: 200 net 99.99 gross 106.99\n"
+        r"^after shutdown: healthy=False, succeeded 2$",
+        re.MULTILINE,
+    ),
     "resumable_export.py": re.compile(
         r"^job \d+ succeeded after 1 attempts.*\n^items exported: 10,000 of 10,000; done twice: 0$",
         re.MULTILINE,
@@ -75,4 +81,16 @@ def test_overhead_bench_quick_reports_a_ratio() -> None:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     assert re.search(r"^ratio \(runner time / bare time\): \d+\.\d+x", result.stdout, re.M), (
         result.stdout
+    )
+
+
+def test_the_readme_shows_the_fastapi_lifespan_the_example_runs() -> None:
+    # The README's snippet is the example's code, so what readers copy is what this suite runs.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    example = (ROOT / "examples" / "fastapi_service.py").read_text(encoding="utf-8")
+    start = example.index("@asynccontextmanager")
+    lifespan = example[start : example.index("app = FastAPI(lifespan=lifespan)", start)].strip()
+    assert lifespan.count("\n") >= 5, lifespan
+    assert lifespan in readme, (
+        "README.md's FastAPI lifespan differs from examples/fastapi_service.py"
     )

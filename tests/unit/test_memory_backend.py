@@ -973,23 +973,23 @@ class TestWaitForWork:
 
         await backend.enqueue("q", {})
 
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(15):  # a hang net, far below max_wait=60
             await waiter
 
     async def test_returns_at_once_when_a_job_is_due(self, backend: Backend) -> None:
         await backend.enqueue("q", {})
 
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(15):  # a hang net, far below max_wait=60
             await backend.wait_for_work(["q"], max_wait=60)
 
     async def test_returns_by_max_wait_without_work(self, backend: Backend) -> None:
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(15):  # a hang net
             await backend.wait_for_work(["q"], max_wait=0.05)
 
     async def test_returns_when_a_delayed_job_falls_due(self, backend: Backend) -> None:
         await backend.enqueue("q", {}, delay=0.1)
 
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(15):  # a hang net, far below max_wait=60
             await backend.wait_for_work(["q"], max_wait=60)
 
 

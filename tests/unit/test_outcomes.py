@@ -1,4 +1,5 @@
-"""DESIGN.md's outcome mapping, row by row, and the allSettled guarantees of a batch."""
+"""README.md's outcome table ("What happens to a job"), row by row, and the allSettled
+guarantees of a batch."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ async def _run_one(
 ) -> int:
     """Enqueue one job, run a Runner until the queue is empty, return the job's id."""
     job_id = await backend.enqueue("q", {"n": 1}, max_attempts=max_attempts)
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(15):  # a hang net
         await Runner(backend, {"q": handler}, **runner_options).run_until_empty()
     return job_id
 
@@ -107,7 +108,7 @@ async def _cancelled_by_shutdown(backend: Backend) -> int:
     job_id = await backend.enqueue("q", {"n": 1})
     runner = Runner(backend, {"q": handler}, shutdown_timeout=0.05)
     task = asyncio.create_task(runner.run())
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(15):  # a hang net
         await started.wait()
         runner.stop()
         await task
@@ -127,7 +128,7 @@ async def _worker_lost(backend: Backend) -> int:
     job_id = await backend.enqueue("q", {"n": 1})
     hung = Runner(backend, {"q": handler}, worker_name="w1")
     task = asyncio.create_task(hung.run_until_empty())
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(15):  # a hang net
         await started.wait()
         await backend.register_worker("w1", ["q"])
         hung.stop(now=True)
@@ -252,7 +253,7 @@ class TestBatch:
             return job.payload["n"] * 2
 
         ids = await backend.enqueue_many("q", [{"n": n} for n in range(10)])
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             report = await Runner(backend, {"q": handler}, batch_size=10).run_until_empty()
 
         assert (report.succeeded, report.failed, report.retried) == (8, 2, 0)
@@ -288,7 +289,7 @@ class TestBatch:
         policy = RetryPolicy(retry=tenacity.retry_if_exception_type(ConnectionError))
         ids = await backend.enqueue_many("q", behaviours)
         runner = Runner(backend, {"q": handler}, batch_size=8, concurrency=8, retry=policy)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             report = await runner.run_until_empty()
 
         assert calls == dict.fromkeys(ids, 1)
@@ -326,24 +327,65 @@ class TestBatch:
         slow_record = await backend.get_job(slow)
         assert slow_record is not None and slow_record.state is JobState.RUNNING
         release.set()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             report = await task
         assert report.succeeded == 2
 
 
 class TestResults:
-    async def test_non_json_result_still_succeeds_without_a_result(self, backend: Backend) -> None:
+    @pytest.mark.parametrize(
+        ("result", "named", "instead"),
+        [
+            pytest.param(
+                {"at": datetime.now(UTC)}, "datetime at '$.at'", "ISO string", id="datetime"
+            ),
+            pytest.param({"tags": {"a", "b"}}, "set at '$.tags'", "pass a list", id="set"),
+            pytest.param("x" * (2 * 1024 * 1024), "over the limit", "", id="too-large"),
+        ],
+    )
+    async def test_result_that_cannot_be_kept_is_an_error_entry_of_a_succeeded_job(
+        self, backend: Backend, result: object, named: str, instead: str
+    ) -> None:
+        calls = []
+
         async def handler(job: Job) -> object:
-            return {"at": datetime.now(UTC)}
+            calls.append(job.id)
+            return result
 
         job_id = await _run_one(backend, handler)
 
         record = await backend.get_job(job_id)
         assert record is not None
-        assert record.state is JobState.SUCCEEDED
-        assert record.attempts == 1
-        assert record.result is None
-        assert record.errors == ()
+        # The side effects happened: the job stays succeeded and does not run again.
+        assert (record.state, record.attempts, record.result, calls) == (
+            JobState.SUCCEEDED,
+            1,
+            None,
+            [job_id],
+        )
+        [entry] = record.errors
+        assert (entry["attempt"], entry["type"]) == (1, "PayloadError")
+        assert named in entry["message"] and instead in entry["message"], entry["message"]
+        assert "result was not kept" in entry["message"]
+        assert entry["at"]
+
+    async def test_a_flush_mixing_kept_dropped_and_no_results_settles_each(
+        self, backend: Backend
+    ) -> None:
+        async def handler(job: Job) -> object:
+            return {"none": None, "kept": [1], "dropped": {1, 2}}[job.payload]
+
+        ids = await backend.enqueue_many("q", ["none", "kept", "dropped", "none"])
+        report = await Runner(backend, {"q": handler}, batch_size=4).run_until_empty()
+
+        assert report.succeeded == 4
+        records = [await backend.get_job(job_id) for job_id in ids]
+        assert [(r.state, r.result, len(r.errors)) for r in records if r is not None] == [
+            (JobState.SUCCEEDED, None, 0),
+            (JobState.SUCCEEDED, [1], 0),
+            (JobState.SUCCEEDED, None, 1),
+            (JobState.SUCCEEDED, None, 0),
+        ]
 
     async def test_result_comes_back_as_json(self, backend: Backend) -> None:
         async def handler(job: Job) -> object:

@@ -18,7 +18,7 @@ from batchworks import (
     RetryPolicy,
     Runner,
 )
-from batchworks.backends.base import Backend
+from batchworks.backends.base import Backend, Heartbeat
 from tests.conftest import eventually
 
 FAST = {"heartbeat_interval": 0.05, "prune_after": 5.0, "poll_interval": 0.05}
@@ -78,7 +78,7 @@ class TestConcurrency:
         ids = await backend.enqueue_many("q", list(range(12)))
         runner = Runner(backend, {"q": gate}, concurrency=4, batch_size=4, **FAST)
         async with runner:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(15):  # a hang net
                 await gate.all_started.wait()
 
             async def held() -> bool:
@@ -114,7 +114,7 @@ class TestSettling:
         async with runner:
             await eventually(
                 lambda: _all_in(backend, fast, JobState.SUCCEEDED),
-                within=2.0,
+                within=10.0,  # a hang net: the slow job waits on an event, not a clock
                 what="the fast jobs of the batch to be settled while the slow one runs",
             )
             assert await state_of(backend, slow) is JobState.RUNNING
@@ -167,16 +167,18 @@ class TestShutdown:
         ids = await backend.enqueue_many("q", [1, 2])
         runner = Runner(backend, {"q": gate}, concurrency=2, shutdown_timeout=0.2, **FAST)
         task = asyncio.create_task(runner.run())
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await gate.all_started.wait()
         loop = asyncio.get_running_loop()
         stopped_at = loop.time()
         runner.stop()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await task
         took = loop.time() - stopped_at
 
-        assert 0.2 <= took < 2.0
+        # It waited for shutdown_timeout (load only makes that longer); the upper bound of the
+        # timeout(5) above is a hang net, not a figure.
+        assert took >= 0.2, f"stopped after {took:.2f}s, before shutdown_timeout"
         for job_id in ids:
             record = await backend.get_job(job_id)
             assert record is not None
@@ -189,12 +191,12 @@ class TestShutdown:
         job_id = await backend.enqueue("q", 1)
         runner = Runner(backend, {"q": gate}, shutdown_timeout=10, **FAST)
         task = asyncio.create_task(runner.run())
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await gate.all_started.wait()
         runner.stop()
         await eventually(lambda: "stopping" in repr(runner), what="the runner to be stopping")
         gate.open.set()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await task
         assert await state_of(backend, job_id) is JobState.SUCCEEDED
 
@@ -206,7 +208,7 @@ class TestShutdown:
             backend, {"q": gate}, concurrency=1, batch_size=5, shutdown_timeout=30, **FAST
         )
         task = asyncio.create_task(runner.run())
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await gate.all_started.wait()
         runner.stop()
         # The four waiting for the single slot go back while the first still runs.
@@ -216,7 +218,7 @@ class TestShutdown:
         )
         assert await state_of(backend, gate.started[0]) is JobState.RUNNING
         runner.stop(now=True)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await task
         record = await backend.get_job(gate.started[0])
         assert record is not None and (record.state, record.attempts) == (JobState.QUEUED, 0)
@@ -227,13 +229,13 @@ class TestShutdown:
         job_id = await backend.enqueue("q", 1)
         runner = Runner(backend, {"q": gate}, shutdown_timeout=60, **FAST)
         task = asyncio.create_task(runner.run())
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await gate.all_started.wait()
         os.kill(os.getpid(), signal.SIGTERM)
         await eventually(lambda: "stopping" in repr(runner), what="graceful stop on SIGTERM")
         assert not task.done()
         os.kill(os.getpid(), signal.SIGTERM)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await task  # returns normally: a worker process exits 0
         record = await backend.get_job(job_id)
         assert record is not None and (record.state, record.attempts) == (JobState.QUEUED, 0)
@@ -300,11 +302,11 @@ class TestWakeUp:
         async def handler(job: Job) -> None:
             started.set()
 
-        runner = Runner(backend, {"q": handler}, poll_interval=30)
+        runner = Runner(backend, {"q": handler}, poll_interval=60)
         async with runner:
             await asyncio.sleep(0)  # let it go idle
             await backend.enqueue("q", None)
-            async with asyncio.timeout(1):  # far below the 30 s poll
+            async with asyncio.timeout(15):  # a hang net, still far below the 60 s poll
                 await started.wait()
 
     async def test_idle_runner_wakes_when_a_delayed_job_falls_due(self, backend: Backend) -> None:
@@ -314,8 +316,8 @@ class TestWakeUp:
             started.set()
 
         await backend.enqueue("q", None, delay=0.2)
-        async with Runner(backend, {"q": handler}, poll_interval=30):
-            async with asyncio.timeout(2):
+        async with Runner(backend, {"q": handler}, poll_interval=60):
+            async with asyncio.timeout(15):  # a hang net, far below the 60 s poll
                 await started.wait()
 
 
@@ -325,7 +327,7 @@ class TestHeartbeats:
         gate.expect = 1
         job_id = await backend.enqueue("q", None)
         async with Runner(backend, {"q": gate}, **FAST):
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(15):  # a hang net
                 await gate.all_started.wait()
             assert await backend.cancel(job_id)
             await eventually(
@@ -342,11 +344,11 @@ class TestHeartbeats:
         job_id = await backend.enqueue("q", None, max_attempts=3)
         runner = Runner(backend, {"q": gate}, worker_name="w1", **FAST)
         task = asyncio.create_task(runner.run())
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await gate.all_started.wait()
         # A new incarnation of w1 takes over: the job goes back to the queue as worker-lost.
         await backend.register_worker("w1", ["q"])
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):  # a hang net
             await task  # the old incarnation notices at its next heartbeat and stops
         record = await backend.get_job(job_id)
         assert record is not None
@@ -383,3 +385,64 @@ async def test_repr_shows_worker_state_and_counts() -> None:
     assert repr(runner) == "<Runner worker='w1' state=created running=0 succeeded=0 failed=0>"
     await runner.run_until_empty()
     assert repr(runner) == "<Runner worker='w1' state=stopped running=0 succeeded=3 failed=0>"
+
+
+class TestHealthy:
+    async def test_healthy_while_running_and_not_before_or_after(self) -> None:
+        gate = Gate()
+        gate.expect = 1
+        backend = MemoryBackend()
+        await backend.enqueue("q", 1)
+        runner = Runner(backend, {"q": gate}, shutdown_timeout=10, **FAST)
+        assert not runner.healthy  # not started
+
+        task = asyncio.create_task(runner.run())
+        await runner.wait_ready()
+        assert runner.healthy
+        async with asyncio.timeout(10):
+            await gate.all_started.wait()
+        runner.stop()
+        assert not runner.healthy  # stopping, with a job still running
+        gate.open.set()
+        async with asyncio.timeout(10):
+            await task
+        assert not runner.healthy  # stopped
+
+    async def test_unhealthy_once_heartbeats_failed_for_prune_after(self) -> None:
+        class Flaky(MemoryBackend):
+            failing = False
+            beats = 0
+
+            async def heartbeat(self, *args: Any, **kwargs: Any) -> Heartbeat:
+                if self.failing:
+                    raise ConnectionError("database unreachable")
+                self.beats += 1
+                return await super().heartbeat(*args, **kwargs)
+
+        async def handler(job: Job) -> None:
+            return None
+
+        backend = Flaky()
+        options = {"heartbeat_interval": 0.02, "prune_after": 0.3, "poll_interval": 0.05}
+        async with Runner(backend, {"q": handler}, **options) as runner:
+            await eventually(lambda: backend.beats >= 3, what="a few heartbeats")
+            assert runner.healthy
+            backend.failing = True
+            await eventually(lambda: not runner.healthy, what="healthy to turn false")
+            assert repr(runner).count("state=running") == 1  # still running: only unhealthy
+            backend.failing = False
+            await eventually(lambda: runner.healthy, what="healthy again after a heartbeat")
+
+    async def test_a_pruned_worker_is_unhealthy(self) -> None:
+        async def handler(job: Job) -> None:
+            return None
+
+        backend = MemoryBackend()
+        runner = Runner(backend, {"q": handler}, worker_name="w", **FAST)
+        task = asyncio.create_task(runner.run())
+        await runner.wait_ready()
+        await backend.register_worker("w", ["q"])  # another incarnation replaces it
+
+        await eventually(lambda: not runner.healthy, what="the replaced worker to be unhealthy")
+        async with asyncio.timeout(10):
+            await task  # and it stopped by itself

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import opentelemetry.metrics._internal as metrics_internal
 import pytest
 import tenacity
@@ -33,8 +34,16 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util._once import Once
 
-from batchworks import Job, RetryPolicy, Runner, Terminal
-from batchworks.backends.base import Backend
+from batchworks import (
+    Job,
+    JobState,
+    MemoryBackend,
+    PostgresBackend,
+    RetryPolicy,
+    Runner,
+    Terminal,
+)
+from batchworks.backends.base import Backend, ClaimedJob
 from batchworks.tracing import (
     Telemetry,
     _reads_w3c_only,
@@ -42,6 +51,7 @@ from batchworks.tracing import (
     metrics_enabled,
     tracing_enabled,
 )
+from tests.conftest import eventually
 
 
 @dataclass
@@ -133,6 +143,8 @@ class TestSpans:
         assert send.attributes is not None
         assert send.attributes["messaging.system"] == "batchworks"
         assert send.attributes["messaging.destination.name"] == "emails"
+        assert send.attributes["messaging.message.id"] == str(job_id)  # once the insert said
+        assert "batchworks.enqueue.in_caller_transaction" not in send.attributes
         assert process.kind is SpanKind.CONSUMER
         assert process.attributes is not None
         assert {
@@ -192,16 +204,99 @@ class TestSpans:
         await backend.enqueue_many("q", list(range(25)))
         await Runner(backend, {"q": handler}, batch_size=10, concurrency=5).run_until_empty()
 
-        sizes = [
-            span.attributes.get("messaging.batch.message_count")
-            for span in otel.finished("receive q")
-            if span.attributes
-        ]
-        assert sum(size for size in sizes if size) == 25
-        assert max(size for size in sizes if size) == 10
+        receives = otel.finished("receive q")
+        sizes = [_attributes(span)["messaging.batch.message_count"] for span in receives]
+        # The claim that found the queue empty made no span.
+        assert sum(sizes) == 25 and max(sizes) == 10 and min(sizes) >= 1, sizes
+        assert all(
+            span.start_time is not None
+            and span.end_time is not None
+            and span.start_time <= span.end_time
+            for span in receives
+        )
         [send] = otel.finished("send q")
         assert send.attributes is not None
         assert send.attributes["messaging.batch.message_count"] == 25
+        # Each job's id is on its own process span (linked to this one), not on a batch's.
+        assert "messaging.message.id" not in send.attributes
+
+    async def test_an_idle_worker_makes_no_receive_spans(self, otel: Otel) -> None:
+        class CountingBackend(MemoryBackend):
+            empty_claims = 0
+
+            async def claim(self, *args: Any, **kwargs: Any) -> list[ClaimedJob]:
+                claimed = await super().claim(*args, **kwargs)
+                CountingBackend.empty_claims += not claimed
+                return claimed
+
+        async def handler(job: Job) -> None:
+            return None
+
+        backend = CountingBackend()
+        async with Runner(backend, {"q": handler}, poll_interval=0.01):
+            await eventually(lambda: CountingBackend.empty_claims >= 5, what="5 idle polls")
+            job_id = await backend.enqueue("q", None)
+            await eventually(lambda: _succeeded(backend, job_id), what="the job to run")
+            polls = CountingBackend.empty_claims
+
+        assert polls >= 5
+        [receive] = otel.finished("receive q")  # the one claim that found the job
+        assert receive.attributes is not None
+        assert receive.attributes["messaging.batch.message_count"] == 1
+
+    async def test_a_deduplicated_enqueue_names_the_job_it_found(
+        self, backend: Backend, otel: Otel
+    ) -> None:
+        first = await backend.enqueue("q", 1, dedupe_key="k")
+        again = await backend.enqueue("q", 2, dedupe_key="k")
+
+        assert again == first
+        ids = [_attributes(span)["messaging.message.id"] for span in otel.finished("send q")]
+        assert ids == [str(first), str(first)]
+
+
+@pytest.mark.postgres
+class TestEnqueueInACallersTransaction:
+    async def test_the_send_span_says_its_outcome_is_the_callers_transaction(
+        self, pg_backend: PostgresBackend, pg_dsn: str, otel: Otel
+    ) -> None:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            async with conn.transaction():
+                kept = await pg_backend.enqueue("q", "kept", connection=conn)
+            tx = conn.transaction()
+            await tx.start()
+            dropped = await pg_backend.enqueue("q", "dropped", connection=conn)
+            await tx.rollback()
+            autocommit = await pg_backend.enqueue("q", "autocommit", connection=conn)
+        finally:
+            await conn.close()
+        plain = await pg_backend.enqueue("q", "plain")
+
+        assert await pg_backend.get_job(dropped) is None
+        assert await pg_backend.get_job(kept) is not None
+        flags = {
+            _attributes(span)["messaging.message.id"]: _attributes(span).get(
+                "batchworks.enqueue.in_caller_transaction", False
+            )
+            for span in otel.finished("send q")
+        }
+        # A rolled-back enqueue's span cannot know it was rolled back: it says so instead.
+        assert flags == {
+            str(kept): True,
+            str(dropped): True,
+            str(autocommit): False,
+            str(plain): False,
+        }
+
+
+def _attributes(span: ReadableSpan) -> dict[str, Any]:
+    return dict(span.attributes or {})
+
+
+async def _succeeded(backend: Backend, job_id: int) -> bool:
+    record = await backend.get_job(job_id)
+    return record is not None and record.state is JobState.SUCCEEDED
 
 
 class TestMetrics:
@@ -237,7 +332,7 @@ class TestMetrics:
         runner = Runner(backend, {"q": handler}, worker_name="w1", heartbeat_interval=30,
                         prune_after=120)  # fmt: skip
         async with runner:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(15):  # a hang net
                 await started.wait()
             await backend.register_worker("w1", ["q"])  # a restart takes the job over
             release.set()

@@ -30,6 +30,8 @@ DELIVERY_TIMEOUT = 5.0  # seconds a NOTIFY to itself may take to come back after
 
 Connect = Callable[[], Awaitable[Any]]
 Release = Callable[[Any], Awaitable[None]]
+#: called with each NOTIFY's payload on its channel, and with None after each (re)connect
+OnNotify = Callable[[str | None], None]
 Notify = Callable[[str], Awaitable[None]]
 
 
@@ -55,6 +57,17 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
         self._conn: Any = None
         self._closed = False
+        self._subscribers: dict[str, OnNotify] = {}
+        # asyncpg's listener callbacks, by channel: the same object must be given to remove
+        self._adapters: dict[str, Callable[[Any, int, str, str], None]] = {}
+        #: True while the connection listens (notifications are heard)
+        self.listening = False
+
+    def subscribe(self, channel: str, callback: OnNotify) -> None:
+        """Also listen on ``channel`` (from the next connect on): ``callback(payload)`` on
+        each NOTIFY, ``callback(None)`` after each (re)connect."""
+        self._subscribers[channel] = callback
+        self._adapters[channel] = lambda _conn, _pid, _channel, payload: callback(payload)
 
     def start(self) -> None:
         """Start listening in the background (once)."""
@@ -98,6 +111,10 @@ class Listener:
                 conn = await self._connect()
                 self._conn = conn
                 conn.add_termination_listener(lambda _conn, event=lost: event.set())
+                # The runners' channel last: operators (and tests) find the listener by its
+                # last query in pg_stat_activity, LISTEN "batchworks_<schema>".
+                for channel, adapter in self._adapters.items():
+                    await conn.add_listener(channel, adapter)
                 await conn.add_listener(self._channel, self._on_notify)
             except Exception as exc:
                 await self._drop()
@@ -118,6 +135,9 @@ class Listener:
             except _Undelivered:
                 await self._drop()
                 return  # polling from now on: reconnecting would not make it deliver
+            self.listening = True
+            for callback in self._subscribers.values():
+                callback(None)  # what ended while nobody listened was not heard
             await self._watch(conn, lost)
             await self._drop()
             logger.warning("LISTEN connection lost; reconnecting", extra={"action": "listen_lost"})
@@ -171,6 +191,7 @@ class Listener:
         self.wake()
 
     async def _drop(self) -> None:
+        self.listening = False
         # self._conn is cleared only once it is released: a close cut short by its time limit
         # still finds it, to terminate it.
         conn = self._conn
@@ -179,6 +200,9 @@ class Listener:
                 # UNLISTEN before a connection goes back to a pool: a pool created with a
                 # reset= of its own would keep it listening for its next user.
                 await conn.remove_listener(self._channel, self._on_notify)
+            for channel, adapter in self._adapters.items():
+                with contextlib.suppress(Exception):
+                    await conn.remove_listener(channel, adapter)
             with contextlib.suppress(Exception):
                 await self._release(conn)
         self._conn = None

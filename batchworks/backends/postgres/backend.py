@@ -27,6 +27,7 @@ import tenacity
 
 from batchworks import _json
 from batchworks._checks import duration
+from batchworks.backends._waiters import JobWaiters
 from batchworks.backends.base import (
     ClaimedJob,
     EnqueueOptions,
@@ -70,6 +71,9 @@ COMMAND_TIMEOUT = 60.0  # seconds: asyncpg's default time limit on a statement o
 CLOSE_TIMEOUT = 2.0  # seconds closing the pool may wait for its connections, then they are cut
 
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,49}")
+WAIT_JOB_MIGRATION = 5  # the migration that adds jobs.waited
+WAIT_RECHECK = 30.0  # seconds between reads of a waited job while notifications are heard
+WAIT_RECHECK_UNHEARD = 1.0  # seconds between reads while the LISTEN connection is down
 _SUCCEEDED = OutcomeKind.SUCCEEDED
 UNREGISTER_TRIES = 3  # a clean stop marks its worker row stopped, trying this many times
 _MIGRATION_FILE = re.compile(r"(\d{4})_(\w+)\.sql")
@@ -87,16 +91,28 @@ _PREPARED = (asyncpg.InvalidSQLStatementNameError, asyncpg.DuplicatePreparedStat
 class Queries:
     """The statements of :mod:`.queries` with the schema and channel filled in."""
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, *, waited: bool = True) -> None:
+        """:param waited: False for a schema before migration 5: statements that end a job
+        then notify no wait_job() waiter (there is no ``waited`` column to say whom)."""
         quoted = f'"{schema}"'
         self.channel = f"batchworks_{schema}"
+        # wait_job()'s wake-ups, apart from the runners' so that they wake no idle runner.
+        # Short: a channel name is an identifier of at most 63 bytes, and schema has up to 50.
+        self.finished_channel = f"bw_done_{schema}"
+        self.waited = waited
+        notify_done = queries.NOTIFY_DONE_ITEM if waited else "NULL"
+        self.names: dict[str, str] = {}  # statement text -> its name, for the fallback
         for name in dir(queries):
             text = getattr(queries, name)
             if name.isupper() and isinstance(text, str):
-                filled = text.replace("__SCHEMA__", quoted).replace(
-                    "__CHANNEL__", f"'{self.channel}'"
+                filled = (
+                    text.replace("__NOTIFY_DONE__", notify_done)
+                    .replace("__SCHEMA__", quoted)
+                    .replace("__CHANNEL__", f"'{self.channel}'")
+                    .replace("__FINISHED__", f"'{self.finished_channel}'")
                 )
                 setattr(self, name.lower(), filled)
+                self.names[filled] = name.lower()
 
     def __getattr__(self, name: str) -> LiteralString:  # for the type checker
         raise AttributeError(name)
@@ -180,6 +196,8 @@ class PostgresBackend:
         self._listener = Listener(
             self._q.channel, self._listen_connect, self._listen_release, self._notify
         )
+        self._job_waiters = JobWaiters()
+        self._listener.subscribe(self._q.finished_channel, self._on_finished)
         self._closed = False
 
     @property
@@ -289,10 +307,43 @@ class PostgresBackend:
             raise BackendError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
     async def _fetch(self, query: str, *args: Any, connection: Any = None) -> list[asyncpg.Record]:
+        try:
+            return await self._fetch_once(query, *args, connection=connection)
+        except SchemaNotMigrated as exc:
+            before_5 = self._before_migration_5(exc, query)
+            if before_5 is None:
+                raise
+            return await self._fetch_once(before_5, *args, connection=connection)
+
+    async def _fetch_once(
+        self, query: str, *args: Any, connection: Any = None
+    ) -> list[asyncpg.Record]:
         async with self._errors():
             if connection is not None:
                 return cast(list[asyncpg.Record], await connection.fetch(query, *args))
             return cast(list[asyncpg.Record], await self._require_pool().fetch(query, *args))
+
+    def _before_migration_5(self, exc: SchemaNotMigrated, query: str) -> str | None:
+        """On a schema without ``jobs.waited`` (a rolling deploy may start workers before its
+        migrate ran), switch to the statements that do without it, once, and return the one
+        to run instead of ``query``; None when that is not what failed."""
+        cause = exc.__cause__
+        if not isinstance(cause, asyncpg.UndefinedColumnError) or "waited" not in str(cause):
+            return None
+        name = self._q.names.get(query)
+        if name is None:
+            return None
+        if self._q.waited:
+            logger.warning(
+                "schema %r lacks migration 0005_wait_job; run 'batchworks migrate' (until "
+                "then wait_job() reads its job every %.0fs instead of being notified)",
+                self._schema,
+                WAIT_RECHECK_UNHEARD,
+                extra={"action": "schema_behind"},
+            )
+            self._q = Queries(self._schema, waited=False)
+        text: str = getattr(self._q, name)
+        return text
 
     async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record:
         rows = await self._fetch(query, *args)
@@ -327,6 +378,9 @@ class PostgresBackend:
                     self._schema,
                     extra={"action": "migrated", "version": version},
                 )
+                applied.add(version)
+        if not self._q.waited and WAIT_JOB_MIGRATION in applied:
+            self._q = Queries(self._schema)  # back from the statements of _before_migration_5
 
     # -- enqueue --------------------------------------------------------------------------------
 
@@ -402,7 +456,10 @@ class PostgresBackend:
             what=lambda index: payload_label(queue, index if numbered else None),
             limit=self._max_bytes,
         )
-        with send_span(queue, len(payloads)) as carrier:
+        # On a caller's connection inside its transaction, the jobs exist only if it commits.
+        in_transaction = connection is not None and connection.is_in_transaction()
+        with send_span(queue, len(payloads), in_transaction=in_transaction) as span:
+            carrier = span.carrier
             args = (
                 queue,
                 array,
@@ -415,8 +472,11 @@ class PostgresBackend:
             )
             if all(key is None for key in keys):
                 rows = await self._fetch(self._q.enqueue_plain, *args, connection=connection)
-                return sorted(row[0] for row in rows if row[0] is not None)  # None: NOTIFY's row
-            return await self._insert_deduped(args, keys, connection)
+                ids = sorted(row[0] for row in rows if row[0] is not None)  # None: NOTIFY's row
+            else:
+                ids = await self._insert_deduped(args, keys, connection)
+            span.sent(ids)
+            return ids
 
     async def _insert_deduped(
         self, args: tuple[Any, ...], keys: list[str | None], connection: Any
@@ -448,6 +508,42 @@ class PostgresBackend:
         """The job as stored, or None."""
         rows = await self._fetch(self._q.get_job, job_id)
         return _record(rows[0]) if rows else None
+
+    async def wait_job(self, job_id: int, timeout: float | None = None) -> JobRecord:
+        """Return the job once it is succeeded, failed or cancelled; see
+        :meth:`Backend.wait_job`.
+
+        The job is marked (``waited``) so that the statement ending it sends a NOTIFY for it
+        alone, on the backend's LISTEN connection; jobs nobody waits on cost no notification.
+        While that connection is down the job is read again every
+        :data:`WAIT_RECHECK_UNHEARD` seconds, and every :data:`WAIT_RECHECK` seconds anyway.
+        """
+        self._listener.start()
+        return await self._job_waiters.wait(
+            job_id, timeout, fetch=self._mark_and_get, recheck=self._wait_recheck
+        )
+
+    async def _mark_and_get(self, job_id: int) -> JobRecord | None:
+        # In this order: see MARK_WAITED.
+        if self._q.waited:
+            try:
+                await self._fetch(self._q.mark_waited, job_id)
+            except SchemaNotMigrated:
+                if self._q.waited:
+                    raise
+                # the schema lacks migration 5 (see _before_migration_5): nothing to mark
+        return await self.get_job(job_id)
+
+    def _wait_recheck(self) -> float:
+        heard = self._listener.listening and self._q.waited
+        return WAIT_RECHECK if heard else WAIT_RECHECK_UNHEARD
+
+    def _on_finished(self, payload: str | None) -> None:
+        if payload is None:  # (re)connected: what ended meanwhile was not heard
+            self._job_waiters.wake_all()
+        elif self._job_waiters:
+            with contextlib.suppress(ValueError):
+                self._job_waiters.wake(int(payload))
 
     async def overview(self) -> dict[str, QueueOverview]:
         """Each queue's counts, the age of its oldest due job and its checkpointed jobs."""
