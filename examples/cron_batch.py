@@ -35,7 +35,9 @@ async def send_invoice(job: Job) -> dict[str, int]:
 async def main() -> int:
     dsn = os.environ.get("BATCHWORKS_DSN")
     backend: Backend = (
-        PostgresBackend(dsn, schema="batchworks_cron_example") if dsn else MemoryBackend()
+        PostgresBackend(dsn, schema=os.environ.get("BATCHWORKS_SCHEMA", "batchworks_cron_example"))
+        if dsn
+        else MemoryBackend()
     )
     async with backend:
         await backend.migrate()

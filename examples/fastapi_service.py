@@ -33,7 +33,7 @@ from pydantic import BaseModel
 
 from batchworks import Backend, Job, JobState, MemoryBackend, PostgresBackend, Runner
 
-SCHEMA = "batchworks_fastapi_example"
+SCHEMA = os.environ.get("BATCHWORKS_SCHEMA", "batchworks_fastapi_example")
 
 
 class Quote(TypedDict):

@@ -30,7 +30,7 @@ from batchworks import Backend, Job, MemoryBackend, PostgresBackend, Runner
 
 ITEMS = 10_000
 CHUNK = 500
-SCHEMA = "batchworks_export_example"
+SCHEMA = os.environ.get("BATCHWORKS_SCHEMA", "batchworks_export_example")
 
 # Each item exported, as (attempt, item): in a real export this is rows written to a file.
 exported: Counter[int] = Counter()

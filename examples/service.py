@@ -28,7 +28,7 @@ import asyncpg
 from batchworks import Backend, Job, MemoryBackend, PostgresBackend, Runner
 
 ORDERS = 30
-SCHEMA = "batchworks_service_example"
+SCHEMA = os.environ.get("BATCHWORKS_SCHEMA", "batchworks_service_example")
 
 receipts_sent: list[int] = []
 
