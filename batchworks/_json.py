@@ -129,6 +129,11 @@ def loads(text: str) -> Any:
     return value if end == len(text) else json.loads(text)
 
 
+def loads_optional(text: str | None) -> Any:
+    """:func:`loads`, with None (an SQL NULL: no result, no checkpoint) staying None."""
+    return None if text is None else loads(text)
+
+
 def _describe(value: Any, what: str, exc: Exception) -> str:
     for path, bad in _walk(value, "$"):
         if isinstance(bad, float):

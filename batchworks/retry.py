@@ -10,7 +10,8 @@ import tenacity
 from tenacity.retry import RetryBaseT
 from tenacity.wait import WaitBaseT
 
-from batchworks.errors import ConfigurationError, Retryable, Snooze, Terminal
+from batchworks._checks import check_retry_policy
+from batchworks.errors import Retryable, Snooze, Terminal
 from batchworks.outcome import Decision, OutcomeKind
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "RetryPolicy", "classify"]
@@ -53,20 +54,7 @@ class RetryPolicy:
     retry: RetryBaseT = field(default_factory=_default_retry)
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
-            raise ConfigurationError(
-                f"RetryPolicy max_attempts must be an int, got {self.max_attempts!r}"
-            )
-        if self.max_attempts < 1:
-            raise ConfigurationError(
-                f"RetryPolicy max_attempts must be >= 1, got {self.max_attempts}; "
-                "use 1 for no retries"
-            )
-        if not callable(self.wait) or not callable(self.retry):
-            raise ConfigurationError(
-                "RetryPolicy wait and retry take tenacity strategies, for example "
-                "wait=tenacity.wait_fixed(2), retry=tenacity.retry_if_exception_type(OSError)"
-            )
+        check_retry_policy(self.max_attempts, self.wait, self.retry)
 
     def _state(self, exc: BaseException, attempt: int) -> tenacity.RetryCallState:
         state = tenacity.RetryCallState(_RETRYING, None, (), {})

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 
-from batchworks.backends.base import seconds
+from batchworks._checks import seconds
 from batchworks.errors import JobNotFound
 from batchworks.job import JobRecord
 

@@ -1,4 +1,6 @@
-"""The interface every backend implements, and the input checks they share.
+"""The interface every backend implements (:class:`Backend`, for typing) and the values it
+passes; :mod:`._base` writes what both backends share once, and :mod:`batchworks._checks`
+holds the argument checks.
 
 A backend stores jobs; it knows nothing of handlers. The Runner drives it through the
 worker-side operations below, each of which covers a whole batch in one call (for
@@ -12,8 +14,6 @@ token. A worker that lost a job (pruned, replaced, lease expired) writes nothing
 
 from __future__ import annotations
 
-import math
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,8 +21,15 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
-from batchworks.errors import ConfigurationError
-from batchworks.job import JobRecord, JobState
+from batchworks._checks import (
+    check_due,
+    check_max_attempts,
+    check_priority,
+    check_queue,
+    check_timeout,
+    seconds,
+)
+from batchworks.job import JobRecord
 from batchworks.outcome import Outcome
 
 __all__ = [
@@ -38,10 +45,6 @@ __all__ = [
 ]
 
 WorkerToken = uuid.UUID
-
-_QUEUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
-_INT32 = 2**31 - 1
-MAX_DEDUPE_KEY = 512  # characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,10 @@ class Backend(Protocol):
     tests/conftest.py); docs/postgres-roles.md has the PostgreSQL roles."""
 
     # -- lifecycle and user-facing operations ------------------------------------------------
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest encoded payload, result or checkpoint this backend accepts."""
 
     async def __aenter__(self) -> Self: ...
 
@@ -264,47 +271,6 @@ class Backend(Protocol):
         """Return when a job may have become due, or after ``max_wait`` seconds."""
 
 
-def check_state(state: object) -> str | None:
-    """Return a valid job state name (or None), or raise :class:`ConfigurationError`."""
-    if state is None:
-        return None
-    try:
-        return JobState(str(state)).value
-    except ValueError:
-        names = ", ".join(member.value for member in JobState)
-        raise ConfigurationError(
-            f"state {state!r} is not a job state: use one of {names}"
-        ) from None
-
-
-def payload_label(queue: str, index: int | None) -> str:
-    """How errors name a payload: ``payload for queue 'q'`` or ``payload #3 for queue 'q'``."""
-    if index is None:
-        return f"payload for queue {queue!r}"
-    return f"payload #{index} for queue {queue!r}"
-
-
-def check_queue(queue: object) -> str:
-    """Return ``queue`` if it is a valid queue name, or raise :class:`ConfigurationError`."""
-    if not isinstance(queue, str) or not _QUEUE.fullmatch(queue):
-        raise ConfigurationError(
-            f"queue name {queue!r} is invalid: use 1-128 characters of letters, digits, "
-            "'_', '-', '.' or ':', starting with a letter or digit"
-        )
-    return queue
-
-
-def seconds(value: float | timedelta, *, name: str) -> float:
-    """A non-negative, finite duration in seconds from a number or a timedelta."""
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name} must be seconds (a number) or a timedelta, not {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
-    return float(value)
-
-
 @dataclass(frozen=True, slots=True)
 class EnqueueOptions:
     """The checked options of an enqueue; each backend turns them into its own writes."""
@@ -329,58 +295,17 @@ class EnqueueOptions:
         max_attempts: int | None,
         timeout: float | timedelta | None = None,
     ) -> EnqueueOptions:
+        # With several bad arguments, this order says whose error is raised (delay's value last).
         check_queue(queue)
-        if timeout is not None and seconds(timeout, name="timeout") == 0:
-            raise ConfigurationError("timeout must be > 0 seconds; leave it out for no limit")
-        if delay is not None and run_at is not None:
-            raise ConfigurationError("pass delay= or run_at=, not both")
-        if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
-            raise ConfigurationError(
-                f"run_at must be a timezone-aware datetime, got {run_at!r}; "
-                "use datetime.now(timezone.utc) + timedelta(...)"
-            )
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise ConfigurationError(f"priority must be an int, got {priority!r}")
-        if not -_INT32 <= priority <= _INT32:
-            raise ConfigurationError(f"priority must be within ±{_INT32}, got {priority}")
-        if max_attempts is not None and (
-            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
-        ):
-            raise ConfigurationError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
-        if max_attempts is not None and max_attempts > _INT32:
-            raise ConfigurationError(f"max_attempts must be at most {_INT32}, got {max_attempts}")
+        limit = check_timeout(timeout)
+        check_due(delay, run_at)
+        check_priority(priority)
+        check_max_attempts(max_attempts)
         return cls(
             queue=queue,
             delay=0.0 if delay is None else seconds(delay, name="delay"),
             run_at=run_at,
             priority=priority,
             max_attempts=max_attempts,
-            timeout=None if timeout is None else seconds(timeout, name="timeout"),
+            timeout=limit,
         )
-
-
-def check_dedupe_key(key: object) -> str | None:
-    """Return a valid dedupe key (or None), or raise :class:`ConfigurationError`."""
-    if key is None:
-        return None
-    if not isinstance(key, str) or not key or len(key) > MAX_DEDUPE_KEY or "\x00" in key:
-        raise ConfigurationError(
-            f"dedupe_key must be a non-empty str of at most {MAX_DEDUPE_KEY} characters "
-            f"without NUL, got {key!r:.80}"
-        )
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ConfigurationError("dedupe_key contains a lone surrogate; pass valid text") from None
-    return key
-
-
-def check_dedupe_keys(keys: Sequence[str | None] | None, count: int) -> list[str | None]:
-    """Dedupe keys for ``count`` payloads (all None when not given)."""
-    if keys is None:
-        return [None] * count
-    if isinstance(keys, str) or len(keys) != count:
-        raise ConfigurationError(
-            "dedupe_keys must be a sequence with one key (or None) per payload"
-        )
-    return [check_dedupe_key(key) for key in keys]

@@ -22,10 +22,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from batchworks import _json
+from batchworks._checks import check_queue, check_state, seconds
+from batchworks.backends._base import BackendBase, payload_label
 from batchworks.backends._waiters import JobWaiters
 from batchworks.backends.base import (
     ClaimedJob,
@@ -34,17 +35,10 @@ from batchworks.backends.base import (
     QueueOverview,
     WorkerRecord,
     WorkerToken,
-    check_dedupe_key,
-    check_dedupe_keys,
-    check_queue,
-    check_state,
-    payload_label,
-    seconds,
 )
 from batchworks.errors import ConfigurationError, LeaseLost, LifecycleError
 from batchworks.job import ErrorEntry, JobRecord, JobState
 from batchworks.outcome import Outcome, OutcomeKind
-from batchworks.tracing import send_span
 
 __all__ = ["MemoryBackend"]
 
@@ -90,7 +84,7 @@ class _Worker:
     max_attempts: int | None = None
 
 
-class MemoryBackend:
+class MemoryBackend(BackendBase[list[str]]):
     """Jobs in this process's memory: for in-process batches, tests and the demo.
 
     :param clock: seconds since the epoch; tests pass a fake one to move time.
@@ -113,24 +107,8 @@ class MemoryBackend:
         self._wake: asyncio.Event | None = None
         self._job_waiters = JobWaiters()
 
-    @property
-    def max_payload_bytes(self) -> int:
-        """The largest encoded payload, result or checkpoint this backend accepts."""
-        return self._max_bytes
-
     def __repr__(self) -> str:
         return f"<MemoryBackend jobs={len(self._rows)} running={len(self._running)}>"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Nothing to release; the jobs stay readable."""
@@ -138,81 +116,10 @@ class MemoryBackend:
     async def migrate(self) -> None:
         """Nothing to migrate: exists so code written for PostgreSQL runs unchanged."""
 
-    # -- enqueue --------------------------------------------------------------------------------
+    # -- enqueue (the rest is BackendBase's) -----------------------------------------------------
 
-    async def enqueue(
-        self,
-        queue: str,
-        payload: Any,
-        *,
-        delay: float | timedelta | None = None,
-        run_at: datetime | None = None,
-        priority: int = 0,
-        max_attempts: int | None = None,
-        dedupe_key: str | None = None,
-        timeout: float | timedelta | None = None,
-        connection: Any = None,
-    ) -> int:
-        """Add one job; see :meth:`Backend.enqueue`."""
-        options = EnqueueOptions.build(
-            queue,
-            delay=delay,
-            run_at=run_at,
-            priority=priority,
-            max_attempts=max_attempts,
-            timeout=timeout,
-        )
-        self._check_connection(connection)
-        [job_id] = self._add(options, [payload], [check_dedupe_key(dedupe_key)], numbered=False)
-        return job_id
-
-    async def enqueue_many(
-        self,
-        queue: str,
-        payloads: Sequence[Any],
-        *,
-        delay: float | timedelta | None = None,
-        run_at: datetime | None = None,
-        priority: int = 0,
-        max_attempts: int | None = None,
-        dedupe_keys: Sequence[str | None] | None = None,
-        timeout: float | timedelta | None = None,
-        connection: Any = None,
-    ) -> list[int]:
-        """Add many jobs at once; every payload is checked before any is stored."""
-        options = EnqueueOptions.build(
-            queue,
-            delay=delay,
-            run_at=run_at,
-            priority=priority,
-            max_attempts=max_attempts,
-            timeout=timeout,
-        )
-        self._check_connection(connection)
-        keys = check_dedupe_keys(dedupe_keys, len(payloads))
-        return self._add(options, payloads, keys, numbered=True)
-
-    def _add(
-        self,
-        options: EnqueueOptions,
-        payloads: Sequence[Any],
-        keys: list[str | None],
-        *,
-        numbered: bool,
-    ) -> list[int]:
-        """Encode every payload (all are checked before any is stored), then store them
-        inside a ``send`` span."""
-        texts = [
-            self._encode(payload, payload_label(options.queue, index if numbered else None))
-            for index, payload in enumerate(payloads)
-        ]
-        with send_span(options.queue, len(texts)) as span:
-            ids = [
-                self._insert(options, text, key, span.carrier)
-                for text, key in zip(texts, keys, strict=True)
-            ]
-            span.sent(ids)
-            return ids
+    #: an enqueue_many of no payloads opens its (empty) send span here, as it always did
+    _SPAN_EMPTY_BATCH = True
 
     def _check_connection(self, connection: object) -> None:
         self._check_open()
@@ -225,10 +132,26 @@ class MemoryBackend:
         if self._closed:
             raise LifecycleError("MemoryBackend was closed; create a new one")
 
-    def _encode(self, value: Any, what: str) -> str:
-        return _json.dumps(value, what=what, limit=self._max_bytes)
+    def _encode_payloads(self, queue: str, payloads: Sequence[Any], *, numbered: bool) -> list[str]:
+        return [
+            self._encode(payload, payload_label(queue, index if numbered else None))
+            for index, payload in enumerate(payloads)
+        ]
 
-    def _insert(
+    async def _insert(
+        self,
+        options: EnqueueOptions,
+        payloads: list[str],
+        dedupe_keys: list[str | None],
+        connection: Any,
+        trace_context: dict[str, str] | None,
+    ) -> list[int]:
+        return [
+            self._insert_row(options, text, key, trace_context)
+            for text, key in zip(payloads, dedupe_keys, strict=True)
+        ]
+
+    def _insert_row(
         self,
         options: EnqueueOptions,
         payload: str,
@@ -319,9 +242,9 @@ class MemoryBackend:
             started_at=_dt(row.started_at),
             finished_at=_dt(row.finished_at),
             errors=tuple(dict(entry) for entry in row.errors),
-            result=_loads(row.result),
+            result=_json.loads_optional(row.result),
             dedupe_key=row.dedupe_key,
-            checkpoint=_loads(row.checkpoint),
+            checkpoint=_json.loads_optional(row.checkpoint),
             worker=row.worker_name,
             timeout=row.timeout,
         )
@@ -528,7 +451,7 @@ class MemoryBackend:
                     _json.loads(row.payload),
                     row.attempts,
                     row.max_attempts,
-                    _loads(row.checkpoint),
+                    _json.loads_optional(row.checkpoint),
                     row.timeout,
                     row.trace_context,
                     now - row.run_at,
@@ -704,10 +627,6 @@ class MemoryBackend:
 def _suspect(row: _Row) -> bool:
     """Lost its worker twice or more: it may be what killed them (see Runner)."""
     return sum(1 for entry in row.errors if entry["type"] == "WorkerLost") >= 2
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else _json.loads(text)
 
 
 def _dt(timestamp: float | None) -> Any:

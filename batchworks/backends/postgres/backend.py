@@ -17,16 +17,16 @@ import socket
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from importlib import resources
-from types import TracebackType
 from typing import Any, LiteralString, Self, cast
 
 import asyncpg
 import tenacity
 
 from batchworks import _json
-from batchworks._checks import duration
+from batchworks._checks import check_queue, check_state, duration, seconds
+from batchworks.backends._base import BackendBase, payload_label
 from batchworks.backends._waiters import JobWaiters
 from batchworks.backends.base import (
     ClaimedJob,
@@ -35,12 +35,6 @@ from batchworks.backends.base import (
     QueueOverview,
     WorkerRecord,
     WorkerToken,
-    check_dedupe_key,
-    check_dedupe_keys,
-    check_queue,
-    check_state,
-    payload_label,
-    seconds,
 )
 from batchworks.backends.postgres import queries
 from batchworks.backends.postgres._connect import (
@@ -61,7 +55,6 @@ from batchworks.errors import (
 )
 from batchworks.job import JobRecord, JobState
 from batchworks.outcome import Outcome, OutcomeKind
-from batchworks.tracing import send_span
 
 __all__ = ["PostgresBackend"]
 
@@ -132,7 +125,7 @@ def _lock_key(schema: str, purpose: str) -> int:
     return zlib.crc32(f"batchworks:{schema}:{purpose}".encode()) - 2**31
 
 
-class PostgresBackend:
+class PostgresBackend(BackendBase[str]):
     """Jobs in PostgreSQL.
 
     :param dsn: a libpq connection string or URL; the backend opens its own pool.
@@ -200,11 +193,6 @@ class PostgresBackend:
         self._listener.subscribe(self._q.finished_channel, self._on_finished)
         self._closed = False
 
-    @property
-    def max_payload_bytes(self) -> int:
-        """The largest encoded payload, result or checkpoint this backend accepts."""
-        return self._max_bytes
-
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._pool else "not opened")
         return f"<PostgresBackend schema={self._schema!r} {state}>"
@@ -239,14 +227,6 @@ class PostgresBackend:
     async def __aenter__(self) -> Self:
         await self.open()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Stop listening and close the pool (if the backend opened it).
@@ -382,101 +362,44 @@ class PostgresBackend:
         if not self._q.waited and WAIT_JOB_MIGRATION in applied:
             self._q = Queries(self._schema)  # back from the statements of _before_migration_5
 
-    # -- enqueue --------------------------------------------------------------------------------
+    # -- enqueue (the rest is BackendBase's) -----------------------------------------------------
+    # ``connection=`` enqueues in the caller's transaction: the job (and its wake-up) exists
+    # only if that transaction commits.
 
-    async def enqueue(
-        self,
-        queue: str,
-        payload: Any,
-        *,
-        delay: float | timedelta | None = None,
-        run_at: datetime | None = None,
-        priority: int = 0,
-        max_attempts: int | None = None,
-        dedupe_key: str | None = None,
-        timeout: float | timedelta | None = None,
-        connection: Any = None,
-    ) -> int:
-        """Add one job; see :meth:`Backend.enqueue`. ``connection=`` enqueues in the caller's
-        transaction: the job (and its wake-up) exists only if that transaction commits."""
-        options = EnqueueOptions.build(
-            queue,
-            delay=delay,
-            run_at=run_at,
-            priority=priority,
-            max_attempts=max_attempts,
-            timeout=timeout,
-        )
-        [job_id] = await self._add(
-            options, [payload], [check_dedupe_key(dedupe_key)], connection, numbered=False
-        )
-        return job_id
+    def _in_transaction(self, connection: Any) -> bool:
+        return connection is not None and bool(connection.is_in_transaction())
 
-    async def enqueue_many(
-        self,
-        queue: str,
-        payloads: Sequence[Any],
-        *,
-        delay: float | timedelta | None = None,
-        run_at: datetime | None = None,
-        priority: int = 0,
-        max_attempts: int | None = None,
-        dedupe_keys: Sequence[str | None] | None = None,
-        timeout: float | timedelta | None = None,
-        connection: Any = None,
-    ) -> list[int]:
-        """Add many jobs in one statement; ids come back in payload order."""
-        options = EnqueueOptions.build(
-            queue,
-            delay=delay,
-            run_at=run_at,
-            priority=priority,
-            max_attempts=max_attempts,
-            timeout=timeout,
-        )
-        keys = check_dedupe_keys(dedupe_keys, len(payloads))
-        return await self._add(options, payloads, keys, connection, numbered=True)
-
-    async def _add(
-        self,
-        options: EnqueueOptions,
-        payloads: Sequence[Any],
-        keys: list[str | None],
-        connection: Any,
-        *,
-        numbered: bool,
-    ) -> list[int]:
-        """Encode every payload (all are checked before any is stored), then insert them in
-        one statement inside a ``send`` span."""
-        if not payloads:
-            return []
-        queue = options.queue
-        array = _json.dumps_array(
+    def _encode_payloads(self, queue: str, payloads: Sequence[Any], *, numbered: bool) -> str:
+        # One JSON array for the whole batch: the statement unnests it.
+        return _json.dumps_array(
             payloads,
             what=lambda index: payload_label(queue, index if numbered else None),
             limit=self._max_bytes,
         )
-        # On a caller's connection inside its transaction, the jobs exist only if it commits.
-        in_transaction = connection is not None and connection.is_in_transaction()
-        with send_span(queue, len(payloads), in_transaction=in_transaction) as span:
-            carrier = span.carrier
-            args = (
-                queue,
-                array,
-                options.priority,
-                options.run_at,
-                options.delay,
-                options.max_attempts,
-                options.timeout,
-                None if carrier is None else json.dumps(carrier),
-            )
-            if all(key is None for key in keys):
-                rows = await self._fetch(self._q.enqueue_plain, *args, connection=connection)
-                ids = sorted(row[0] for row in rows if row[0] is not None)  # None: NOTIFY's row
-            else:
-                ids = await self._insert_deduped(args, keys, connection)
-            span.sent(ids)
-            return ids
+
+    async def _insert(
+        self,
+        options: EnqueueOptions,
+        payloads: str,
+        dedupe_keys: list[str | None],
+        connection: Any,
+        trace_context: dict[str, str] | None,
+    ) -> list[int]:
+        """Insert the batch in one statement."""
+        args = (
+            options.queue,
+            payloads,
+            options.priority,
+            options.run_at,
+            options.delay,
+            options.max_attempts,
+            options.timeout,
+            None if trace_context is None else json.dumps(trace_context),
+        )
+        if all(key is None for key in dedupe_keys):
+            rows = await self._fetch(self._q.enqueue_plain, *args, connection=connection)
+            return sorted(row[0] for row in rows if row[0] is not None)  # None: NOTIFY's row
+        return await self._insert_deduped(args, dedupe_keys, connection)
 
     async def _insert_deduped(
         self, args: tuple[Any, ...], keys: list[str | None], connection: Any
@@ -781,9 +704,6 @@ class PostgresBackend:
         """A NOTIFY on the wake-up channel the way enqueues send it: through the pool."""
         await self._require_pool().execute("SELECT pg_notify($1, $2)", self._q.channel, payload)
 
-    def _encode(self, value: Any, what: str) -> str:
-        return _json.dumps(value, what=what, limit=self._max_bytes)
-
     async def next_due(self, queues: Sequence[str]) -> float | None:
         """Seconds until the earliest queued job of ``queues`` is due, or None."""
         row = await self._fetchrow(self._q.next_due, list(queues))
@@ -859,9 +779,9 @@ def _record(row: asyncpg.Record) -> JobRecord:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         errors=tuple(json.loads(row["errors"])),
-        result=_loads(row["result"]),
+        result=_json.loads_optional(row["result"]),
         dedupe_key=row["dedupe_key"],
-        checkpoint=_loads(row["checkpoint"]),
+        checkpoint=_json.loads_optional(row["checkpoint"]),
         worker=row["worker_name"],
         timeout=row["timeout"],
     )
@@ -875,16 +795,12 @@ def _claimed(row: asyncpg.Record) -> ClaimedJob:
         _json.loads(payload),
         attempt,
         most,
-        _loads(checkpoint),
+        _json.loads_optional(checkpoint),
         timeout,
-        _loads(context),
+        _json.loads_optional(context),
         waited,
         suspect,
     )
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else _json.loads(text)
 
 
 def _migration_files() -> list[tuple[int, str, str]]:

@@ -1,0 +1,169 @@
+"""What both backends share, written once: the lifecycle of ``async with`` and the whole of
+``enqueue``/``enqueue_many`` (checked options and dedupe keys, payloads encoded and checked
+before anything is stored, the ``send`` span) on top of a few abstract methods.
+
+In the manner of anyio's ``abc`` classes: :class:`BackendBase` holds the behaviour, each
+backend fills in :meth:`~BackendBase._encode_payloads` and :meth:`~BackendBase._insert` (and
+may refine :meth:`~BackendBase._check_connection` and
+:meth:`~BackendBase._in_transaction`). The :class:`~batchworks.backends.base.Backend`
+protocol stays the type that code written against a backend names.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, ClassVar, Generic, Self, TypeVar
+
+from batchworks import _json
+from batchworks._checks import check_dedupe_key, check_dedupe_keys
+from batchworks.backends.base import EnqueueOptions
+from batchworks.tracing import send_span
+
+__all__ = ["BackendBase", "payload_label"]
+
+#: what a backend's :meth:`BackendBase._encode_payloads` makes of a batch of payloads
+Encoded = TypeVar("Encoded")
+
+
+def payload_label(queue: str, index: int | None) -> str:
+    """How errors name a payload: ``payload for queue 'q'`` or ``payload #3 for queue 'q'``."""
+    if index is None:
+        return f"payload for queue {queue!r}"
+    return f"payload #{index} for queue {queue!r}"
+
+
+class BackendBase(abc.ABC, Generic[Encoded]):
+    """The behaviour both backends share; subclasses set ``_max_bytes`` in ``__init__``."""
+
+    #: the largest encoded payload, result or checkpoint, in bytes (``max_payload_bytes=``)
+    _max_bytes: int
+    #: whether an ``enqueue_many`` of no payloads still opens its (empty) ``send`` span: the
+    #: memory backend always did, the PostgreSQL one returns before it; kept as they were.
+    _SPAN_EMPTY_BATCH: ClassVar[bool] = False
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest encoded payload, result or checkpoint this backend accepts."""
+        return self._max_bytes
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
+
+    # -- enqueue --------------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        queue: str,
+        payload: Any,
+        *,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        dedupe_key: str | None = None,
+        timeout: float | timedelta | None = None,
+        connection: Any = None,
+    ) -> int:
+        """Add one job; see :meth:`Backend.enqueue`."""
+        options = EnqueueOptions.build(
+            queue,
+            delay=delay,
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
+        )
+        self._check_connection(connection)
+        keys = [check_dedupe_key(dedupe_key)]
+        [job_id] = await self._add(options, [payload], keys, connection, numbered=False)
+        return job_id
+
+    async def enqueue_many(
+        self,
+        queue: str,
+        payloads: Sequence[Any],
+        *,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        dedupe_keys: Sequence[str | None] | None = None,
+        timeout: float | timedelta | None = None,
+        connection: Any = None,
+    ) -> list[int]:
+        """Add many jobs at once; every payload is checked before any is stored, and ids come
+        back in payload order."""
+        options = EnqueueOptions.build(
+            queue,
+            delay=delay,
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
+        )
+        self._check_connection(connection)
+        keys = check_dedupe_keys(dedupe_keys, len(payloads))
+        return await self._add(options, payloads, keys, connection, numbered=True)
+
+    async def _add(
+        self,
+        options: EnqueueOptions,
+        payloads: Sequence[Any],
+        keys: list[str | None],
+        connection: Any,
+        *,
+        numbered: bool,
+    ) -> list[int]:
+        """Encode every payload (all are checked before any is stored), then store them
+        inside a ``send`` span."""
+        if not payloads and not self._SPAN_EMPTY_BATCH:
+            return []
+        encoded = self._encode_payloads(options.queue, payloads, numbered=numbered)
+        in_transaction = self._in_transaction(connection)
+        with send_span(options.queue, len(payloads), in_transaction=in_transaction) as span:
+            ids = await self._insert(options, encoded, keys, connection, span.carrier)
+            span.sent(ids)
+            return ids
+
+    def _encode(self, value: Any, what: str) -> str:
+        """``value`` as JSON text, or :class:`PayloadError` naming it as ``what``."""
+        return _json.dumps(value, what=what, limit=self._max_bytes)
+
+    def _check_connection(self, connection: Any) -> None:
+        """Refuse a ``connection=`` this backend cannot use (before any other work)."""
+
+    def _in_transaction(self, connection: Any) -> bool:
+        """Whether the enqueue runs in a transaction of the caller's (the span says so)."""
+        return False
+
+    @abc.abstractmethod
+    def _encode_payloads(self, queue: str, payloads: Sequence[Any], *, numbered: bool) -> Encoded:
+        """The payloads encoded for :meth:`_insert`; raises :class:`PayloadError` naming the
+        first bad one (``payload #3 for queue 'q'`` when ``numbered``)."""
+
+    @abc.abstractmethod
+    async def _insert(
+        self,
+        options: EnqueueOptions,
+        payloads: Encoded,
+        dedupe_keys: list[str | None],
+        connection: Any,
+        trace_context: dict[str, str] | None,
+    ) -> list[int]:
+        """Store the encoded payloads with ``options``, one dedupe key (or None) each, and
+        the enqueue's W3C trace context; return their ids in payload order (for a key held
+        by a live job, that job's id)."""
