@@ -398,7 +398,7 @@ class TestClaimPlan:
                 "finished_at = now() WHERE id % 4 <> 0"
             )
             await conn.execute(f'ANALYZE "{pg_backend.schema}".jobs')
-            queries = Queries(pg_backend.schema)
+            queries = Queries.fill(pg_backend.schema)
             for claim, queues in ((queries.claim_one, "q"), (queries.claim, ["q", "other"])):
                 rows = await conn.fetch(f"EXPLAIN {claim}", uuid.uuid4(), queues, 100, 30.0, 5)
                 plan = "\n".join(row[0] for row in rows)
@@ -419,7 +419,7 @@ class TestClaimPlan:
         for priority in (0, 5):
             await pg_backend.enqueue_many("q", list(range(backlog // 2)), priority=priority)
         await pg_backend.enqueue_many("q", list(range(100)), delay=3600, priority=-1)
-        queries = Queries(pg_backend.schema)
+        queries = Queries.fill(pg_backend.schema)
         conn = await asyncpg.connect(pg_dsn)
         try:
             analyzed = await conn.fetchval(

@@ -17,9 +17,10 @@ import socket
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from importlib import resources
-from typing import Any, LiteralString, Self, cast
+from typing import Any, Self, cast
 
 import asyncpg
 import tenacity
@@ -81,34 +82,86 @@ _NOT_MIGRATED = (
 _PREPARED = (asyncpg.InvalidSQLStatementNameError, asyncpg.DuplicatePreparedStatementError)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Queries:
-    """The statements of :mod:`.queries` with the schema and channel filled in."""
+    """The statements of :mod:`.queries` with the schema and channels filled in, one field a
+    statement: the field ``claim_one`` holds ``queries.CLAIM_ONE``. A statement added to
+    :mod:`.queries` needs its line here (tests/postgres/test_queries.py fails until it has one,
+    and mypy rejects ``self._q.<name>`` for a name that has none)."""
 
-    def __init__(self, schema: str, *, waited: bool = True) -> None:
-        """:param waited: False for a schema before migration 5: statements that end a job
-        then notify no wait_job() waiter (there is no ``waited`` column to say whom)."""
+    channel: str
+    finished_channel: str
+    waited: bool
+    names: Mapping[str, str]  # statement text -> its field name, for _before_migration_5
+
+    migrations_table: str
+    applied_migrations: str
+    record_migration: str
+    enqueue_plain: str
+    enqueue: str
+    live_dedupe: str
+    get_job: str
+    overview: str
+    workers: str
+    list_jobs: str
+    purge_workers: str
+    stats: str
+    retry_failed: str
+    cancel: str
+    mark_waited: str
+    purge: str
+    purgeable: str
+    policy_max_attempts: str
+    register_worker: str
+    register_worker_v3: str
+    unregister_worker: str
+    claim_one: str
+    claim: str
+    settle_succeeded: str
+    settle: str
+    heartbeat: str
+    recover: str
+    save_checkpoint: str
+    next_due: str
+
+    @classmethod
+    def fill(cls, schema: str, *, waited: bool = True) -> Queries:
+        """The statements for ``schema``, a name :func:`_check_schema` accepted.
+
+        :param waited: False for a schema before migration 5: statements that end a job
+            then notify no wait_job() waiter (there is no ``waited`` column to say whom)."""
         quoted = f'"{schema}"'
-        self.channel = f"batchworks_{schema}"
+        channel = f"batchworks_{schema}"
         # wait_job()'s wake-ups, apart from the runners' so that they wake no idle runner.
         # Short: a channel name is an identifier of at most 63 bytes, and schema has up to 50.
-        self.finished_channel = f"bw_done_{schema}"
-        self.waited = waited
-        notify_done = queries.NOTIFY_DONE_ITEM if waited else "NULL"
-        self.names: dict[str, str] = {}  # statement text -> its name, for the fallback
-        for name in dir(queries):
-            text = getattr(queries, name)
-            if name.isupper() and isinstance(text, str):
-                filled = (
-                    text.replace("__NOTIFY_DONE__", notify_done)
-                    .replace("__SCHEMA__", quoted)
-                    .replace("__CHANNEL__", f"'{self.channel}'")
-                    .replace("__FINISHED__", f"'{self.finished_channel}'")
-                )
-                setattr(self, name.lower(), filled)
-                self.names[filled] = name.lower()
+        finished_channel = f"bw_done_{schema}"
+        texts: dict[str, str] = {}
+        for name in STATEMENTS:
+            text = getattr(queries, name.upper())
+            if not waited:
+                text = _NOTIFY_DONE.sub("NULL", text)
+            texts[name] = (
+                text.replace("__SCHEMA__", quoted)
+                .replace("__CHANNEL__", f"'{channel}'")
+                .replace("__FINISHED__", f"'{finished_channel}'")
+            )
+        return cls(
+            channel=channel,
+            finished_channel=finished_channel,
+            waited=waited,
+            names={text: name for name, text in texts.items()},
+            **texts,
+        )
 
-    def __getattr__(self, name: str) -> LiteralString:  # for the type checker
-        raise AttributeError(name)
+
+#: The names of the statement fields of Queries: all but the first four.
+STATEMENTS = tuple(
+    f.name
+    for f in fields(Queries)
+    if f.name not in {"channel", "finished_channel", "waited", "names"}
+)
+# queries.NOTIFY_DONE_ITEM wherever a statement has it, whatever its indentation there.
+_NOTIFY_DONE = re.compile(r"\s+".join(map(re.escape, queries.NOTIFY_DONE_ITEM.split())))
 
 
 def _check_schema(schema: object) -> str:
@@ -181,7 +234,7 @@ class PostgresBackend(BackendBase[str]):
         self._open_timeout = duration(open_timeout, "open_timeout", zero=True)
         self._dsn = dsn
         self._schema = _check_schema(schema)
-        self._q = Queries(self._schema)
+        self._q = Queries.fill(self._schema)
         self._own_pool = pool is None
         self._pool: asyncpg.Pool | None = pool
         self._min_size, self._max_size = min_size, max_size
@@ -321,7 +374,7 @@ class PostgresBackend(BackendBase[str]):
                 WAIT_RECHECK_UNHEARD,
                 extra={"action": "schema_behind"},
             )
-            self._q = Queries(self._schema, waited=False)
+            self._q = Queries.fill(self._schema, waited=False)
         text: str = getattr(self._q, name)
         return text
 
@@ -360,7 +413,7 @@ class PostgresBackend(BackendBase[str]):
                 )
                 applied.add(version)
         if not self._q.waited and WAIT_JOB_MIGRATION in applied:
-            self._q = Queries(self._schema)  # back from the statements of _before_migration_5
+            self._q = Queries.fill(self._schema)  # back from the statements of _before_migration_5
 
     # -- enqueue (the rest is BackendBase's) -----------------------------------------------------
     # ``connection=`` enqueues in the caller's transaction: the job (and its wake-up) exists

@@ -1,7 +1,9 @@
 """Every SQL statement of the PostgreSQL backend, by name.
 
-``__SCHEMA__`` stands for the schema, which :class:`Queries` fills in once with the validated,
-quoted identifier; every value travels as a bind parameter. Each worker-side operation is one
+``__SCHEMA__`` stands for the schema, which :class:`~.backend.Queries` fills in once with the
+validated, quoted identifier, and ``__CHANNEL__``/``__FINISHED__`` for the NOTIFY channels named
+after it; every value travels as a bind parameter. Each constant is a whole statement: with
+those three filled in, it prepares and EXPLAINs as it stands. Each worker-side operation is one
 statement, so one round trip, for a whole batch: the hot path never goes per job.
 """
 
@@ -9,64 +11,28 @@ from __future__ import annotations
 
 from typing import LiteralString
 
-# Recovering a job whose worker is gone: the attempt its claim used stays used, so a job that
-# kills its worker every time ends failed instead of looping. A job an operator asked to
-# cancel is cancelled rather than run again. Needs the alias j and a text
-# "why" column from the FROM item named lost.
-_LOSE: LiteralString = """
-    state = CASE WHEN j.cancel_requested THEN 'cancelled'
-                 WHEN j.attempts >= coalesce(j.max_attempts, 1) THEN 'failed'
-                 ELSE 'queued' END,
-    finished_at = CASE WHEN j.cancel_requested OR j.attempts >= coalesce(j.max_attempts, 1)
-                       THEN now() END,
-    run_at = now(),
-    errors = j.errors || jsonb_build_array(jsonb_build_object(
-        'attempt', j.attempts,
-        'type', 'WorkerLost',
-        'message', 'worker ' || quote_literal(coalesce(j.worker_name, '?')) || ' ' || lost.why,
-        'traceback', NULL,
-        'at', now())),
-    worker_token = NULL,
-    lease_until = NULL,
-    cancel_requested = false
+# Copies kept in step, in whole statements rather than fragments glued with "+", so that each
+# statement reads, and EXPLAINs, on its own (tests/postgres/test_queries.py checks that the
+# copies agree, word for word):
+#
+# - the recovery of a job whose worker is gone (the CTEs "upd" and "woke" over a CTE "lost" of
+#   (id, why)): REGISTER_WORKER, REGISTER_WORKER_V3, UNREGISTER_WORKER and RECOVER. The attempt
+#   its claim used stays used, so a job that kills its worker every time ends failed instead of
+#   looping; a job an operator asked to cancel is cancelled rather than run again.
+# - the wake-up of idle runners for rows that went back to the queue due now (the CTE "woke"
+#   over "upd"): RETRY_FAILED, SETTLE and the four statements above.
+# - the wake-up of wait_job() waiters (NOTIFY_DONE_ITEM, a RETURNING item, alias j): every
+#   statement that can end a job. A NOTIFY takes PostgreSQL's global notify lock at commit, and
+#   a statement that calls no pg_notify takes none; the CASE calls it for rows a waiter marked
+#   only. The payload is the job id. In RETURNING rather than a CTE over it: a CTE and a UNION
+#   ALL over it cost a plain-success settle about 5% more (measured). On a schema before
+#   migration 5 (no "waited" column) Queries puts NULL in its place.
+# - the claim's UPDATE and RETURNING around the pick of due jobs: CLAIM_ONE and CLAIM.
+
+NOTIFY_DONE_ITEM: LiteralString = """
+CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+     THEN pg_notify(__FINISHED__, j.id::text) END
 """
-
-# Wakes idle runners for the rows of ``upd`` that went back to the queue due now.
-_WOKE: LiteralString = """
-    woke AS (
-        SELECT pg_notify(__CHANNEL__, q.queue)
-        FROM (SELECT DISTINCT queue FROM upd WHERE state = 'queued' AND run_at <= now()) AS q
-    )
-"""
-
-# A RETURNING item of every statement that can end a job (alias j): wakes the wait_job()
-# waiters of a row that ended, only where a waiter marked the job. A NOTIFY takes PostgreSQL's
-# global notify lock at commit, and a statement that calls no pg_notify takes none; the CASE
-# calls it for marked rows only. The payload is the job id. In RETURNING rather than a CTE
-# over it: a CTE and a UNION ALL over it cost a plain-success settle about 5% more (measured).
-# A placeholder that Queries fills in: with NULL on a schema before migration 5 (no waited).
-_NOTIFY_DONE: LiteralString = """
-    __NOTIFY_DONE__"""
-NOTIFY_DONE_ITEM: LiteralString = """CASE
-        WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
-        THEN pg_notify(__FINISHED__, j.id::text) END"""
-
-# The tail of every statement that recovers jobs: applies _LOSE to the rows of a CTE named
-# lost (id, why), wakes idle runners for those that went back to the queue (woke) and the
-# wait_job() waiters of those that ended.
-_RECOVER_LOST: LiteralString = (
-    """
-), upd AS (
-    UPDATE __SCHEMA__.jobs AS j SET"""
-    + _LOSE
-    + """
-    FROM lost WHERE j.id = lost.id
-    RETURNING j.id, j.queue, j.state, j.run_at,"""
-    + _NOTIFY_DONE
-    + """
-),"""
-    + _WOKE
-)
 
 MIGRATIONS_TABLE: LiteralString = """
 CREATE TABLE IF NOT EXISTS __SCHEMA__.migrations (
@@ -171,8 +137,8 @@ STATS: LiteralString = """
 SELECT queue, state, count(*) AS n FROM __SCHEMA__.jobs GROUP BY queue, state
 """
 
-RETRY_FAILED: LiteralString = (
-    """
+# Back to the queue with a fresh count of attempts; wakes idle runners (woke, see the top).
+RETRY_FAILED: LiteralString = """
 WITH upd AS (
     UPDATE __SCHEMA__.jobs
     SET state = 'queued', attempts = 0, run_at = now(), finished_at = NULL
@@ -180,23 +146,25 @@ WITH upd AS (
       AND ($1::text IS NULL OR queue = $1)
       AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
     RETURNING id, queue, state, run_at
-),"""
-    + _WOKE
-    + """
+), woke AS (
+    SELECT pg_notify(__CHANNEL__, q.queue)
+    FROM (SELECT DISTINCT queue FROM upd WHERE state = 'queued' AND run_at <= now()) AS q
+)
 SELECT (SELECT count(*) FROM upd) AS n, (SELECT count(*) FROM woke) AS woke
 """
-)
 
-CANCEL: LiteralString = (
-    """
+# A queued job ends cancelled here and now; a running one is only marked, and its runner
+# cancels the handler on its next heartbeat (HEARTBEAT returns the mark).
+CANCEL: LiteralString = """
 UPDATE __SCHEMA__.jobs AS j
 SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
     finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
     cancel_requested = (state = 'running')
 WHERE id = $1 AND state IN ('queued', 'running')
-RETURNING id,"""
-    + _NOTIFY_DONE
-)
+RETURNING id,
+          CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+               THEN pg_notify(__FINISHED__, j.id::text) END
+"""
 
 # wait_job(): mark a job that has not ended, so that the statement that ends it notifies. Run
 # before reading the job, in a statement of its own: the read then sees either the end (it
@@ -234,47 +202,95 @@ WHERE w.max_attempts IS NOT NULL
 ORDER BY q.name, (w.state = 'active') DESC, w.started_at DESC
 """
 
-_REGISTER_HEAD: LiteralString = """
+# A worker's row, in one statement with the recovery of the jobs a worker of the same name
+# (the process this one restarts) still held: they are lost (see the top), not left running.
+REGISTER_WORKER: LiteralString = """
 WITH old AS (
     UPDATE __SCHEMA__.workers SET state = 'replaced'
     WHERE name = $2 AND state = 'active'
     RETURNING token
-), new AS ("""
-
-_REGISTER_TAIL: LiteralString = (
-    """
+), new AS (
+    INSERT INTO __SCHEMA__.workers (token, name, host, pid, queues, max_attempts)
+    VALUES ($1, $2, $3, $4, $5, $6)
 ), lost AS (
     SELECT j.id, 'was replaced by a restart of the same name'::text AS why
     FROM __SCHEMA__.jobs AS j
     WHERE j.state = 'running' AND j.worker_token IN (SELECT token FROM old)
     FOR UPDATE OF j
-"""
-    + _RECOVER_LOST
-    + """
+), upd AS (
+    UPDATE __SCHEMA__.jobs AS j
+    SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
+                     WHEN j.attempts >= coalesce(j.max_attempts, 1) THEN 'failed'
+                     ELSE 'queued' END,
+        finished_at = CASE WHEN j.cancel_requested OR j.attempts >= coalesce(j.max_attempts, 1)
+                           THEN now() END,
+        run_at = now(),
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempts,
+            'type', 'WorkerLost',
+            'message', 'worker ' || quote_literal(coalesce(j.worker_name, '?')) || ' ' || lost.why,
+            'traceback', NULL,
+            'at', now())),
+        worker_token = NULL,
+        lease_until = NULL,
+        cancel_requested = false
+    FROM lost WHERE j.id = lost.id
+    RETURNING j.id, j.queue, j.state, j.run_at,
+              CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+                   THEN pg_notify(__FINISHED__, j.id::text) END
+), woke AS (
+    SELECT pg_notify(__CHANNEL__, q.queue)
+    FROM (SELECT DISTINCT queue FROM upd WHERE state = 'queued' AND run_at <= now()) AS q
+)
 SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS woke
 """
-)
 
-REGISTER_WORKER: LiteralString = (
-    _REGISTER_HEAD
-    + """
-    INSERT INTO __SCHEMA__.workers (token, name, host, pid, queues, max_attempts)
-    VALUES ($1, $2, $3, $4, $5, $6)"""
-    + _REGISTER_TAIL
-)
-
-# The same on a schema before migration 4, which has no workers.max_attempts: a worker of
+# REGISTER_WORKER on a schema before migration 4, which has no workers.max_attempts: a worker of
 # this version started before the deploy's migrate still runs (see register_worker).
-REGISTER_WORKER_V3: LiteralString = (
-    _REGISTER_HEAD
-    + """
+REGISTER_WORKER_V3: LiteralString = """
+WITH old AS (
+    UPDATE __SCHEMA__.workers SET state = 'replaced'
+    WHERE name = $2 AND state = 'active'
+    RETURNING token
+), new AS (
     INSERT INTO __SCHEMA__.workers (token, name, host, pid, queues)
-    VALUES ($1, $2, $3, $4, $5)"""
-    + _REGISTER_TAIL
+    VALUES ($1, $2, $3, $4, $5)
+), lost AS (
+    SELECT j.id, 'was replaced by a restart of the same name'::text AS why
+    FROM __SCHEMA__.jobs AS j
+    WHERE j.state = 'running' AND j.worker_token IN (SELECT token FROM old)
+    FOR UPDATE OF j
+), upd AS (
+    UPDATE __SCHEMA__.jobs AS j
+    SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
+                     WHEN j.attempts >= coalesce(j.max_attempts, 1) THEN 'failed'
+                     ELSE 'queued' END,
+        finished_at = CASE WHEN j.cancel_requested OR j.attempts >= coalesce(j.max_attempts, 1)
+                           THEN now() END,
+        run_at = now(),
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempts,
+            'type', 'WorkerLost',
+            'message', 'worker ' || quote_literal(coalesce(j.worker_name, '?')) || ' ' || lost.why,
+            'traceback', NULL,
+            'at', now())),
+        worker_token = NULL,
+        lease_until = NULL,
+        cancel_requested = false
+    FROM lost WHERE j.id = lost.id
+    RETURNING j.id, j.queue, j.state, j.run_at,
+              CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+                   THEN pg_notify(__FINISHED__, j.id::text) END
+), woke AS (
+    SELECT pg_notify(__CHANNEL__, q.queue)
+    FROM (SELECT DISTINCT queue FROM upd WHERE state = 'queued' AND run_at <= now()) AS q
 )
+SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS woke
+"""
 
-UNREGISTER_WORKER: LiteralString = (
-    """
+# A clean stop: the jobs the worker still holds are lost (see the top) at once, rather than
+# when their leases expire.
+UNREGISTER_WORKER: LiteralString = """
 WITH w AS (
     UPDATE __SCHEMA__.workers SET state = 'stopped'
     WHERE token = $1 AND state = 'active'
@@ -284,20 +300,44 @@ WITH w AS (
     FROM __SCHEMA__.jobs AS j
     WHERE j.state = 'running' AND j.worker_token = $1
     FOR UPDATE OF j
-"""
-    + _RECOVER_LOST
-    + """
+), upd AS (
+    UPDATE __SCHEMA__.jobs AS j
+    SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
+                     WHEN j.attempts >= coalesce(j.max_attempts, 1) THEN 'failed'
+                     ELSE 'queued' END,
+        finished_at = CASE WHEN j.cancel_requested OR j.attempts >= coalesce(j.max_attempts, 1)
+                           THEN now() END,
+        run_at = now(),
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempts,
+            'type', 'WorkerLost',
+            'message', 'worker ' || quote_literal(coalesce(j.worker_name, '?')) || ' ' || lost.why,
+            'traceback', NULL,
+            'at', now())),
+        worker_token = NULL,
+        lease_until = NULL,
+        cancel_requested = false
+    FROM lost WHERE j.id = lost.id
+    RETURNING j.id, j.queue, j.state, j.run_at,
+              CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+                   THEN pg_notify(__FINISHED__, j.id::text) END
+), woke AS (
+    SELECT pg_notify(__CHANNEL__, q.queue)
+    FROM (SELECT DISTINCT queue FROM upd WHERE state = 'queued' AND run_at <= now()) AS q
+)
 SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS woke
 """
-)
 
-# A claim: mark up to $3 due jobs running for worker $1 and return them in claim order.
+# A claim: mark up to $3 due jobs running for worker $1 and return them in claim order. CLAIM_ONE
+# and CLAIM differ only in the pick of due jobs inside ARRAY(...) (see the top).
 # ANY(ARRAY(subquery)) keeps the plan on the primary key; "id IN (SELECT ...)" turned into a
 # sequential scan from about 100 rows a batch (measured on PostgreSQL 15). UPDATE ...
 # RETURNING has no order: the outer SELECT puts the batch in claim order. A job is a suspect
 # when two earlier attempts lost their worker; the CASE skips the look into the error history
 # of every job with fewer than two errors.
-_CLAIM_HEAD: LiteralString = """
+#
+# CLAIM_ONE, for one queue ($2): one index-ordered scan of jobs_claim that stops at $3 rows.
+CLAIM_ONE: LiteralString = """
 WITH claimed AS (
     UPDATE __SCHEMA__.jobs AS j
     SET state = 'running',
@@ -309,9 +349,12 @@ WITH claimed AS (
         lease_until = now() + make_interval(secs => $4)
     FROM __SCHEMA__.workers AS w
     WHERE w.token = $1 AND w.state = 'active'
-      AND j.id = ANY(ARRAY("""
-
-_CLAIM_TAIL: LiteralString = """))
+      AND j.id = ANY(ARRAY(
+          SELECT id FROM __SCHEMA__.jobs
+          WHERE state = 'queued' AND queue = $2 AND run_at <= now()
+          ORDER BY priority DESC, run_at, id
+          LIMIT $3
+          FOR UPDATE SKIP LOCKED))
     RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
               j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
               CASE WHEN jsonb_array_length(j.errors) < 2 THEN false
@@ -324,25 +367,23 @@ SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_co
 FROM claimed ORDER BY priority DESC, run_at, id
 """
 
-# One queue ($2): one index-ordered scan of jobs_claim that stops at $3 rows.
-CLAIM_ONE: LiteralString = (
-    _CLAIM_HEAD
-    + """
-          SELECT id FROM __SCHEMA__.jobs
-          WHERE state = 'queued' AND queue = $2 AND run_at <= now()
-          ORDER BY priority DESC, run_at, id
-          LIMIT $3
-          FOR UPDATE SKIP LOCKED"""
-    + _CLAIM_TAIL
-)
-
 # Several queues ($2[]): one index-ordered scan per queue (the LATERAL), merged. A plain
 # "queue = ANY($2)" made the planner sort every queued row of the queues on every claim (31 ms
 # against 0.2 ms with a backlog of 50,000). The merge costs about 4 us a job of PostgreSQL's
 # time over CLAIM_ONE, which is why one queue gets a statement of its own.
-CLAIM: LiteralString = (
-    _CLAIM_HEAD
-    + """
+CLAIM: LiteralString = """
+WITH claimed AS (
+    UPDATE __SCHEMA__.jobs AS j
+    SET state = 'running',
+        attempts = j.attempts + 1,
+        max_attempts = coalesce(j.max_attempts, $5),
+        worker_token = $1,
+        worker_name = w.name,
+        started_at = now(),
+        lease_until = now() + make_interval(secs => $4)
+    FROM __SCHEMA__.workers AS w
+    WHERE w.token = $1 AND w.state = 'active'
+      AND j.id = ANY(ARRAY(
           SELECT c.id
           FROM unnest($2::text[]) AS q(name)
           CROSS JOIN LATERAL (
@@ -353,27 +394,38 @@ CLAIM: LiteralString = (
               FOR UPDATE SKIP LOCKED
           ) AS c
           ORDER BY c.priority DESC, c.run_at, c.id
-          LIMIT $3"""
-    + _CLAIM_TAIL
+          LIMIT $3))
+    RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
+              j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
+              CASE WHEN jsonb_array_length(j.errors) < 2 THEN false
+                   ELSE (SELECT count(*) >= 2 FROM jsonb_array_elements(j.errors) AS e
+                         WHERE e ->> 'type' = 'WorkerLost') END AS suspect,
+              j.priority, j.run_at
 )
+SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
+       suspect
+FROM claimed ORDER BY priority DESC, run_at, id
+"""
 
 # A flush in which every job succeeded with nothing to keep (the common case of a busy queue):
 # ids only, no unnest join, nothing goes back to the queue. About 2 us a job less of
 # PostgreSQL's time than SETTLE, and four arrays fewer to build and encode. A success whose
 # result could not be kept carries an error entry for the history, so its flush takes SETTLE
 # (the errors column), like one with a result: plain successes pay nothing for that case.
-SETTLE_SUCCEEDED: LiteralString = (
-    """
+SETTLE_SUCCEEDED: LiteralString = """
 UPDATE __SCHEMA__.jobs AS j
 SET state = 'succeeded', finished_at = now(), result = NULL,
     worker_token = NULL, lease_until = NULL, cancel_requested = false
 WHERE id = ANY($2::bigint[]) AND state = 'running' AND worker_token = $1
-RETURNING id,"""
-    + _NOTIFY_DONE
-)
+RETURNING id,
+          CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+               THEN pg_notify(__FINISHED__, j.id::text) END
+"""
 
-SETTLE: LiteralString = (
-    """
+# Any mix of outcomes, one row of the arrays $2-$6 a job, fenced by the worker's token ($1):
+# a job recovered meanwhile is not this worker's to settle. Wakes idle runners for the jobs
+# that went back to the queue due now (woke, see the top).
+SETTLE: LiteralString = """
 WITH o AS (
     SELECT * FROM unnest($2::bigint[], $3::text[], $4::float8[], $5::jsonb[], $6::jsonb[])
         AS o(id, kind, delay, result, error)
@@ -395,17 +447,17 @@ WITH o AS (
         cancel_requested = false
     FROM o
     WHERE j.id = o.id AND j.state = 'running' AND j.worker_token = $1
-    RETURNING j.id, j.queue, j.state, j.run_at,"""
-    + _NOTIFY_DONE
-    + """
-),"""
-    + _WOKE
-    + """
+    RETURNING j.id, j.queue, j.state, j.run_at,
+              CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+                   THEN pg_notify(__FINISHED__, j.id::text) END
+), woke AS (
+    SELECT pg_notify(__CHANNEL__, q.queue)
+    FROM (SELECT DISTINCT queue FROM upd WHERE state = 'queued' AND run_at <= now()) AS q
+)
 SELECT id FROM upd
 UNION ALL
 SELECT NULL FROM woke
 """
-)
 
 # clock_timestamp(), not now(): now() is when the statement arrived, and a heartbeat that
 # waited behind a lock (an operator's LOCK TABLE, a stalled server) would record that moment,
@@ -431,8 +483,7 @@ SELECT EXISTS (SELECT 1 FROM w) AS alive,
 
 # One pruner at a time: the statement runs only where it gets the advisory lock ($2), which
 # it holds until it ends. Workers are judged by the database's clock, never a worker's.
-RECOVER: LiteralString = (
-    """
+RECOVER: LiteralString = """
 WITH lock AS (
     SELECT pg_try_advisory_xact_lock($2) AS got
 ), pruned AS (
@@ -452,13 +503,34 @@ WITH lock AS (
     WHERE j.state = 'running' AND (SELECT got FROM lock)
       AND (j.lease_until < now() OR j.worker_token IN (SELECT token FROM gone))
     FOR UPDATE OF j SKIP LOCKED
-"""
-    + _RECOVER_LOST
-    + """
+), upd AS (
+    UPDATE __SCHEMA__.jobs AS j
+    SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
+                     WHEN j.attempts >= coalesce(j.max_attempts, 1) THEN 'failed'
+                     ELSE 'queued' END,
+        finished_at = CASE WHEN j.cancel_requested OR j.attempts >= coalesce(j.max_attempts, 1)
+                           THEN now() END,
+        run_at = now(),
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempts,
+            'type', 'WorkerLost',
+            'message', 'worker ' || quote_literal(coalesce(j.worker_name, '?')) || ' ' || lost.why,
+            'traceback', NULL,
+            'at', now())),
+        worker_token = NULL,
+        lease_until = NULL,
+        cancel_requested = false
+    FROM lost WHERE j.id = lost.id
+    RETURNING j.id, j.queue, j.state, j.run_at,
+              CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+                   THEN pg_notify(__FINISHED__, j.id::text) END
+), woke AS (
+    SELECT pg_notify(__CHANNEL__, q.queue)
+    FROM (SELECT DISTINCT queue FROM upd WHERE state = 'queued' AND run_at <= now()) AS q
+)
 SELECT (SELECT count(*) FROM pruned) AS pruned, (SELECT count(*) FROM upd) AS recovered,
        (SELECT count(*) FROM woke) AS woke
 """
-)
 
 SAVE_CHECKPOINT: LiteralString = """
 UPDATE __SCHEMA__.jobs

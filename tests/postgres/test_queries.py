@@ -1,0 +1,134 @@
+"""The statements of queries.py: each a whole statement that prepares on its own, each used by
+the backend, and the copies of one rule that queries.py keeps in several statements the same."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import asyncpg
+import pytest
+
+from batchworks.backends.postgres import backend as backend_module
+from batchworks.backends.postgres import queries
+from batchworks.backends.postgres.backend import STATEMENTS, PostgresBackend, Queries
+
+# The constants of queries.py that are a part of statements, not a statement.
+PARTS = {"NOTIFY_DONE_ITEM"}
+
+# The copies queries.py's header comment lists, by statement.
+RECOVERING = ("REGISTER_WORKER", "REGISTER_WORKER_V3", "UNREGISTER_WORKER", "RECOVER")
+WAKING = ("RETRY_FAILED", "SETTLE", *RECOVERING)
+CLAIMING = ("CLAIM_ONE", "CLAIM")
+
+
+def _words(text: str) -> list[str]:
+    """The text without its layout: copies may be indented differently."""
+    return text.split()
+
+
+def _constants() -> set[str]:
+    return {
+        name
+        for name, value in vars(queries).items()
+        if name.isupper() and isinstance(value, str) and not name.startswith("_")
+    }
+
+
+def _between(text: str, start: str, end: str) -> str:
+    """From ``start`` to the first ``end`` after it, both included."""
+    begin = text.index(start)
+    return text[begin : text.index(end, begin) + len(end)]
+
+
+def test_every_statement_of_queries_py_has_its_field_and_no_field_lacks_one() -> None:
+    statements = _constants() - PARTS
+    assert {name.upper() for name in STATEMENTS} == statements, (
+        "queries.py and the fields of Queries (backend.py) differ: give each statement of "
+        "queries.py a field of its lower-case name"
+    )
+    assert not [name for name in vars(queries) if name.startswith("_") and name.isupper()], (
+        "queries.py has a private fragment: write whole statements (see its header comment)"
+    )
+
+
+def test_the_backend_uses_every_statement_and_only_statements_it_has() -> None:
+    source = inspect.getsource(backend_module.PostgresBackend)
+    used = set(re.findall(r"self\._q\.(\w+)", source))
+    fields = set(STATEMENTS) | {"channel", "finished_channel", "waited", "names"}
+    assert used <= fields, f"self._q has no {sorted(used - fields)}"
+    assert set(STATEMENTS) <= used, f"the backend never runs {sorted(set(STATEMENTS) - used)}"
+
+
+def test_the_recovery_of_a_lost_job_is_the_same_in_every_statement_that_recovers() -> None:
+    # From the UPDATE of the lost rows to the final SELECT: the "upd" and "woke" CTEs.
+    tails = {}
+    for name in RECOVERING:
+        text = getattr(queries, name)
+        tails[name] = _words(text[text.index("upd AS (") : text.rindex("\nSELECT")])
+    first = tails[RECOVERING[0]]
+    assert "'WorkerLost'," in first  # the cut found the recovery
+    assert all(tail == first for tail in tails.values()), (
+        "the recovery of a lost job differs between "
+        f"{[name for name, tail in tails.items() if tail != first]} and {RECOVERING[0]}: "
+        "change every copy (queries.py's header comment lists them)"
+    )
+
+
+def test_idle_runners_are_woken_the_same_way_by_every_statement_that_requeues() -> None:
+    woke = {name: _words(_between(getattr(queries, name), "woke AS (", "\n)")) for name in WAKING}
+    first = woke[WAKING[0]]
+    assert "pg_notify(__CHANNEL__," in first
+    assert all(copy == first for copy in woke.values()), woke
+
+
+def test_every_statement_that_ends_a_job_notifies_waiters_with_the_same_item() -> None:
+    item = _words(queries.NOTIFY_DONE_ITEM)
+    ending = [name for name in _constants() - PARTS if "__FINISHED__" in getattr(queries, name)]
+    assert set(ending) >= {"CANCEL", "SETTLE", "SETTLE_SUCCEEDED", *RECOVERING}
+    for name in ending:
+        words = _words(getattr(queries, name))
+        starts = [i for i in range(len(words)) if words[i : i + len(item)] == item]
+        assert len(starts) == words.count("pg_notify(__FINISHED__,") == 1, (
+            f"{name} notifies wait_job() waiters other than by NOTIFY_DONE_ITEM"
+        )
+    # Before migration 5 the item gives way to NULL everywhere: no statement names the channel.
+    before_5 = Queries.fill("s", waited=False)
+    assert not [name for name in STATEMENTS if "bw_done_" in getattr(before_5, name)]
+
+
+def test_the_two_claims_differ_only_in_how_they_pick_due_jobs() -> None:
+    one, several = queries.CLAIM_ONE, queries.CLAIM
+    pick = "ANY(ARRAY("
+    after = "))\n    RETURNING"
+    assert one[: one.index(pick)] == several[: several.index(pick)]
+    assert one[one.index(after) :] == several[several.index(after) :]
+
+
+async def _prepare(conn: asyncpg.Connection, name: str, text: str) -> None:
+    try:
+        await conn.prepare(text)
+    except asyncpg.PostgresError as exc:
+        pytest.fail(f"statement {name} does not prepare: {exc!r}\n{text}")
+
+
+@pytest.mark.postgres
+async def test_every_statement_prepares_on_a_migrated_schema(
+    pg_backend: PostgresBackend, pg_dsn: str
+) -> None:
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        filled = Queries.fill(pg_backend.schema)
+        for name in STATEMENTS:
+            await _prepare(conn, name, getattr(filled, name))
+        # And those a worker runs on a schema before migration 5 (no jobs.waited), but the
+        # one that sets it, which the backend then never runs.
+        await conn.execute(f'ALTER TABLE "{pg_backend.schema}".jobs DROP COLUMN waited')
+        before_5 = Queries.fill(pg_backend.schema, waited=False)
+        for name in STATEMENTS:
+            if name != "mark_waited":
+                await _prepare(conn, f"{name} (before migration 5)", getattr(before_5, name))
+        with pytest.raises(asyncpg.UndefinedColumnError):
+            await conn.prepare(before_5.mark_waited)  # the drop took: the others were tested
+    finally:
+        await conn.close()
