@@ -27,6 +27,7 @@ from batchworks.job import Job, JobRecord, JobState
 from batchworks.report import RunReport
 from batchworks.retry import RetryPolicy
 from batchworks.runner import Handler, Runner
+from batchworks.schedule import Schedule
 
 __version__ = "0.1.0.dev0"
 
@@ -49,6 +50,7 @@ __all__ = [
     "Retryable",
     "RunReport",
     "Runner",
+    "Schedule",
     "SchemaNotMigrated",
     "Snooze",
     "Terminal",

@@ -33,6 +33,7 @@ import anyio
 from batchworks._attempt import Attempts, Held
 from batchworks._checks import check_handlers, check_queues, duration, positive_int
 from batchworks._json import MAX_PAYLOAD_BYTES
+from batchworks._scheduler import Scheduler, check_schedules
 from batchworks._settle import SettleBuffer
 from batchworks.backends.base import Backend, ClaimedJob, WorkerToken
 from batchworks.errors import ConfigurationError, LifecycleError
@@ -40,6 +41,7 @@ from batchworks.job import Job
 from batchworks.outcome import Outcome, OutcomeKind
 from batchworks.report import RunReport
 from batchworks.retry import RetryPolicy
+from batchworks.schedule import Schedule
 from batchworks.tracing import Telemetry
 
 __all__ = ["Handler", "Runner"]
@@ -96,6 +98,8 @@ class Runner:
     :param queues: the queues to take jobs from (default: every queue in ``handlers``).
     :param sync_in_thread: allow plain (non-async) handlers, run in worker threads.
     :param flush_interval: seconds a finished job's outcome may wait to be written.
+    :param schedules: :class:`Schedule` objects this runner stores at start and enqueues the
+        ticks of, together with every other runner that carries schedules (each tick once).
     """
 
     def __init__(
@@ -115,6 +119,7 @@ class Runner:
         queues: Iterable[str] | None = None,
         sync_in_thread: bool = False,
         flush_interval: float = FLUSH_INTERVAL,
+        schedules: Iterable[Schedule] | None = None,
     ) -> None:
         if not isinstance(backend, Backend):
             raise ConfigurationError(
@@ -149,6 +154,8 @@ class Runner:
         self._telemetry = Telemetry(self._worker_name)
         self._attempts = Attempts(self._handlers, self._policy, self._telemetry)
         self._attempts.result_limit = getattr(backend, "max_payload_bytes", MAX_PAYLOAD_BYTES)
+        carried = check_schedules(schedules, self._handlers)
+        self._scheduler = Scheduler(backend, carried, self._telemetry) if carried else None
 
         self._state = "created"  # created, running, stopping, stopped
         self._token: WorkerToken | None = None
@@ -315,6 +322,10 @@ class Runner:
         self._registered.set()
         settler = asyncio.create_task(self._settle.run(), name="batchworks:settle")
         heart = asyncio.create_task(self._heartbeat_loop(), name="batchworks:heartbeat")
+        side = [heart]  # the schedules' task too: it ends with the heartbeats
+        if self._scheduler is not None:
+            ticker = self._scheduler.run(self._stop_event)
+            side.append(asyncio.create_task(ticker, name="batchworks:scheduler"))
         try:
             if not self._stop_requested:
                 await self._fetch_loop(drain=drain, max_delay=max_delay)
@@ -323,12 +334,13 @@ class Runner:
             try:
                 await self._shutdown()
             finally:
-                heart.cancel()
+                for task in side:
+                    task.cancel()
                 self._settle.stop()
                 _, pending = await asyncio.wait({settler}, timeout=CANCEL_GRACE)
                 for task in pending:  # stuck retrying a write: the final flush takes over
                     task.cancel()
-                await asyncio.gather(heart, settler, return_exceptions=True)
+                await asyncio.gather(*side, settler, return_exceptions=True)
                 await self._close()
 
     async def _fetch_loop(self, *, drain: bool, max_delay: float) -> None:
@@ -463,6 +475,8 @@ class Runner:
             max_attempts=claim.max_attempts,
             checkpoint=claim.checkpoint,
             timeout=claim.timeout if claim.timeout is not None else self._job_timeout,
+            schedule=claim.schedule,
+            scheduled_for=claim.scheduled_for,
             _saver=self._saver(claim.id),
         )
         self._held[job.id] = Held(job, claim)

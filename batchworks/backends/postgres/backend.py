@@ -16,7 +16,7 @@ import re
 import socket
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from importlib import resources
 from types import TracebackType
@@ -30,6 +30,9 @@ from batchworks.backends.base import (
     EnqueueOptions,
     Heartbeat,
     QueueOverview,
+    Schedules,
+    ScheduleState,
+    TickClaim,
     WorkerRecord,
     WorkerToken,
     check_dedupe_key,
@@ -134,6 +137,7 @@ class PostgresBackend:
         self._max_bytes = max_payload_bytes
         self._listener = Listener(self._q.channel, self._listen_connect, self._listen_release)
         self._closed = False
+        self._pre6 = False  # the schema lacks migration 6: claims skip the schedule columns
 
     @property
     def max_payload_bytes(self) -> int:
@@ -519,11 +523,26 @@ class PostgresBackend:
         max_attempts: int,
     ) -> list[ClaimedJob]:
         """Take up to ``limit`` due jobs for ``worker`` in one statement."""
-        statement, names = (
-            (self._q.claim_one, queues[0]) if len(queues) == 1 else (self._q.claim, list(queues))
-        )
-        rows = await self._fetch(statement, worker, names, limit, lease, max_attempts)
-        return [_claimed(row) for row in rows]  # in claim order
+        one = len(queues) == 1
+        names = queues[0] if one else list(queues)
+        args = (worker, names, limit, lease, max_attempts)
+        if not self._pre6:
+            try:
+                rows = await self._fetch(self._q.claim_one if one else self._q.claim, *args)
+                return [_claimed(row) for row in rows]  # in claim order
+            except SchemaNotMigrated as exc:
+                if not isinstance(exc.__cause__, asyncpg.UndefinedColumnError):
+                    raise
+                # A rolling deploy may start workers before its migrate ran: they claim
+                # without the schedule columns until the process restarts.
+                logger.warning(
+                    "schema %r lacks migration 0006_schedules; run 'batchworks migrate'",
+                    self._schema,
+                    extra={"action": "schema_behind"},
+                )
+                self._pre6 = True
+        rows = await self._fetch(self._q.claim_one_pre6 if one else self._q.claim_pre6, *args)
+        return [_claimed(row) for row in rows]
 
     async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:
         """Write outcomes in one statement, fenced; returns the ids no longer held."""
@@ -613,6 +632,66 @@ class PostgresBackend:
             async with asyncio.timeout(max_wait):
                 await wake.wait()
 
+    # -- schedules ------------------------------------------------------------------------------
+
+    async def schedules(self) -> Schedules:
+        """Every stored schedule by name, with the database's clock."""
+        rows = await self._fetch(self._q.schedules)
+        states = tuple(_schedule(row) for row in rows if row["name"] is not None)
+        return Schedules(rows[0]["now"], states)
+
+    async def put_schedule(
+        self, name: str, definition: str, *, next_tick: datetime
+    ) -> tuple[ScheduleState, bool]:
+        """Store a new schedule, or a changed definition (with ``next_tick``), in one
+        statement."""
+        for _ in range(2):
+            rows = await self._fetch(self._q.put_schedule, name, definition, next_tick)
+            if rows:
+                return _schedule(rows[0]), bool(rows[0]["replaced"])
+            # A concurrent first put committed after this statement's snapshot: the row
+            # exists, but the fallback SELECT could not see it. The next statement can.
+        raise BackendError(f"schedule {name!r}: could not store it; try again")
+
+    async def claim_ticks(
+        self,
+        name: str,
+        *,
+        revision: int,
+        due: datetime,
+        next_tick: datetime,
+        ticks: Sequence[datetime],
+        skipped: int,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> TickClaim:
+        """Advance the schedule and enqueue its ticks' jobs in one statement (see
+        :data:`.queries.CLAIM_TICKS`)."""
+        row = await self._fetchrow(
+            self._q.claim_ticks,
+            name,
+            revision,
+            due,
+            next_tick,
+            list(ticks),
+            skipped,
+            None if trace_context is None else json.dumps(dict(trace_context)),
+        )
+        current = None if row["name"] is None else _schedule(row)
+        return TickClaim(bool(row["won"]), tuple(row["ids"]), current, row["now"])
+
+    async def pause_schedule(self, name: str, paused: bool, *, next_tick: datetime) -> bool:
+        """Pause or resume a schedule; a resume continues from ``next_tick``."""
+        return bool(await self._fetch(self._q.pause_schedule, name, paused, next_tick))
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Delete a schedule; its jobs stay."""
+        return bool(await self._fetch(self._q.remove_schedule, name))
+
+    async def run_schedule(self, name: str) -> int | None:
+        """Enqueue one job of the schedule now, outside its ticks."""
+        rows = await self._fetch(self._q.run_schedule, name)
+        return int(rows[0]["id"]) if rows else None
+
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """The pool's reset: nothing to do. batchworks leaves no session state on its own pool's
@@ -640,11 +719,29 @@ def _record(row: asyncpg.Record) -> JobRecord:
         checkpoint=_loads(row["checkpoint"]),
         worker=row["worker_name"],
         timeout=row["timeout"],
+        schedule=row["schedule"],
+        scheduled_for=row["scheduled_for"],
+    )
+
+
+def _schedule(row: asyncpg.Record) -> ScheduleState:
+    return ScheduleState(
+        name=row["name"],
+        definition=row["definition"],
+        revision=row["revision"],
+        next_tick=row["next_tick"],
+        last_tick=row["last_tick"],
+        skipped=row["skipped"],
+        paused=row["paused"],
     )
 
 
 def _claimed(row: asyncpg.Record) -> ClaimedJob:
-    job_id, queue, payload, attempt, most, checkpoint, timeout, context, waited, suspect = row
+    values = tuple(row)
+    job_id, queue, payload, attempt, most, checkpoint, timeout, context, waited, suspect = values[
+        :10
+    ]
+    schedule, scheduled_for = values[10:] or (None, None)  # none before migration 6
     return ClaimedJob(
         job_id,
         queue,
@@ -656,6 +753,8 @@ def _claimed(row: asyncpg.Record) -> ClaimedJob:
         _loads(context),
         waited,
         suspect,
+        schedule,
+        scheduled_for,
     )
 
 
