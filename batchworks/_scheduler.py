@@ -93,7 +93,7 @@ class Scheduler:
         self._states: dict[str, ScheduleState] = {}
         self._parsed: dict[tuple[str, int], Schedule | None] = {}
         self._seen: tuple[datetime, float] | None = None  # (backend clock, monotonic) of a read
-        self._read_at = -float("inf")  # monotonic time of the last read of every state
+        self._read_at = -float("inf")  # _elapsed() at the last read of every state
         #: backend calls made, for the measurements of the idle cost
         self.calls = 0
 
@@ -113,6 +113,10 @@ class Scheduler:
 
     def _saw(self, backend_now: datetime) -> None:
         self._seen = (backend_now, time.monotonic())
+
+    def _elapsed(self) -> float:
+        """Seconds on a clock that only moves forward: the monotonic one, or the injected."""
+        return time.monotonic() if self._clock is None else self._clock().timestamp()
 
     async def start(self) -> None:
         """Store this runner's schedules (new ones, and changed definitions: the last writer
@@ -152,18 +156,18 @@ class Scheduler:
         listing = await self._backend.schedules()
         self._saw(listing.now)
         self._states = {state.name: state for state in listing.schedules}
-        self._read_at = time.monotonic()
+        self._read_at = self._elapsed()
 
     async def step(self) -> float:
         """Claim every due tick; return the seconds until one is due again (at most the time
         until the next read of every state)."""
-        if time.monotonic() - self._read_at >= self._refresh:
+        if self._elapsed() - self._read_at >= self._refresh:
             await self.refresh()
         now = self.now()
         for state in list(self._states.values()):
             if state.next_tick <= now:
                 await self._claim(state, now)
-        until_read = self._refresh - (time.monotonic() - self._read_at)
+        until_read = self._refresh - (self._elapsed() - self._read_at)
         earliest = min((state.next_tick for state in self._states.values()), default=None)
         if earliest is None:
             return max(0.0, until_read)

@@ -254,6 +254,7 @@ class PostgresBackend:
                     self._schema,
                     extra={"action": "migrated", "version": version},
                 )
+        self._pre6 = False  # claims read the schedule columns again
 
     # -- enqueue --------------------------------------------------------------------------------
 

@@ -1,0 +1,63 @@
+"""Periodic jobs on PostgreSQL: claimers racing from separate connections (#15)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from batchworks import PostgresBackend, Schedule
+from batchworks.backends.base import TickClaim
+
+pytestmark = pytest.mark.postgres
+
+CLAIMERS = 12
+T0 = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
+
+
+async def test_of_many_claimers_on_separate_connections_exactly_one_wins_each_tick(
+    pg_backend: PostgresBackend, pg_dsn: str
+) -> None:
+    schedule = Schedule("race", "0 * * * *", "q", missed="all")
+    await pg_backend.put_schedule("race", schedule.definition(), next_tick=T0)
+    async with contextlib.AsyncExitStack() as stack:
+        claimers = [
+            await stack.enter_async_context(
+                PostgresBackend(pg_dsn, schema=pg_backend.schema, min_size=1, max_size=1)
+            )
+            for _ in range(CLAIMERS)
+        ]
+        for claimer in claimers:  # each opens its connection before the race starts
+            await claimer.schedules()
+        for round_ in range(3):  # three ticks, each raced for by all of them
+            due = T0 + timedelta(hours=round_)
+            go = asyncio.Event()
+
+            async def claim(claimer: PostgresBackend, due: datetime = due) -> TickClaim:
+                await go.wait()
+                return await claimer.claim_ticks(
+                    "race",
+                    revision=1,
+                    due=due,
+                    next_tick=due + timedelta(hours=1),
+                    ticks=[due],
+                    skipped=0,
+                )
+
+            tasks = [asyncio.create_task(claim(claimer)) for claimer in claimers]
+            await asyncio.sleep(0)
+            go.set()
+            claims = await asyncio.gather(*tasks)
+            winners = [claim for claim in claims if claim.won]
+            assert len(winners) == 1, f"tick {due}: {len(winners)} claimers won"
+            assert len(winners[0].job_ids) == 1
+            # Every loser got the winner's state back from the same call: no second read.
+            assert {claim.state for claim in claims} == {winners[0].state}
+    records = [r for r in await pg_backend.list_jobs(limit=100) if r.schedule == "race"]
+    assert sorted(r.scheduled_for for r in records if r.scheduled_for) == [
+        T0,
+        T0 + timedelta(hours=1),
+        T0 + timedelta(hours=2),
+    ]
