@@ -35,7 +35,9 @@ async def test_of_many_claimers_on_separate_connections_exactly_one_wins_each_ti
             due = T0 + timedelta(hours=round_)
             go = asyncio.Event()
 
-            async def claim(claimer: PostgresBackend, due: datetime = due) -> TickClaim:
+            async def claim(
+                claimer: PostgresBackend, due: datetime = due, go: asyncio.Event = go
+            ) -> TickClaim:
                 await go.wait()
                 return await claimer.claim_ticks(
                     "race",

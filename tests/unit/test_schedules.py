@@ -4,6 +4,7 @@ with an injected clock, the backend contract on both backends, and the scheduler
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -91,7 +92,7 @@ class TestSchedule:
     ) -> None:
         async def handler(job: Job) -> None: ...
 
-        with pytest.raises(ConfigurationError, match="no handler for .*handlers: emails"):
+        with pytest.raises(ConfigurationError, match=r"no handler for .*handlers: emails"):
             Runner(memory_backend, {"emails": handler}, schedules=[Schedule("s", "* * * * *", "q")])
         with pytest.raises(ConfigurationError, match="two schedules are named 's'"):
             Runner(
@@ -245,7 +246,7 @@ class TestBackendContract:
         self, backend: Backend
     ) -> None:
         schedule = Schedule("s", "0 * * * *", "q", {"a": 1}, priority=4, max_attempts=2)
-        state, _ = await backend.put_schedule("s", schedule.definition(), next_tick=T0)
+        await backend.put_schedule("s", schedule.definition(), next_tick=T0)
         args: dict[str, Any] = {
             "revision": 1,
             "due": T0,
@@ -397,7 +398,7 @@ class TestRunner:
             await eventually(lambda: _at_least(count, stopped + 4), within=10, what="catch-up")
         ticks = [job.scheduled_for for job in await scheduled_jobs(backend, "tick")]
         assert len(set(ticks)) == len(ticks), "a tick got two jobs"
-        steps = {later - earlier for earlier, later in zip(ticks, ticks[1:], strict=False)}
+        steps = {later - earlier for earlier, later in itertools.pairwise(ticks)}
         assert steps == {timedelta(seconds=1)}, f"ticks missing: {ticks}"
 
     async def test_a_runner_changing_a_definition_wins_and_logs_it(
