@@ -8,6 +8,7 @@ CONFIG_JSON holds ``dsn``, ``schema``, ``name`` and optional settings:
 - ``ms_scale``: a factor on every job's duration (``{"ms": 20}`` runs ``20 * ms_scale`` ms)
 - ``echo``: handlers return the payload itself and do nothing else (bad-input runs)
 - ``max_payload_bytes``, ``pool_max``: backend settings
+- ``schedules``: keyword arguments of :class:`Schedule` objects the runner carries
 - ``inject``: faults the process inflicts on itself, from inside the backend calls:
   ``{"point": "claim:after", "nth": 3, "seed": 7}`` kills it with SIGKILL around the nth claim
   (or settle): ``before`` the statement, ``during`` it (a timer of 0-3 ms) or 0-50 ms
@@ -91,6 +92,7 @@ from batchworks import (  # noqa: E402
     Retryable,
     RetryPolicy,
     Runner,
+    Schedule,
     Terminal,
 )
 from batchworks.backends.base import ClaimedJob, WorkerToken  # noqa: E402
@@ -240,7 +242,15 @@ async def main(config: dict[str, Any]) -> None:
     )
     async with backend:
         handlers = {queue: handler for queue in config.get("queues", ["q"])}
-        runner = Runner(backend, handlers, worker_name=name, retry=policy, **config["runner"])
+        schedules = [Schedule(**spec) for spec in config.get("schedules", [])]
+        runner = Runner(
+            backend,
+            handlers,
+            worker_name=name,
+            retry=policy,
+            schedules=schedules or None,
+            **config["runner"],
+        )
         task = asyncio.create_task(runner.run())
         await runner.wait_ready()
         print(f"ready {pid} {time.time()}", flush=True)  # noqa: T201 - the line tests wait for
