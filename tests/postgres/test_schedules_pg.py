@@ -63,3 +63,44 @@ async def test_of_many_claimers_on_separate_connections_exactly_one_wins_each_ti
         T0 + timedelta(hours=1),
         T0 + timedelta(hours=2),
     ]
+
+
+async def test_a_worker_on_a_schema_before_migration_6_still_claims(
+    pg_backend: PostgresBackend, pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A rolling deploy may start this version's workers before its migrate ran.
+    import asyncpg
+
+    from batchworks import Job, Runner
+
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        schema = pg_backend.schema
+        await conn.execute(
+            f'ALTER TABLE "{schema}".jobs DROP COLUMN schedule, DROP COLUMN scheduled_for'
+        )
+        await conn.execute(f'DROP TABLE "{schema}".schedules')
+        await conn.execute(f'DELETE FROM "{schema}".migrations WHERE version = 6')
+    finally:
+        await conn.close()
+    seen: list[object] = []
+
+    async def handler(job: Job) -> None:
+        seen.append(job.payload)
+
+    await pg_backend.enqueue("q", "before")
+    await Runner(pg_backend, {"q": handler}).run_until_empty()
+    assert seen == ["before"]
+    assert "lacks migration 0006_schedules" in caplog.text
+    await pg_backend.migrate()
+    await pg_backend.put_schedule("s", Schedule("s", "0 * * * *", "q").definition(), next_tick=T0)
+    await pg_backend.claim_ticks(
+        "s", revision=1, due=T0, next_tick=T0 + timedelta(hours=1), ticks=[T0], skipped=0
+    )
+    ticks: list[object] = []
+
+    async def tick_handler(job: Job) -> None:
+        ticks.append(job.scheduled_for)
+
+    await Runner(pg_backend, {"q": tick_handler}).run_until_empty()
+    assert ticks == [T0]
