@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from opentelemetry.trace import SpanKind
 
 from batchworks import ConfigurationError, Job, PayloadError, Runner, Schedule
 from batchworks._scheduler import SCHEDULE_REFRESH, Scheduler
@@ -17,6 +19,7 @@ from batchworks.backends.base import Backend
 from batchworks.schedule import GRACE, MAX_CATCH_UP, plan_ticks, ticks_between
 from batchworks.tracing import Telemetry
 from tests.conftest import eventually
+from tests.unit.test_tracing import Otel, installed, sdk
 
 BERLIN = ZoneInfo("Europe/Berlin")
 T0 = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)  # an hourly tick
@@ -455,3 +458,43 @@ class Counting:
 
 async def _at_least(count: Any, n: int) -> bool:
     return bool(await count() >= n)
+
+
+class TestTelemetry:
+    @pytest.fixture
+    def otel(self) -> Iterator[Otel]:
+        found, tracer_provider, meter_provider = sdk()
+        with installed(tracer_provider, meter_provider):
+            yield found
+
+    async def test_a_claim_is_a_send_span_with_an_event_per_tick_and_counts_late_and_skipped(
+        self, backend: Backend, otel: Otel
+    ) -> None:
+        clock = FakeClock(T0 - timedelta(seconds=1))
+        ticker = scheduler(backend, Schedule("s", "0 * * * *", "q", missed="once"), clock=clock)
+        await ticker.start()
+        clock.now = T0 + timedelta(hours=2, minutes=5)  # 3 ticks due, the latest past grace
+        await ticker.step()
+        [send] = otel.finished("send q")
+        assert send.kind is SpanKind.PRODUCER
+        assert send.attributes is not None
+        assert send.attributes["batchworks.schedule.name"] == "s"
+        [event] = send.events
+        assert event.name == "tick enqueued" and event.attributes is not None
+        assert event.attributes["batchworks.schedule.scheduled_for"] == (
+            (T0 + timedelta(hours=2)).isoformat()
+        )
+        assert event.attributes["batchworks.schedule.late_by"] == 300.0
+        counts = {
+            name: sum(point.value for point in otel.points(f"batchworks.schedule.ticks.{name}"))
+            for name in ("enqueued", "late", "skipped")
+        }
+        assert counts == {"enqueued": 1, "late": 1, "skipped": 2}
+        [lateness] = otel.points("batchworks.schedule.tick.lateness")
+        assert lateness.sum == 300.0
+
+        async def handler(job: Job) -> None: ...
+
+        await Runner(backend, {"q": handler}).run_until_empty()
+        [process] = otel.finished("process q")
+        assert [link.context.span_id for link in process.links] == [send.context.span_id]
