@@ -29,6 +29,7 @@ BENCHMARKS = [
     "scale.py",
     "memory.py",
     "tracing_cost.py",
+    "schedule_idle.py",
 ]
 RATIO = re.compile(r"^ratio\b.*\d+\.\d+x", re.MULTILINE)
 
