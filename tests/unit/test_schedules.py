@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind
 from batchworks import ConfigurationError, Job, PayloadError, Runner, Schedule
 from batchworks._scheduler import SCHEDULE_REFRESH, Scheduler
 from batchworks.backends.base import Backend
-from batchworks.schedule import GRACE, MAX_CATCH_UP, plan_ticks, ticks_between
+from batchworks.schedule import GRACE, MAX_CATCH_UP, MAX_COUNTED, plan_ticks, ticks_between
 from batchworks.tracing import Telemetry
 from tests.conftest import eventually
 from tests.unit.test_tracing import Otel, installed, sdk
@@ -189,6 +189,17 @@ class TestMissedTicks:
         assert len(plan.ticks) == MAX_CATCH_UP
         assert plan.skipped == 50
         assert plan.ticks[-1] == T0 + timedelta(hours=MAX_CATCH_UP + 50)
+
+    def test_a_day_of_missed_seconds_keeps_the_latest_and_counts_a_floor(self) -> None:
+        schedule = Schedule("s", "* * * * * *", "q", missed="all")
+        now = T0 + timedelta(days=1, microseconds=500_000)
+        plan = plan_ticks(schedule, T0, now, paused=False)
+        latest = T0 + timedelta(days=1)
+        assert plan.ticks == tuple(
+            latest - timedelta(seconds=n) for n in reversed(range(MAX_CATCH_UP))
+        )
+        assert plan.next_tick == latest + timedelta(seconds=1)
+        assert plan.truncated and plan.skipped >= MAX_COUNTED - MAX_CATCH_UP
 
     @pytest.mark.parametrize("missed", ["skip", "once", "all"])
     def test_a_tick_within_its_grace_is_on_time_under_every_policy(self, missed: str) -> None:
