@@ -440,6 +440,8 @@ class MemoryBackend:
         old = self._purgeable(older_than)
         for row in old:
             del self._rows[row.id]
+            if row.schedule is not None:  # the tick guard goes with its job, as in PostgreSQL
+                self._ticks.discard((row.schedule, row.scheduled_for))
         return len(old)
 
     async def purgeable(self, older_than: float | timedelta) -> dict[str, dict[str, int]]:
