@@ -196,7 +196,9 @@ class Scheduler:
             # Unreadable here: wait for the next read rather than spin on it.
             self._states.pop(state.name)
             return
-        plan = plan_ticks(schedule, state.next_tick, now, paused=state.paused)
+        # Planned as if running: this state may be stale, and a schedule paused (or resumed)
+        # since it was read is seen by the claim, which then skips (or enqueues) these ticks.
+        plan = plan_ticks(schedule, state.next_tick, now)
         telemetry = self._telemetry
         telemetry.refresh()
         self.calls += 1

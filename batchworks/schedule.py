@@ -177,12 +177,13 @@ class TickPlan:
     truncated: bool = False
 
 
-def plan_ticks(schedule: Schedule, due: datetime, now: datetime, *, paused: bool) -> TickPlan:
+def plan_ticks(schedule: Schedule, due: datetime, now: datetime) -> TickPlan:
     """Decide which ticks from ``due`` (the stored next tick) up to ``now`` become jobs.
 
     The latest due tick is *on time* while no more than :func:`grace` seconds have passed
     since it; every earlier due tick, and the latest past its grace, was *missed*. On-time
-    ticks always run (unless the schedule is paused); missed ones as ``schedule.missed`` says.
+    ticks always run; missed ones as ``schedule.missed`` says. Whether the schedule is paused
+    is not asked here: the claim itself reads it, and then counts these ticks as skipped.
     """
     if due > now:
         return TickPlan((), 0, due)
@@ -202,8 +203,6 @@ def plan_ticks(schedule: Schedule, due: datetime, now: datetime, *, paused: bool
             latest = itertools.islice(schedule.ticks_after(next_tick, reverse=True), MAX_CATCH_UP)
             kept = collections.deque(reversed(list(latest)), maxlen=MAX_CATCH_UP)
             break
-    if paused:
-        return TickPlan((), count, next_tick, truncated=truncated)
     latest_tick = kept[-1]
     on_time = lateness(latest_tick, now) <= grace(latest_tick, next_tick)  # next_tick follows it
     if schedule.missed == "all":
