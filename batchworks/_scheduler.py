@@ -94,13 +94,6 @@ class Scheduler:
         self._parsed: dict[tuple[str, int], Schedule | None] = {}
         self._seen: tuple[datetime, float] | None = None  # (backend clock, monotonic) of a read
         self._read_at = -float("inf")  # _elapsed() at the last read of every state
-        #: backend calls made, for the measurements of the idle cost
-        self.calls = 0
-
-    @property
-    def states(self) -> dict[str, ScheduleState]:
-        """The state of each stored schedule, as last read or claimed."""
-        return dict(self._states)
 
     def now(self) -> datetime:
         """The current time on the backend's clock (or the injected one)."""
@@ -124,7 +117,6 @@ class Scheduler:
         await self.refresh()
         now = self.now()
         for schedule in self._schedules:
-            self.calls += 1
             state, replaced = await self._backend.put_schedule(
                 schedule.name, schedule.definition(), next_tick=schedule.next_after(now)
             )
@@ -152,7 +144,6 @@ class Scheduler:
 
     async def refresh(self) -> None:
         """Read every stored schedule's state (one call)."""
-        self.calls += 1
         listing = await self._backend.schedules()
         self._saw(listing.now)
         self._states = {state.name: state for state in listing.schedules}
@@ -201,7 +192,6 @@ class Scheduler:
         plan = plan_ticks(schedule, state.next_tick, now)
         telemetry = self._telemetry
         telemetry.refresh()
-        self.calls += 1
         with telemetry.tick_span(state.name, schedule.queue) as (span, carrier):
             claim = await self._backend.claim_ticks(
                 state.name,

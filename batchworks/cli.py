@@ -747,6 +747,7 @@ async def _jobs_show(args: argparse.Namespace) -> int:
         ("worker", record.worker or "-"),
         ("timeout", "-" if record.timeout is None else f"{record.timeout:g}s"),
         ("dedupe key", record.dedupe_key or "-"),
+        ("schedule", _schedule_of(record)),
         ("payload", json.dumps(record.payload)),
         ("checkpoint", "-" if record.checkpoint is None else json.dumps(record.checkpoint)),
         ("result", "-" if record.result is None else json.dumps(record.result)),
@@ -981,6 +982,18 @@ async def _check_health(args: argparse.Namespace) -> str:
     if freshest.silent_for > args.max_silence:
         return f"unhealthy: {heard} (more than {_age(args.max_silence)})"
     return f"healthy: {heard}"
+
+
+def _schedule_of(record: JobRecord) -> str:
+    """``nightly, tick 2026-11-23T02:30:00+00:00 (enqueued 0.4s late)``, or a manual run."""
+    if record.schedule is None:
+        return "-"
+    if record.scheduled_for is None:
+        return f"{record.schedule}, a manual run"
+    return (
+        f"{record.schedule}, tick {_when(record.scheduled_for)} "
+        f"(enqueued {_age(record.late_by or 0.0)} late)"
+    )
 
 
 def _record_dict(record: JobRecord) -> dict[str, Any]:

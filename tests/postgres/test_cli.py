@@ -749,6 +749,8 @@ class TestSchedules:
             None,
             {"report": True},
         )
+        shown = await asyncio.to_thread(cli, "jobs", "show", str(job_id))
+        assert "schedule    nightly, a manual run" in shown.stdout, shown.stdout
 
         paused = await asyncio.to_thread(cli, "schedules", "pause", "nightly")
         assert paused.returncode == 0, paused.stderr
