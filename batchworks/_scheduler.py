@@ -91,7 +91,8 @@ class Scheduler:
         self._refresh = refresh
         self._clock = clock
         self._states: dict[str, ScheduleState] = {}
-        self._parsed: dict[tuple[str, int], Schedule | None] = {}
+        # by (name, definition): a schedule removed and stored again starts at revision 1
+        self._parsed: dict[tuple[str, str], Schedule | None] = {}
         self._seen: tuple[datetime, float] | None = None  # (backend clock, monotonic) of a read
         self._read_at = -float("inf")  # _elapsed() at the last read of every state
 
@@ -165,7 +166,7 @@ class Scheduler:
         return max(0.0, min(until_read, (earliest - self.now()).total_seconds()))
 
     def _definition(self, state: ScheduleState) -> Schedule | None:
-        key = (state.name, state.revision)
+        key = (state.name, state.definition)
         if key not in self._parsed:
             try:
                 self._parsed[key] = Schedule.from_definition(state.name, state.definition)

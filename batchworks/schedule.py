@@ -113,7 +113,12 @@ class Schedule:
 
     def next_after(self, moment: datetime) -> datetime:
         """The first tick strictly after ``moment`` (an aware datetime), in UTC."""
-        return next(self.ticks_after(moment))
+        tick = next(self.ticks_after(moment), None)
+        if tick is None:  # cronsim looks 50 years ahead; _check_cron saw a tick within them
+            raise ConfigurationError(
+                f"schedule {self.name!r}: cron {self.cron!r} has no tick after {moment}"
+            )
+        return tick
 
     def ticks_after(self, moment: datetime, *, reverse: bool = False) -> Iterator[datetime]:
         """The ticks strictly after ``moment`` in UTC, in order (``reverse``: those strictly
@@ -122,11 +127,8 @@ class Schedule:
         local = moment.astimezone(self.zone)
         if not reverse:
             local = local.replace(microsecond=0)
-        try:
-            for tick in CronSim(self.cron, local, reverse=reverse):
-                yield tick.astimezone(UTC)
-        except StopIteration:  # pragma: no cover - _check_cron refuses such expressions
-            return
+        for tick in CronSim(self.cron, local, reverse=reverse):
+            yield tick.astimezone(UTC)
 
     def definition(self) -> str:
         """The schedule as canonical JSON text: what the backend stores and compares."""
