@@ -36,6 +36,7 @@ logger = logging.getLogger("batchworks.schedule")
 SCHEDULE_REFRESH = 30.0  # seconds between reads of the schedules' state when none is due
 RETRY_INITIAL = 0.2  # seconds before a failed schedule call is tried again
 RETRY_MAX = 10.0  # seconds between retries at most
+STEP_TIMEOUT = 60.0  # seconds a start or a step (its backend calls) may take before it is retried
 
 Clock = Callable[[], datetime]
 
@@ -247,10 +248,13 @@ class Scheduler:
         started = False
         while not stop.is_set():
             try:
-                if not started:
-                    await self.start()
-                    started = True
-                wait = await self.step()
+                # Bounded: a call hung on a dead connection must not stop this runner's ticks
+                # for good. A claim cut short is atomic: it happened whole or not at all.
+                async with asyncio.timeout(STEP_TIMEOUT):
+                    if not started:
+                        await self.start()
+                        started = True
+                    wait = await self.step()
                 delay = RETRY_INITIAL
             except Exception as exc:
                 logger.warning(

@@ -502,3 +502,49 @@ class TestTelemetry:
         await Runner(backend, {"q": handler}).run_until_empty()
         [process] = otel.finished("process q")
         assert [link.context.span_id for link in process.links] == [send.context.span_id]
+
+
+class Hanging(Counting):
+    """Its first tick claim never answers (a call stuck on a dead connection)."""
+
+    def __getattr__(self, name: str) -> Any:
+        call = super().__getattr__(name)
+        if name != "claim_ticks":
+            return call
+
+        async def claim(*args: Any, **kwargs: Any) -> Any:
+            if not self.calls.get("hung"):
+                self.calls["hung"] = 1
+                await asyncio.Event().wait()
+            return await call(*args, **kwargs)
+
+        return claim
+
+
+async def test_a_hung_claim_is_cut_short_and_retried(
+    memory_backend: Backend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import batchworks._scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "STEP_TIMEOUT", 0.3)
+    hanging = Hanging(memory_backend)
+    ticker = Scheduler(
+        hanging,  # type: ignore[arg-type]
+        (Schedule("s", "* * * * * *", "q", missed="all"),),
+        Telemetry("test"),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(ticker.run(stop))
+    try:
+        await eventually(
+            lambda: _has_jobs(memory_backend), within=10, what="a tick after the hung claim"
+        )
+    finally:
+        stop.set()
+        await task
+    assert hanging.calls["hung"] == 1
+    assert "TimeoutError" in caplog.text
+
+
+async def _has_jobs(backend: Backend) -> bool:
+    return bool(await scheduled_jobs(backend, "s"))
