@@ -32,12 +32,19 @@ class Held:
     claim: ClaimedJob
     task: asyncio.Task[None] | None = None
     started: bool = False
-    #: why the runner cancelled it: "shutdown", "operator" or "lost"
+    #: why the runner cancelled it: "shutdown", "operator", "lost" or "expired" (its lease
+    #: ran out by this worker's own clock: no heartbeat got through)
     cancel_reason: str | None = None
 
 
 # What a cancelled attempt counts as in telemetry, by why the runner cancelled it.
-CANCELLED_AS = {None: "cancelled", "shutdown": "released", "operator": "cancelled", "lost": "lost"}
+CANCELLED_AS = {
+    None: "cancelled",
+    "shutdown": "released",
+    "operator": "cancelled",
+    "lost": "lost",
+    "expired": "lost",
+}
 
 
 class Attempts:
@@ -148,4 +155,7 @@ class Attempts:
                     "traceback": None,
                 },
             )
+        # "shutdown", and "expired": the job may have moved on or not (a partition, or a
+        # stalled database), so it is put back without using an attempt, fenced: the write
+        # changes nothing if another worker recovered it meanwhile.
         return Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue)

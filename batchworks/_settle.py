@@ -4,15 +4,20 @@ A job's outcome never waits for the slowest job of its batch: each finished job 
 outcome here, and a background task writes what has gathered every ``interval`` seconds, or
 at once when ``max_size`` outcomes wait. A failed write keeps its outcomes and is tried again
 with backoff, so a database blip loses nothing; the writes stay fenced by the worker token.
+
+Only a backend's own failures are tried again (:class:`BackendError`, ``OSError``, a
+timeout): any other exception is a bug, and retrying it forever would only hide it, so it
+propagates, and the Runner, which watches the task, stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
-from batchworks.backends.base import Backend, WorkerToken
+from batchworks.backends.base import WorkerToken
+from batchworks.errors import BackendError
 from batchworks.outcome import Outcome
 
 logger = logging.getLogger("batchworks.runner")
@@ -20,7 +25,12 @@ logger = logging.getLogger("batchworks.runner")
 RETRY_INITIAL = 0.1  # seconds before the first retry of a failed write
 RETRY_MAX = 5.0  # seconds between retries at most
 
+#: what a backend (or a network) raises when it fails for now: worth another try
+TRANSIENT = (BackendError, OSError, TimeoutError)
+
 OnSettled = Callable[[Sequence[Outcome], frozenset[int]], None]
+#: ``write(worker, outcomes, deadline)``: settle them, within the deadline (loop time) if any
+Write = Callable[[WorkerToken, Sequence[Outcome], float | None], Awaitable[Sequence[int]]]
 
 
 class SettleBuffer:
@@ -28,19 +38,20 @@ class SettleBuffer:
 
     def __init__(
         self,
-        backend: Backend,
+        write: Write,
         worker: WorkerToken,
         *,
         max_size: int,
         interval: float,
         on_settled: OnSettled,
     ) -> None:
-        self._backend = backend
+        self._write = write
         self._worker = worker
         self._max_size = max_size
         self._interval = interval
         self._on_settled = on_settled
         self._pending: list[Outcome] = []
+        self._writing: Sequence[Outcome] = ()
         self._has_items = asyncio.Event()
         self._full = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -48,6 +59,16 @@ class SettleBuffer:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def job_ids(self) -> list[int]:
+        """The jobs whose outcome waits to be written: the worker still holds them, so its
+        heartbeats keep extending their leases until it is."""
+        return [outcome.job_id for outcome in (*self._writing, *self._pending)]
+
+    def rebind(self, worker: WorkerToken) -> None:
+        """Write for a new incarnation of the worker from now on (what is left of the old one
+        is fenced out and counted lost)."""
+        self._worker = worker
 
     def add(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
@@ -78,7 +99,8 @@ class SettleBuffer:
     async def flush(self, *, deadline: float | None = None) -> bool:
         """Write every pending outcome, retrying failed writes with backoff.
 
-        :param deadline: loop time after which to stop retrying and keep what is left.
+        :param deadline: loop time after which to stop retrying and keep what is left; each
+            write is also cut off there.
         :returns: True when nothing is left pending.
         """
         async with self._lock:
@@ -89,33 +111,46 @@ class SettleBuffer:
                 if not self._stopping:
                     self._has_items.clear()
                     self._full.clear()
-                try:
-                    lost = await self._backend.settle(self._worker, batch)
-                except asyncio.CancelledError:
-                    # Stopped mid-write: keep the batch for the final flush (fenced, so a
-                    # batch the database had already taken is not written twice).
-                    self._pending[:0] = batch
-                    self._has_items.set()
-                    raise
-                except Exception as exc:
-                    # Keep the batch, oldest first, and try again: nothing is dropped.
-                    self._pending[:0] = batch
-                    self._has_items.set()
-                    logger.warning(
-                        "could not write %d outcomes (%s: %s); retrying in %.1fs",
-                        len(batch),
-                        type(exc).__name__,
-                        exc,
-                        delay,
-                        extra={"action": "settle_failed", "count": len(batch)},
-                    )
-                    if self._stopping and deadline is None:
-                        return False  # the final flush, with its deadline, takes over
-                    if deadline is not None and loop.time() + delay > deadline:
-                        return False
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
+                lost = await self._write_once(batch, deadline, delay)
+                if lost is not None:
+                    delay = RETRY_INITIAL
+                    self._on_settled(batch, frozenset(lost))
                     continue
-                delay = RETRY_INITIAL
-                self._on_settled(batch, frozenset(lost))
+                if self._stopping and deadline is None:
+                    return False  # the final flush, with its deadline, takes over
+                if deadline is not None and loop.time() + delay > deadline:
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
             return True
+
+    async def _write_once(
+        self, batch: list[Outcome], deadline: float | None, delay: float
+    ) -> Sequence[int] | None:
+        """Write ``batch``: the ids lost, or None when it failed and went back to pending."""
+        self._writing = batch
+        try:
+            return await self._write(self._worker, batch, deadline)
+        except TRANSIENT as exc:
+            self._put_back(batch)
+            logger.warning(
+                "could not write %d outcomes (%s: %s); retrying in %.1fs",
+                len(batch),
+                type(exc).__name__,
+                exc,
+                delay,
+                extra={"action": "settle_failed", "count": len(batch)},
+            )
+            return None
+        except BaseException:
+            # Stopped mid-write: the batch is for the final flush (fenced, so a batch the
+            # database had already taken is not written twice). A bug: it propagates, with
+            # nothing dropped.
+            self._put_back(batch)
+            raise
+        finally:
+            self._writing = ()
+
+    def _put_back(self, batch: list[Outcome]) -> None:
+        self._pending[:0] = batch  # oldest first
+        self._has_items.set()

@@ -27,6 +27,7 @@ from typing import Any, NoReturn, TextIO
 
 from batchworks.backends.base import Backend
 from batchworks.backends.postgres import PostgresBackend
+from batchworks.backends.postgres._connect import OPEN_TIMEOUT
 from batchworks.errors import BatchworksError
 from batchworks.job import JobRecord, JobState
 from batchworks.report import RunReport
@@ -119,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     worker = command("worker", _worker, "run a worker until SIGTERM/SIGINT")
     worker.add_argument("app", metavar="APP", help="module:attribute naming a Runner or factory")
     worker.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    _open_timeout_option(worker)
     run = command(
         "run",
         _run,
@@ -140,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
         help="exit 1 when jobs are left queued: due later, or in a queue no handler serves",
     )
     run.add_argument("--json", action="store_true", help="print the report as JSON")
+    _open_timeout_option(run)
     stats = command("stats", _stats, "queues by state, oldest ready job, live workers")
     stats.add_argument("--json", action="store_true", help="print JSON")
 
@@ -214,6 +217,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _open_timeout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--open-timeout",
+        type=_duration,
+        default=OPEN_TIMEOUT,
+        metavar="DURATION",
+        help="how long to wait for the database of --dsn to accept connections, retrying "
+        f"with backoff (default: {OPEN_TIMEOUT:g}s; 0 tries once)",
+    )
+
+
 def _duration(text: str) -> float:
     """Seconds from ``90``, ``90s``, ``30m``, ``1h30m``, ``2d12h``, ``1w``, ``1week``."""
     spec = text.strip().lower()
@@ -258,10 +272,14 @@ async def _no_subcommand(args: argparse.Namespace) -> int:  # pragma: no cover -
 
 
 @contextlib.asynccontextmanager
-async def _backend(args: argparse.Namespace) -> AsyncIterator[PostgresBackend]:
+async def _backend(
+    args: argparse.Namespace, *, open_timeout: float = 0.0
+) -> AsyncIterator[PostgresBackend]:
+    """The backend of --dsn. Operator commands fail at once when the database does not
+    answer; workers wait ``open_timeout`` for it (they may start before it)."""
     if not args.dsn:
         raise UsageError("no database: pass --dsn or set BATCHWORKS_DSN")
-    backend = PostgresBackend(args.dsn, schema=args.schema, min_size=1)
+    backend = PostgresBackend(args.dsn, schema=args.schema, min_size=1, open_timeout=open_timeout)
     async with _opened(backend, what="--dsn"):
         yield backend
 
@@ -310,7 +328,11 @@ async def _runner(args: argparse.Namespace) -> AsyncIterator[Runner]:
         raise UsageError(f"APP {args.app!r} is neither a Runner nor a factory returning one")
     takes_backend = _takes_backend(app, args.app)
     async with contextlib.AsyncExitStack() as stack:
-        made = app(await stack.enter_async_context(_backend(args))) if takes_backend else app()
+        if takes_backend:
+            opened = _backend(args, open_timeout=args.open_timeout)
+            made = app(await stack.enter_async_context(opened))
+        else:
+            made = app()
         if inspect.isawaitable(made):
             made = await made
         if not isinstance(made, Runner):

@@ -16,6 +16,7 @@ backend::
         ├── BackendError               the backend failed (driver errors are its __cause__)
         │   └── SchemaNotMigrated      the database has no batchworks schema yet
         ├── LeaseLost                  this worker no longer holds the job
+        ├── RunnerFailed               (also RuntimeError) a Runner's background task broke
         └── WorkerLost                 recorded on a job whose worker died or hung
 """
 
@@ -30,6 +31,7 @@ __all__ = [
     "LifecycleError",
     "PayloadError",
     "Retryable",
+    "RunnerFailed",
     "SchemaNotMigrated",
     "Snooze",
     "Terminal",
@@ -99,6 +101,13 @@ class SchemaNotMigrated(BackendError):
 class LeaseLost(BatchworksError):
     """This worker no longer holds the job (it was presumed dead and the job moved on, or the
     job was cancelled): nothing was written. Let it propagate from the handler."""
+
+
+class RunnerFailed(BatchworksError, RuntimeError):
+    """A background task of the Runner (the one writing outcomes, or the heartbeats) failed
+    with an unexpected error, so the run stopped rather than claim jobs it could not settle or
+    keep; the error is the ``__cause__`` and was logged with its traceback. Jobs left running
+    are recovered by the backend as for a lost worker."""
 
 
 class WorkerLost(BatchworksError):

@@ -9,6 +9,10 @@ Shape of a run::
     heartbeat loop: leases, lost and cancelled jobs, pruning           ▼
                                                            SettleBuffer ──settle──▶ backend
 
+Every backend call runs under a time bound (:mod:`batchworks._calls`): whatever the network
+does, a stop ends in ``shutdown_timeout`` plus a few seconds, and a worker whose heartbeats
+do not get through counts its leases as lost by its own clock.
+
 The runner knows nothing of SQL: it talks to its backend through :class:`Backend` only.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -24,19 +29,20 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self
 
 import anyio
 
 from batchworks._attempt import Attempts, Held
+from batchworks._calls import Calls
 from batchworks._checks import check_handlers, check_queues, duration, positive_int
 from batchworks._json import MAX_PAYLOAD_BYTES
 from batchworks._scheduler import Scheduler, check_schedules
-from batchworks._settle import SettleBuffer
-from batchworks.backends.base import Backend, ClaimedJob, WorkerToken
-from batchworks.errors import ConfigurationError, LifecycleError
+from batchworks._settle import TRANSIENT, SettleBuffer
+from batchworks.backends.base import Backend, ClaimedJob, Heartbeat, WorkerToken
+from batchworks.errors import ConfigurationError, LifecycleError, RunnerFailed
 from batchworks.job import Job
 from batchworks.outcome import Outcome, OutcomeKind
 from batchworks.report import RunReport
@@ -58,6 +64,10 @@ FLUSH_INTERVAL = 0.05  # seconds an outcome may wait before it is written
 CLAIM_RETRY_INITIAL = 0.1  # seconds before a failed claim is tried again
 CLAIM_RETRY_MAX = 2.0  # seconds between claim retries at most
 CANCEL_GRACE = 5.0  # seconds a cancelled handler gets to unwind at shutdown
+DB_TIMEOUT = 30.0  # seconds one backend call may take before it counts as failed
+CLOSE_GRACE = 5.0  # seconds for the last writes once the jobs are done (or cancelled)
+HARD_STOP_GRACE = 2.0  # seconds for everything left after a hard stop (a second signal)
+SLOW_CALL = 5.0  # seconds a backend call may take before a warning says so
 
 
 class Handler(Protocol):
@@ -98,6 +108,10 @@ class Runner:
     :param queues: the queues to take jobs from (default: every queue in ``handlers``).
     :param sync_in_thread: allow plain (non-async) handlers, run in worker threads.
     :param flush_interval: seconds a finished job's outcome may wait to be written.
+    :param db_timeout: seconds one backend call (claim, settle, heartbeat, recovery,
+        checkpoint, unregister) may take before it is cut off and counts as failed: a
+        black-holed network then costs a retry, not a hung worker. Heartbeats are also cut
+        off when this worker's lease runs out by its own clock, and every call by a hard stop.
     :param schedules: :class:`Schedule` objects this runner stores at start and enqueues the
         ticks of, together with every other runner that carries schedules (each tick once).
     """
@@ -119,6 +133,7 @@ class Runner:
         queues: Iterable[str] | None = None,
         sync_in_thread: bool = False,
         flush_interval: float = FLUSH_INTERVAL,
+        db_timeout: float = DB_TIMEOUT,
         schedules: Iterable[Schedule] | None = None,
     ) -> None:
         if not isinstance(backend, Backend):
@@ -148,6 +163,13 @@ class Runner:
         self._claim_retry = CLAIM_RETRY_INITIAL
         self._suspect: Job | None = None
         self._flush_interval = duration(flush_interval, "flush_interval", zero=True)
+        # Both come from the room prune_after leaves beyond one heartbeat interval. A beat
+        # later or slower than _stall_limit means this worker was stuck (see _after_beat).
+        # Its own clock gives its leases up _lease_margin before the database may take them:
+        # the database counts from when a heartbeat landed, the worker from when it sent it,
+        # and the margin covers the two clocks' rates.
+        self._stall_limit = (self._prune_after - self._heartbeat_interval) / 2
+        self._lease_margin = min(self._heartbeat_interval, self._stall_limit)
         if worker_name is not None and (not isinstance(worker_name, str) or not worker_name):
             raise ConfigurationError(f"worker_name must be a non-empty str, got {worker_name!r}")
         self._worker_name = worker_name or _default_worker_name()
@@ -165,6 +187,19 @@ class Runner:
         self._stop_requested = False
         self._stop_event = asyncio.Event()
         self._hard_stop = asyncio.Event()
+        self._calls = Calls(
+            timeout=duration(db_timeout, "db_timeout"),
+            slow_after=min(SLOW_CALL, max(1.0, self._heartbeat_interval)),
+            hard_stop=self._hard_stop,
+        )
+        self._link = asyncio.Event()  # clear while this worker counts its leases as lost
+        self._link.set()
+        self._beat_ok_at = 0.0  # loop time the last heartbeat that got through was sent
+        self._beat_done_at = 0.0  # loop time it came back
+        self._regular_beats = 0  # heartbeats in a row that came on time and fast
+        self._close_by: float | None = None  # loop time the last writes must end by
+        self._failure: BaseException | None = None
+        self._failure_what = ""
         self._room = asyncio.Event()  # set when a held job finishes
         self._registered = asyncio.Event()
         self._ended = asyncio.Event()
@@ -255,13 +290,18 @@ class Runner:
         """Stop fetching and shut down gracefully (``now=True``: cancel running jobs at once).
 
         Jobs not yet started are put back at once; running ones get ``shutdown_timeout``
-        seconds, then are cancelled and put back, without using an attempt.
+        seconds, then are cancelled and put back, without using an attempt. A claim in flight
+        is cut short at once (its jobs are put back if it returns any); ``now=True`` also cuts
+        every other backend call in flight. The last writes then get ``CLOSE_GRACE`` seconds
+        (``HARD_STOP_GRACE`` after ``now=True``), whatever the network does.
         """
         self._stop_requested = True
         self._stop_event.set()
+        self._calls.cut(self._stop_event)
         self._room.set()
         if now:
             self._hard_stop.set()
+            self._calls.cut(self._hard_stop)
 
     async def __aenter__(self) -> Self:
         """Start running in the background (for services); the exit stops gracefully."""
@@ -297,16 +337,15 @@ class Runner:
         if self._sync_in_thread:
             self._attempts.thread_limiter = anyio.CapacityLimiter(self._concurrency)
         try:
-            token = await self._backend.register_worker(
-                self._worker_name, self._queues, max_attempts=self._policy.max_attempts
-            )
+            token = await self._register()
         except BaseException:
             self._state = "stopped"
             self._ended.set()
             raise
         self._token = token
+        self._beat_ok_at = self._beat_done_at = asyncio.get_running_loop().time()
         self._settle = SettleBuffer(
-            self._backend,
+            self._write,
             token,
             max_size=self._batch_size,
             interval=self._flush_interval,
@@ -320,12 +359,11 @@ class Runner:
             extra={"action": "worker_ready", "worker": self._worker_name},
         )
         self._registered.set()
-        settler = asyncio.create_task(self._settle.run(), name="batchworks:settle")
-        heart = asyncio.create_task(self._heartbeat_loop(), name="batchworks:heartbeat")
+        settler = self._watch(self._settle.run(), "settle")
+        heart = self._watch(self._heartbeat_loop(), "heartbeat")
         side = [heart]  # the schedules' task too: it ends with the heartbeats
         if self._scheduler is not None:
-            ticker = self._scheduler.run(self._stop_event)
-            side.append(asyncio.create_task(ticker, name="batchworks:scheduler"))
+            side.append(self._watch(self._scheduler.run(self._stop_event), "scheduler"))
         try:
             if not self._stop_requested:
                 await self._fetch_loop(drain=drain, max_delay=max_delay)
@@ -337,17 +375,58 @@ class Runner:
                 for task in side:
                     task.cancel()
                 self._settle.stop()
-                _, pending = await asyncio.wait({settler}, timeout=CANCEL_GRACE)
+                # Half the time left at most: the final flush needs the rest.
+                _, pending = await asyncio.wait({settler}, timeout=self._time_left() / 2)
                 for task in pending:  # stuck retrying a write: the final flush takes over
                     task.cancel()
-                await asyncio.gather(*side, settler, return_exceptions=True)
+                await asyncio.gather(*side, settler, return_exceptions=True)  # seen by _watch
                 await self._close()
+        if self._failure is not None:
+            raise RunnerFailed(
+                f"worker {self._worker_name!r} stopped because {self._failure_what} failed "
+                f"({type(self._failure).__name__}: {self._failure}); the traceback is in the "
+                "log. Its unwritten jobs are recovered as for a lost worker"
+            ) from self._failure
+
+    def _watch(self, work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+        """Run a background task whose failure stops the runner loudly: a worker that cannot
+        settle or heartbeat must not go on claiming jobs it cannot finish or keep."""
+        task = asyncio.create_task(work, name=f"batchworks:{what}")
+        task.add_done_callback(functools.partial(self._on_background_done, what))
+        return task
+
+    def _on_background_done(self, what: str, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        self._fail(f"its {what} task", error)
+
+    def _fail(self, what: str, error: BaseException | None) -> None:
+        if self._failure is None and error is not None:
+            self._failure, self._failure_what = error, what
+        logger.error(
+            "worker %r: %s failed; it stops now, and run() will raise RunnerFailed",
+            self._worker_name,
+            what,
+            exc_info=error,
+            extra={"action": "runner_failed", "worker": self._worker_name},
+        )
+        self.stop(now=True)
+
+    def _time_left(self) -> float:
+        """Seconds left for the last writes of a stop."""
+        if self._close_by is None:
+            return CLOSE_GRACE
+        return max(0.0, self._close_by - asyncio.get_running_loop().time())
 
     async def _fetch_loop(self, *, drain: bool, max_delay: float) -> None:
         capacity = self._concurrency + self._batch_size  # claimed ahead: one batch at most
         claim_min = max(1, self._batch_size // 2)
         while not self._stop_requested:
             self._room.clear()
+            if not self._link.is_set():
+                await self._until(self._link)  # its leases count as lost: claim nothing
+                continue
             if self._suspect is not None:
                 await self._run_suspect()
                 continue
@@ -382,7 +461,7 @@ class Runner:
         # Write what is buffered first (the other jobs' outcomes, the suspects put back): if
         # the suspect kills this worker, none of it may be lost with it.
         assert self._settle is not None
-        await self._settle.flush()
+        await self._settle.flush(deadline=self._loop_time() + self._calls.timeout)
         task = asyncio.create_task(self._run_batch([suspect]))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
@@ -394,27 +473,51 @@ class Runner:
     async def _drained(self, max_delay: float) -> bool:
         """With nothing held: True when no job is due within ``max_delay``, else wait for it."""
         assert self._settle is not None
-        await self._settle.flush()  # retries must be visible before the queue counts as empty
-        due = await self._backend.next_due(self._queues)
-        if due is None or due > max_delay:
-            return True
-        if due > 0:
-            await self._backend.wait_for_work(self._queues, max_wait=due)
+        # Retries must be visible before the queue counts as empty.
+        if not await self._settle.flush(deadline=self._loop_time() + self._calls.timeout):
+            return False
+        try:
+            due = await self._calls.run("next_due", self._backend.next_due(self._queues))
+            if due is None or due > max_delay:
+                return True
+            if due > 0:
+                await self._wait(due)
+        except TRANSIENT as exc:
+            logger.warning("looking for due jobs failed (%s: %s)", type(exc).__name__, exc)
         return False
 
     async def _wait_for_work(self) -> None:
-        waiter = asyncio.ensure_future(
-            self._backend.wait_for_work(self._queues, max_wait=self._poll_interval)
-        )
-        stopper = asyncio.ensure_future(self._stop_event.wait())
         try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await self._wait(self._poll_interval)
+        except TRANSIENT as exc:
+            logger.warning("waiting for work failed (%s: %s)", type(exc).__name__, exc)
+
+    async def _wait(self, seconds: float) -> None:
+        """Wait for work up to ``seconds``, or until a stop."""
+        with contextlib.suppress(TimeoutError):  # the wait ended: claim again
+            await self._calls.run(
+                "wait_for_work",
+                self._backend.wait_for_work(self._queues, max_wait=seconds),
+                within=seconds + self._calls.timeout,
+                cut=self._stop_event,
+                slow=False,
+            )
+
+    async def _until(self, event: asyncio.Event) -> None:
+        """Wait for ``event``, or until a stop."""
+        waiters = {
+            asyncio.ensure_future(event.wait()),
+            asyncio.ensure_future(self._stop_event.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            waiter.cancel()
-            stopper.cancel()
-            await asyncio.gather(waiter, stopper, return_exceptions=True)
-        if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
-            logger.warning("waiting for work failed: %s", waiter.exception())
+            for waiter in waiters:
+                waiter.cancel()
+
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
 
     async def _claim(self, limit: int) -> list[ClaimedJob]:
         assert self._token is not None
@@ -422,17 +525,26 @@ class Runner:
         telemetry.refresh()  # an SDK installed meanwhile is picked up from the next batch on
         try:
             with telemetry.receive_span(self._queues) as span:
-                claimed = await self._backend.claim(
-                    self._token,
-                    self._queues,
-                    limit,
-                    lease=self._prune_after,
-                    max_attempts=self._policy.max_attempts,
+                # A stop cuts a claim short (a black-holed one would hold the stop up to
+                # db_timeout); jobs it returns after that are put back.
+                claimed = await self._calls.run(
+                    "claim",
+                    self._backend.claim(
+                        self._token,
+                        self._queues,
+                        limit,
+                        lease=self._prune_after,
+                        max_attempts=self._policy.max_attempts,
+                    ),
+                    cut=self._stop_event,
+                    on_abandon=self._put_back_late_claim,
                 )
                 telemetry.claimed(span, len(claimed))
                 self._claim_retry = CLAIM_RETRY_INITIAL
                 return claimed
         except Exception as exc:
+            if self._stop_requested:
+                return []
             delay = self._claim_retry
             self._claim_retry = min(delay * 2, CLAIM_RETRY_MAX, self._poll_interval)
             logger.warning(
@@ -446,6 +558,12 @@ class Runner:
                 async with asyncio.timeout(delay):
                     await self._stop_event.wait()
             return []
+
+    def _put_back_late_claim(self, claim: asyncio.Future[list[ClaimedJob]]) -> None:
+        if claim.cancelled() or claim.exception() is not None or self._settle is None:
+            return
+        for job in claim.result():  # never started: back to the queue, no attempt used
+            self._settle.add(Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue))
 
     def _start_batch(self, claimed: Sequence[ClaimedJob]) -> None:
         # A job whose worker was lost last time may be what killed it: it runs alone, so that
@@ -485,8 +603,9 @@ class Runner:
     def _saver(self, job_id: int) -> Callable[[Any], Awaitable[Any]]:
         async def save(value: Any) -> Any:
             assert self._token is not None
-            return await self._backend.save_checkpoint(
-                self._token, job_id, value, lease=self._prune_after
+            return await self._calls.run(
+                "save_checkpoint",
+                self._backend.save_checkpoint(self._token, job_id, value, lease=self._prune_after),
             )
 
         return save
@@ -500,7 +619,9 @@ class Runner:
             tasks.append(task)
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for job, result in zip(jobs, results, strict=True):
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            if isinstance(result, asyncio.CancelledError):
+                self._cancelled_before_start(job)
+            elif isinstance(result, BaseException):
                 logger.error(
                     "internal error while running job %s; its lease will expire and it will "
                     "be recovered",
@@ -513,7 +634,9 @@ class Runner:
         held = self._held[job.id]
         outcome: Outcome | None
         try:
-            if self._stop_requested:
+            if held.cancel_reason is not None:  # cancelled before it had a task
+                outcome = self._attempts.cancelled_outcome(job, held.cancel_reason)
+            elif self._stop_requested:
                 outcome = Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue)
             else:
                 async with self._slots:
@@ -529,11 +652,24 @@ class Runner:
         if outcome is not None and self._settle is not None:
             self._settle.add(outcome)
 
+    def _cancelled_before_start(self, job: Job) -> None:
+        # A task cancelled before its first step never enters _process's try: nothing
+        # there forgot the job or gave it an outcome.
+        held = self._held.get(job.id)
+        if held is None or held.cancel_reason is None:
+            return
+        del self._held[job.id]
+        self._room.set()
+        outcome = self._attempts.cancelled_outcome(job, held.cancel_reason)
+        if outcome is not None and self._settle is not None:
+            self._settle.add(outcome)
+
     def _cancel(self, job_id: int, reason: str) -> None:
         held = self._held.get(job_id)
-        if held is not None and held.task is not None and held.cancel_reason is None:
-            held.cancel_reason = reason
-            held.task.cancel()
+        if held is not None and held.cancel_reason is None:
+            held.cancel_reason = reason  # one without a task yet sees it when it starts
+            if held.task is not None:
+                held.task.cancel()
 
     def _on_settled(self, outcomes: Sequence[Outcome], lost: frozenset[int]) -> None:
         written = collections.Counter(
@@ -557,44 +693,174 @@ class Runner:
     # -- heartbeats -----------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._heartbeat_interval)
+            sent = loop.time()
             try:
-                await self._beat()
-            except Exception as exc:
-                logger.warning(
-                    "heartbeat failed (%s: %s); trying again in %.1fs",
-                    type(exc).__name__,
-                    exc,
-                    self._heartbeat_interval,
-                    extra={"action": "heartbeat_failed"},
+                beat = await self._calls.run(
+                    "heartbeat", self._send_heartbeat(), within=self._beat_timeout(sent)
                 )
+                await self._after_beat(beat, sent, loop.time())
+            except TRANSIENT as exc:
+                self._regular_beats = 0
+                self._beat_failed(exc, loop.time())
 
-    async def _beat(self) -> None:
-        assert self._token is not None
-        beat = await self._backend.heartbeat(self._token, list(self._held), lease=self._prune_after)
-        if not beat.alive:
-            logger.error(
-                "worker %r was pruned or replaced by another incarnation: it stops claiming; "
-                "its jobs have moved on",
-                self._worker_name,
-                extra={"action": "worker_lost", "worker": self._worker_name},
-            )
-            for job_id in list(self._held):
-                self._cancel(job_id, "lost")
-            self.stop()
+    async def _send_heartbeat(self) -> Heartbeat:
+        assert self._token is not None and self._settle is not None
+        # The jobs whose outcome waits to be written are still this worker's: their leases
+        # must last until it is (a settle held up by a stall must not lose its jobs).
+        held = [*self._held, *self._settle.job_ids()]
+        return await self._backend.heartbeat(self._token, held, lease=self._prune_after)
+
+    def _beat_timeout(self, sent: float) -> float:
+        """How long a heartbeat may take: db_timeout, and while the leases last by this
+        worker's own clock, no longer than they do (but a margin, to hear the answer)."""
+        if not self._link.is_set():
+            return self._calls.timeout
+        lease_left = self._beat_ok_at + self._prune_after - self._lease_margin - sent
+        return min(self._calls.timeout, max(lease_left, self._lease_margin))
+
+    def _beat_failed(self, exc: BaseException, now: float) -> None:
+        silent = now - self._beat_ok_at
+        if self._link.is_set() and silent >= self._prune_after - self._lease_margin:
+            self._lease_expired(silent)
             return
+        logger.warning(
+            "heartbeat failed (%s: %s); none got through for %.1fs; trying again in %.1fs",
+            type(exc).__name__,
+            exc,
+            silent,
+            self._heartbeat_interval,
+            extra={"action": "heartbeat_failed"},
+        )
+
+    def _lease_expired(self, silent: float) -> None:
+        """No heartbeat got through for the lease's length (less a margin): by its own clock
+        this worker may have been pruned already, its jobs taken by another. It cannot know,
+        so it acts as if: it cancels its handlers (anything they wrote would be fenced out),
+        and claims nothing until a heartbeat gets through again."""
+        self._link.clear()
+        logger.error(
+            "worker %r: no heartbeat reached the database for %.1fs (prune_after %.1fs): it "
+            "counts its leases as lost, cancels its %d jobs (put back, fenced, once the "
+            "database answers) and claims nothing until a heartbeat gets through",
+            self._worker_name,
+            silent,
+            self._prune_after,
+            len(self._held),
+            extra={"action": "lease_expired", "worker": self._worker_name},
+        )
+        for job_id in list(self._held):
+            self._cancel(job_id, "expired")
+
+    async def _after_beat(self, beat: Heartbeat, sent: float, done: float) -> None:
+        if not beat.alive:
+            await self._not_alive(beat)
+            return
+        if not self._link.is_set():
+            logger.warning(
+                "worker %r: a heartbeat got through again after %.1fs; claiming again",
+                self._worker_name,
+                done - self._beat_ok_at,
+                extra={"action": "lease_regained", "worker": self._worker_name},
+            )
+            self._link.set()
+        # A worker that has just come out of a stall (its own heartbeat late or slow: a
+        # locked table, a stalled server, a blocked loop) sees every other worker as silent
+        # for as long as it was stuck, and their heartbeats, queued behind the same stall,
+        # may not have landed yet: judging them now would prune live workers. So it recovers
+        # nothing until its own heartbeats have come on time twice in a row; by then every
+        # live worker has had a heartbeat interval to land one.
+        on_time = sent - self._beat_done_at <= self._heartbeat_interval + self._stall_limit
+        regular = on_time and done - sent <= self._stall_limit
+        self._regular_beats = self._regular_beats + 1 if regular else 0
+        self._beat_ok_at, self._beat_done_at = sent, done
         for job_id in beat.lost:
             self._cancel(job_id, "lost")
         for job_id in beat.cancel:
             self._cancel(job_id, "operator")
-        self._telemetry.recovered(await self._backend.recover(prune_after=self._prune_after))
+        if self._regular_beats >= 2:
+            # Bounded like a heartbeat: a recovery stuck behind a lock must not keep the next
+            # heartbeats (and the lease check they make) from happening.
+            recovered = await self._calls.run(
+                "recover",
+                self._backend.recover(prune_after=self._prune_after),
+                within=self._beat_timeout(self._loop_time()),
+            )
+            self._telemetry.recovered(recovered)
+
+    async def _not_alive(self, beat: Heartbeat) -> None:
+        """The backend no longer counts this incarnation alive: its jobs have moved on."""
+        for job_id in list(self._held):
+            self._cancel(job_id, "lost")
+        if beat.replaced:
+            # Another live process took this name: registering again would replace it in
+            # turn, and the two would take each other's jobs away forever. The newer wins.
+            logger.error(
+                "worker %r was replaced: another process registered under the same name; "
+                "this one stops (two live processes must not share a worker_name: give each "
+                "its own)",
+                self._worker_name,
+                extra={"action": "worker_lost", "worker": self._worker_name},
+            )
+            self.stop()
+            return
+        if self._stop_requested:
+            return  # stopping anyway: nothing left to carry on with
+        # Pruned while alive (a partition, a pause, a stall longer than prune_after): its jobs
+        # went back to the queue, but the process is healthy; exiting would leave fewer
+        # workers than the operator runs. It carries on as a new incarnation.
+        logger.error(
+            "worker %r was pruned while alive (no heartbeat of it reached the database for "
+            "prune_after=%.1fs): its jobs moved on; it registers again and carries on",
+            self._worker_name,
+            self._prune_after,
+            extra={"action": "worker_pruned", "worker": self._worker_name},
+        )
+        assert self._settle is not None
+        loop = asyncio.get_running_loop()
+        # What the old incarnation buffered is written first, fenced: rows a pruner skipped
+        # (locked at that moment) are still its own.
+        await self._settle.flush(deadline=loop.time() + self._calls.timeout)
+        token = await self._register()
+        self._token = token
+        self._settle.rebind(token)
+        self._beat_ok_at = self._beat_done_at = loop.time()
+        self._regular_beats = 0
+        self._link.set()
+        logger.warning(
+            "worker %r registered again as a new incarnation",
+            self._worker_name,
+            extra={"action": "worker_reregistered", "worker": self._worker_name},
+        )
+
+    async def _register(self) -> WorkerToken:
+        return await self._calls.run(
+            "register_worker",
+            self._backend.register_worker(
+                self._worker_name, self._queues, max_attempts=self._policy.max_attempts
+            ),
+        )
+
+    async def _write(
+        self, worker: WorkerToken, outcomes: Sequence[Outcome], deadline: float | None
+    ) -> list[int]:
+        """The settle buffer's write: one settle, under db_timeout and the deadline."""
+        timeout = self._calls.timeout
+        if deadline is not None:
+            timeout = min(timeout, deadline - asyncio.get_running_loop().time())
+        return await self._calls.run(
+            "settle", self._backend.settle(worker, outcomes), within=timeout
+        )
 
     # -- shutdown -------------------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
         """Put back what has not started; give running jobs ``shutdown_timeout``; cancel."""
         self._stop_requested = True
+        loop = asyncio.get_running_loop()
+        stopped_at = loop.time()
         suspect, self._suspect = self._suspect, None
         if suspect is not None and self._held[suspect.id].task is None:
             del self._held[suspect.id]  # never started: back to the queue, no attempt used
@@ -611,10 +877,18 @@ class Runner:
                 extra={"action": "worker_stopping", "worker": self._worker_name},
             )
             await self._wait_idle(self._shutdown_timeout, until_hard_stop=True)
+        # From here on, whatever the network does, everything left (handlers unwinding, the
+        # last writes) ends by _close_by: what is left of shutdown_timeout, plus CLOSE_GRACE;
+        # HARD_STOP_GRACE alone after a hard stop.
+        now = loop.time()
+        if self._hard_stop.is_set():
+            self._close_by = now + HARD_STOP_GRACE
+        else:
+            self._close_by = max(now, stopped_at + self._shutdown_timeout) + CLOSE_GRACE
         for job_id in list(self._held):
             self._cancel(job_id, "shutdown")
         if self._held:
-            await self._wait_idle(CANCEL_GRACE, until_hard_stop=False)
+            await self._wait_idle(min(CANCEL_GRACE, self._time_left()), until_hard_stop=False)
         if self._held:
             logger.error(
                 "%d jobs ignored cancellation; they will be recovered when this worker's "
@@ -623,7 +897,7 @@ class Runner:
                 extra={"action": "jobs_abandoned", "job_ids": list(self._held)},
             )
         if self._batches:
-            await asyncio.wait(self._batches, timeout=CANCEL_GRACE)
+            await asyncio.wait(self._batches, timeout=self._time_left())
 
     async def _wait_idle(self, seconds: float, *, until_hard_stop: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -645,8 +919,12 @@ class Runner:
 
     async def _close(self) -> None:
         assert self._settle is not None and self._token is not None
-        loop = asyncio.get_running_loop()
-        flushed = await self._settle.flush(deadline=loop.time() + max(self._shutdown_timeout, 1))
+        deadline = self._loop_time() + self._time_left()
+        try:
+            flushed = await self._settle.flush(deadline=deadline)
+        except Exception as exc:  # a bug in writing outcomes, not the database
+            self._fail("writing the last outcomes", exc)
+            flushed = False
         if not flushed:
             logger.error(
                 "%d outcomes could not be written before shutdown; their jobs will be "
@@ -656,9 +934,25 @@ class Runner:
             )
         else:
             try:
-                await self._backend.unregister_worker(self._token)
+                await self._calls.run(
+                    "unregister_worker",
+                    self._backend.unregister_worker(self._token),
+                    within=self._time_left(),
+                )
             except Exception as exc:
-                logger.warning("could not mark worker %r stopped: %s", self._worker_name, exc)
+                logger.warning(
+                    "could not mark worker %r stopped (%s: %s); it will be pruned",
+                    self._worker_name,
+                    type(exc).__name__,
+                    exc,
+                )
+        if self._calls.abandoned:
+            logger.warning(
+                "%d backend calls were cut off and never answered (a network that stopped "
+                "answering?); closing the backend drops them",
+                self._calls.abandoned,
+                extra={"action": "calls_abandoned", "count": self._calls.abandoned},
+            )
         self._state = "stopped"
         self._finished_at = time.monotonic()
         self._ended.set()

@@ -81,6 +81,8 @@ class Heartbeat:
     lost: tuple[int, ...] = ()
     #: held jobs an operator asked to cancel
     cancel: tuple[int, ...] = ()
+    #: not alive because another incarnation registered under the same name (not pruned)
+    replaced: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

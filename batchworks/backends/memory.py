@@ -591,7 +591,8 @@ class MemoryBackend:
         """Extend the leases of the held jobs; report lost and cancel-requested ones."""
         record = self._workers.get(worker)
         if record is None or record.state != "active":
-            return Heartbeat(alive=False, lost=tuple(job_ids))
+            replaced = record is not None and record.state == "replaced"
+            return Heartbeat(alive=False, lost=tuple(job_ids), replaced=replaced)
         now = self._clock()
         record.heartbeat_at = now
         lost: list[int] = []
@@ -668,8 +669,8 @@ class MemoryBackend:
         if row is None or row.worker != worker:
             raise LeaseLost(f"job {job_id} is no longer held by this worker; nothing was saved")
         row.checkpoint = text
-        return _json.loads(text)
         row.lease_until = self._clock() + lease
+        return _json.loads(text)
 
     async def next_due(self, queues: Sequence[str]) -> float | None:
         """Seconds until the earliest queued job of ``queues`` is due, or None."""

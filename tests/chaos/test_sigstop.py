@@ -1,5 +1,6 @@
 """Scenario 3: a worker SIGSTOPped for 3x its prune period, then SIGCONTed: its jobs moved on
-while it slept, and every settle it sends once awake changes 0 rows."""
+while it slept, every settle it sends once awake for them changes 0 rows, and it carries on as
+a new incarnation."""
 
 from __future__ import annotations
 
@@ -55,11 +56,21 @@ async def test_sigstopped_worker_is_fenced_out_when_it_wakes(
     continued_at = loop.time()
     sleeper.send(signal.SIGCONT)
 
-    # It finds itself pruned, stops claiming and exits 0 by itself.
-    assert await sleeper.exit_code(within=20) == 0
-    assert sleeper.report is not None, "the sleeper printed no report"
-    late = [(n, changed) for sent, n, changed in sleeper.report["settles"] if sent > continued_at]
+    # It finds itself pruned, registers again and carries on (until the SIGTERM at the end).
+    await poll(
+        lambda: "registered again" in sleeper.stderr(), within=20, what="it to register again"
+    )
+    assert sleeper.alive, "a worker pruned while alive must not exit"
     verdict = await settle_and_judge(ledger, fleet, within=60)
+    assert sleeper.report is not None, "the sleeper printed no report"
+    settles = sleeper.report["settles"]
+    first_token = settles[0][3]  # the incarnation that was stopped (it registered again since)
+    late = [
+        (n, changed)
+        for sent, n, changed, token in settles
+        if sent > continued_at and token == first_token
+    ]
+    again = sum(changed or 0 for sent, _, changed, token in settles if token != first_token)
     record_figures(
         "3 SIGSTOP 3x prune_after",
         **verdict.figures(),
@@ -70,6 +81,7 @@ async def test_sigstopped_worker_is_fenced_out_when_it_wakes(
         late_rows_changed=sum(changed or 0 for _, changed in late),
         late_unanswered=sum(1 for _, changed in late if changed is None),
         sleeper_report_lost=sleeper.report["lost"],
+        rows_written_by_its_new_incarnation=again,
     )
     verdict.assert_ok()
     assert recovered < PRUNE_AFTER + 2 * HEARTBEAT + 1.5, f"recovery took {recovered:.2f} s"

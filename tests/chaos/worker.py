@@ -2,11 +2,17 @@
 
 CONFIG_JSON holds ``dsn``, ``schema``, ``name`` and optional settings:
 
+- ``backend_dsn``: where the backend connects, when not ``dsn`` (a proxy that black-holes
+  the network); the effects pool always uses ``dsn``, so the ledger stays exact
+
 - ``runner``: keyword arguments for :class:`Runner` (``concurrency``, ``prune_after``...)
 - ``queues``: the queues it serves, all with the handler below (default ``["q"]``)
 - ``retry_wait`` / ``max_attempts``: the retry policy (a fixed wait, in seconds)
 - ``ms_scale``: a factor on every job's duration (``{"ms": 20}`` runs ``20 * ms_scale`` ms)
 - ``echo``: handlers return the payload itself and do nothing else (bad-input runs)
+- ``max_payload_bytes``, ``pool_max``, ``connect_options``, ``listen_dsn``: backend settings
+- ``effects_dsn``: where the effects are written (default ``dsn``), when ``dsn`` goes through
+  a pooler under test
 - ``max_payload_bytes``, ``pool_max``: backend settings
 - ``schedules``: keyword arguments of :class:`Schedule` objects the runner carries
 - ``inject``: faults the process inflicts on itself, from inside the backend calls:
@@ -116,7 +122,8 @@ class ChaosBackend(PostgresBackend):
         self.inject = inject
         self.calls = {"claim": 0, "settle": 0, "ticks": 0}
         self.settled = 0
-        #: [monotonic time the settle was sent, outcomes, rows it changed (None: no answer)]
+        #: [monotonic time the settle was sent, outcomes, rows it changed (None: no answer),
+        #: the worker token it was fenced by]
         self.settles: list[list[Any]] = []
         self.rng = random.Random(inject.get("seed"))
 
@@ -159,7 +166,7 @@ class ChaosBackend(PostgresBackend):
             print(f"settle-pending {len(outcomes)}", flush=True)  # noqa: T201 - read by the test
             await asyncio.sleep(delay)
         self._fault("settle", "before")
-        entry = [time.monotonic(), len(outcomes), None]
+        entry = [time.monotonic(), len(outcomes), None, str(worker)]
         self.settles.append(entry)  # its rows stay None if the call never returns
         lost = await super().settle(worker, outcomes, *args, **kwargs)
         changed = entry[2] = len(outcomes) - len(lost)
@@ -183,8 +190,10 @@ async def main(config: dict[str, Any]) -> None:
     )
     dsn, schema, name = config["dsn"], config["schema"], config["name"]
     pid = os.getpid()
-    effects = await asyncpg.create_pool(
-        _with_app_name(dsn, f"chaos-fx-{name}-{pid}"), min_size=1, max_size=4
+    effects = await asyncpg.create_pool(  # the ledger's own: straight to PostgreSQL
+        _with_app_name(config.get("effects_dsn", dsn), f"chaos-fx-{name}-{pid}"),
+        min_size=1,
+        max_size=4,
     )
     scale = float(config.get("ms_scale", 1.0))
     echo = bool(config.get("echo", False))
@@ -237,15 +246,15 @@ async def main(config: dict[str, Any]) -> None:
         wait=tenacity.wait_fixed(float(config.get("retry_wait", 0.05))),
     )
     backend = ChaosBackend(
-        _with_app_name(dsn, f"chaos-bw-{name}-{pid}"),
+        _with_app_name(config.get("backend_dsn", dsn), f"chaos-bw-{name}-{pid}"),
         schema=schema,
         inject=config.get("inject", {}),
         max_size=int(config.get("pool_max", 10)),
-        **(
-            {"max_payload_bytes": config["max_payload_bytes"]}
-            if "max_payload_bytes" in config
-            else {}
-        ),
+        **{
+            key: config[key]
+            for key in ("max_payload_bytes", "connect_options", "listen_dsn")
+            if key in config
+        },
     )
     async with backend:
         handlers = {queue: handler for queue in config.get("queues", ["q"])}

@@ -102,6 +102,18 @@ class TestFencing:
         record = await backend.get_job(job_id)
         assert record is not None and record.checkpoint == {"offset": 700}
 
+    async def test_saving_a_checkpoint_extends_the_lease(self, backend: Backend) -> None:
+        job_id = await backend.enqueue("q", None)
+        worker = await backend.register_worker("w1", ["q"])
+        # A lease of 0 s has passed by the next call; the checkpoint's lease of 60 s has not.
+        assert len(await backend.claim(worker, ["q"], 1, lease=0, max_attempts=5)) == 1
+        await backend.save_checkpoint(worker, job_id, {"offset": 1}, lease=60)
+
+        assert await backend.recover(prune_after=60) == 0
+        record = await backend.get_job(job_id)
+        assert record is not None
+        assert (record.state, record.errors) == (JobState.RUNNING, ())
+
     async def test_handler_sees_lease_lost_when_its_job_moved_on(self, backend: Backend) -> None:
         saving = asyncio.Event()
         may_save = asyncio.Event()

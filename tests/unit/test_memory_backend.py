@@ -612,6 +612,18 @@ class TestHeartbeat:
 
         assert not beat.alive
         assert beat.lost == (job_id,)
+        assert beat.replaced, "a replaced worker must be told apart from a pruned one"
+
+    async def test_heartbeat_of_a_pruned_worker_is_not_alive_nor_replaced(
+        self, backend: Backend
+    ) -> None:
+        worker = await backend.register_worker("w1", ["q"])
+        await asyncio.sleep(0.01)  # its heartbeat is older than the prune_after below
+        await backend.recover(prune_after=0.001)
+
+        beat = await backend.heartbeat(worker, [], lease=LEASE)
+
+        assert (beat.alive, beat.replaced) == (False, False)
 
 
 class TestMemoryOnlyHeartbeat:

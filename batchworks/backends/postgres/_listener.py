@@ -4,6 +4,12 @@ The connection is kept up: when it drops (or stops answering a periodic probe, a
 network partition that closes nothing) it is replaced, with backoff, and every waiter is
 woken after each (re)connect, since jobs may have been enqueued while nobody listened.
 Until it is back, runners fall back to polling.
+
+Right after each LISTEN the listener sends itself a NOTIFY through the backend's pool, the way
+enqueues send theirs. A connection that goes through PgBouncer in transaction pooling mode
+takes LISTEN without complaint and never hears a thing: when the probe does not come back
+within ``DELIVERY_TIMEOUT``, the listener logs one warning (how to fix it: ``listen_dsn=``)
+and stops, and idle runners poll.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,18 +26,31 @@ logger = logging.getLogger("batchworks.backends.postgres")
 RETRY_MAX = 5.0  # seconds between reconnects, at most
 PROBE_INTERVAL = 30.0  # seconds between liveness probes of an idle connection
 PROBE_TIMEOUT = 5.0  # seconds a probe may take before the connection counts as dead
+DELIVERY_TIMEOUT = 5.0  # seconds a NOTIFY to itself may take to come back after LISTEN
 
 Connect = Callable[[], Awaitable[Any]]
 Release = Callable[[Any], Awaitable[None]]
+Notify = Callable[[str], Awaitable[None]]
+
+
+class _Undelivered(Exception):
+    """The NOTIFY sent right after LISTEN never came back."""
 
 
 class Listener:
     """Wakes :meth:`event` waiters on every NOTIFY on ``channel``."""
 
-    def __init__(self, channel: str, connect: Connect, release: Release) -> None:
+    def __init__(self, channel: str, connect: Connect, release: Release, notify: Notify) -> None:
         self._channel = channel
         self._connect = connect
         self._release = release
+        self._notify = notify
+        # The payload of the NOTIFY in flight to ourselves (no queue name has a space) and
+        # the event its arrival sets.
+        self._probe = f"#probe {uuid.uuid4().hex}"
+        self._probe_back = asyncio.Event()
+        #: False once notifications were found not to arrive (then runners poll)
+        self.delivers: bool | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._conn: Any = None
@@ -61,6 +81,15 @@ class Listener:
             self._task = None
         await self._drop()
 
+    def terminate(self) -> None:
+        """Cut the connection without a goodbye (a close that got no answer)."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
     async def _run(self) -> None:
         delay = 0.1
         while not self._closed:
@@ -84,6 +113,11 @@ class Listener:
                 continue
             delay = 0.1
             self.wake()
+            try:
+                await self._check_delivery(lost)
+            except _Undelivered:
+                await self._drop()
+                return  # polling from now on: reconnecting would not make it deliver
             await self._watch(conn, lost)
             await self._drop()
             logger.warning("LISTEN connection lost; reconnecting", extra={"action": "listen_lost"})
@@ -101,11 +135,45 @@ class Listener:
             except Exception:
                 return
 
+    async def _check_delivery(self, lost: asyncio.Event) -> None:
+        """NOTIFY ourselves through the pool; raise :class:`_Undelivered` (after a warning)
+        when it does not come back. A NOTIFY that cannot be sent (the database is down) or a
+        connection lost meanwhile proves nothing: the next connection checks again."""
+        self._probe_back.clear()
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                await self._notify(self._probe)
+        except Exception:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DELIVERY_TIMEOUT):
+                await _first(self._probe_back, lost)
+        if self._probe_back.is_set():
+            self.delivers = True
+            return
+        if lost.is_set():
+            return
+        self.delivers = False
+        logger.warning(
+            "LISTEN hears no NOTIFY: one sent to itself right after LISTEN did not come back "
+            "within %.0fs, so idle runners are not woken by enqueues and poll instead (every "
+            "poll_interval). A connection through PgBouncer in transaction pooling mode does "
+            "this: pass PostgresBackend(listen_dsn=...) a direct connection to PostgreSQL",
+            DELIVERY_TIMEOUT,
+            extra={"action": "listen_undelivered"},
+        )
+        raise _Undelivered
+
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if payload == self._probe:
+            self._probe_back.set()
+            return
         self.wake()
 
     async def _drop(self) -> None:
-        conn, self._conn = self._conn, None
+        # self._conn is cleared only once it is released: a close cut short by its time limit
+        # still finds it, to terminate it.
+        conn = self._conn
         if conn is not None:
             with contextlib.suppress(Exception):
                 # UNLISTEN before a connection goes back to a pool: a pool created with a
@@ -113,3 +181,14 @@ class Listener:
                 await conn.remove_listener(self._channel, self._on_notify)
             with contextlib.suppress(Exception):
                 await self._release(conn)
+        self._conn = None
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Return when any of ``events`` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

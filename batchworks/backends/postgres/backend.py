@@ -16,15 +16,17 @@ import re
 import socket
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from importlib import resources
 from types import TracebackType
 from typing import Any, LiteralString, Self, cast
 
 import asyncpg
+import tenacity
 
 from batchworks import _json
+from batchworks._checks import duration
 from batchworks.backends.base import (
     ClaimedJob,
     EnqueueOptions,
@@ -43,6 +45,14 @@ from batchworks.backends.base import (
     seconds,
 )
 from batchworks.backends.postgres import queries
+from batchworks.backends.postgres._connect import (
+    OPEN_TIMEOUT,
+    check_connect_options,
+    connection_options,
+    redact,
+    retry_connect,
+    transient,
+)
 from batchworks.backends.postgres._listener import Listener
 from batchworks.errors import (
     BackendError,
@@ -59,8 +69,12 @@ __all__ = ["PostgresBackend"]
 
 logger = logging.getLogger(__name__)
 
+COMMAND_TIMEOUT = 60.0  # seconds: asyncpg's default time limit on a statement of our own pool
+CLOSE_TIMEOUT = 2.0  # seconds closing the pool may wait for its connections, then they are cut
+
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,49}")
 _SUCCEEDED = OutcomeKind.SUCCEEDED
+UNREGISTER_TRIES = 3  # a clean stop marks its worker row stopped, trying this many times
 _MIGRATION_FILE = re.compile(r"(\d{4})_(\w+)\.sql")
 _NOT_MIGRATED = (
     asyncpg.UndefinedTableError,
@@ -68,6 +82,9 @@ _NOT_MIGRATED = (
     asyncpg.UndefinedFunctionError,
     asyncpg.UndefinedColumnError,
 )
+
+# What a statement cache gives through a pooler that moves a session between servers.
+_PREPARED = (asyncpg.InvalidSQLStatementNameError, asyncpg.DuplicatePreparedStatementError)
 
 
 class Queries:
@@ -111,9 +128,24 @@ class PostgresBackend:
     :param min_size: connections the pool keeps open.
     :param max_size: connections the pool opens at most.
     :param max_payload_bytes: the largest encoded payload, result or checkpoint accepted.
+    :param connect_options: keyword arguments of ``asyncpg.create_pool``/``asyncpg.connect``
+        for the connections the backend opens (``statement_cache_size``, ``server_settings``,
+        ``command_timeout``, ``ssl``, ``setup``, ...); behind PgBouncer in transaction pooling
+        mode pass ``{"statement_cache_size": 0}``. Those the backend sets itself (``dsn``,
+        ``min_size``, ``max_size``, ``reset``) are refused.
+    :param listen_dsn: where the LISTEN connection for wake-ups goes, when ``dsn`` (or the
+        pool) goes through a pooler that cannot carry LISTEN: a direct connection to
+        PostgreSQL. Default: ``dsn``, or a connection of ``pool``.
+    :param open_timeout: seconds :meth:`open` keeps retrying, with backoff, while PostgreSQL
+        does not accept connections yet (a worker started beside its database); 0 tries once.
 
     Open it with ``async with backend:`` (or :meth:`open`), create its tables once with
     :meth:`migrate`.
+
+    The pool it opens gives each statement at most ``COMMAND_TIMEOUT`` seconds (asyncpg's
+    ``command_timeout``; ``connect_options`` may set another). That also bounds the cancel
+    request asyncpg sends for a statement cut short: without it, a cancelled call on a
+    black-holed network holds its connection until TCP gives up, minutes later.
     """
 
     def __init__(
@@ -125,9 +157,22 @@ class PostgresBackend:
         min_size: int = 2,
         max_size: int = 10,
         max_payload_bytes: int = _json.MAX_PAYLOAD_BYTES,
+        connect_options: Mapping[str, Any] | None = None,
+        listen_dsn: str | None = None,
+        open_timeout: float = OPEN_TIMEOUT,
     ) -> None:
         if (dsn is None) == (pool is None):
             raise ConfigurationError("pass PostgresBackend a dsn or a pool=, exactly one")
+        self._options = check_connect_options(connect_options)
+        if pool is not None and self._options:
+            raise ConfigurationError(
+                "connect_options apply to the pool PostgresBackend opens from a dsn; with "
+                "pool=, set them on your own pool"
+            )
+        if listen_dsn is not None and (not isinstance(listen_dsn, str) or not listen_dsn):
+            raise ConfigurationError(f"listen_dsn must be a non-empty str, got {listen_dsn!r}")
+        self._listen_dsn = listen_dsn
+        self._open_timeout = duration(open_timeout, "open_timeout", zero=True)
         self._dsn = dsn
         self._schema = _check_schema(schema)
         self._q = Queries(self._schema)
@@ -135,7 +180,9 @@ class PostgresBackend:
         self._pool: asyncpg.Pool | None = pool
         self._min_size, self._max_size = min_size, max_size
         self._max_bytes = max_payload_bytes
-        self._listener = Listener(self._q.channel, self._listen_connect, self._listen_release)
+        self._listener = Listener(
+            self._q.channel, self._listen_connect, self._listen_release, self._notify
+        )
         self._closed = False
         self._pre6 = False  # the schema lacks migration 6: claims skip the schedule columns
 
@@ -159,15 +206,21 @@ class PostgresBackend:
         if self._closed:
             raise LifecycleError("PostgresBackend was closed; create a new one")
         if self._pool is None:
-            try:
-                self._pool = await asyncpg.create_pool(
-                    self._dsn,
+            assert self._dsn is not None
+            dsn = self._dsn
+            options = {"command_timeout": COMMAND_TIMEOUT, **self._options}
+            options["init"] = _with_types_known(options.get("init"))
+            self._pool = await retry_connect(
+                lambda: asyncpg.create_pool(
+                    dsn,
                     min_size=self._min_size,
                     max_size=self._max_size,
                     reset=_keep_session,
-                )
-            except (OSError, asyncpg.PostgresError) as exc:
-                raise BackendError(f"could not connect to PostgreSQL: {exc}") from exc
+                    **options,
+                ),
+                open_timeout=self._open_timeout,
+                where=redact(dsn),
+            )
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -182,11 +235,29 @@ class PostgresBackend:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop listening and close the pool (if the backend opened it)."""
+        """Stop listening and close the pool (if the backend opened it).
+
+        A graceful close waits for the server to see each connection go; over a network that
+        stopped answering it would wait for TCP to give up. So it waits ``CLOSE_TIMEOUT``
+        seconds at most, then cuts the connections (the server drops their sessions as for a
+        client that went away).
+        """
         self._closed = True
-        await self._listener.aclose()
-        if self._pool is not None and self._own_pool:
-            await self._pool.close()
+        pool = self._pool if self._own_pool else None
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._listener.aclose()
+                if pool is not None:
+                    await pool.close()
+        except TimeoutError:
+            logger.warning(
+                "PostgreSQL did not answer the close within %.1fs; cutting its connections",
+                CLOSE_TIMEOUT,
+                extra={"action": "close_timeout"},
+            )
+            self._listener.terminate()
+            if pool is not None:
+                pool.terminate()
         self._pool = None if self._own_pool else self._pool
 
     def _require_pool(self) -> asyncpg.Pool:
@@ -206,6 +277,12 @@ class PostgresBackend:
                 f"schema {self._schema!r} has no batchworks tables, or not those of this "
                 f"version ({exc}); run "
                 "'await backend.migrate()' or 'batchworks migrate' first"
+            ) from exc
+        except _PREPARED as exc:
+            raise BackendError(
+                f"PostgreSQL: {type(exc).__name__}: {exc.message}: a pooler between batchworks "
+                "and PostgreSQL (PgBouncer in transaction pooling mode) does not keep prepared "
+                "statements; pass PostgresBackend(connect_options={'statement_cache_size': 0})"
             ) from exc
         except (
             asyncpg.PostgresError,
@@ -511,8 +588,19 @@ class PostgresBackend:
         return token
 
     async def unregister_worker(self, worker: WorkerToken) -> None:
-        """Mark the incarnation stopped; jobs it still holds (none, normally) are recovered."""
-        await self._fetch(self._q.unregister_worker, worker)
+        """Mark the incarnation stopped; jobs it still holds (none, normally) are recovered.
+
+        A connection lost on the way is tried again a few times (a fresh one from the pool):
+        a row left active after a clean stop would count as a live worker until pruned."""
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(UNREGISTER_TRIES),
+            wait=tenacity.wait_random(0.05, 0.5),
+            retry=tenacity.retry_if_exception(_connection_lost),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._fetch(self._q.unregister_worker, worker)
 
     async def claim(
         self,
@@ -577,6 +665,7 @@ class PostgresBackend:
             alive=row["alive"],
             lost=tuple(job_id for job_id in job_ids if job_id not in held),
             cancel=tuple(row["cancel"]),
+            replaced=row["replaced"],
         )
 
     async def recover(self, *, prune_after: float) -> int:
@@ -601,15 +690,20 @@ class PostgresBackend:
         return json.loads(text)
 
     async def _listen_connect(self) -> asyncpg.Connection:
-        if self._dsn is not None:
-            return await asyncpg.connect(self._dsn)
+        dsn = self._listen_dsn or self._dsn
+        if dsn is not None:
+            return await asyncpg.connect(dsn, **connection_options(self._options))
         return await self._require_pool().acquire()
 
     async def _listen_release(self, conn: asyncpg.Connection) -> None:
-        if self._dsn is not None:
+        if self._listen_dsn is not None or self._dsn is not None:
             await conn.close(timeout=2)
         elif self._pool is not None:
             await self._pool.release(conn)
+
+    async def _notify(self, payload: str) -> None:
+        """A NOTIFY on the wake-up channel the way enqueues send it: through the pool."""
+        await self._require_pool().execute("SELECT pg_notify($1, $2)", self._q.channel, payload)
 
     def _encode(self, value: Any, what: str) -> str:
         return _json.dumps(value, what=what, limit=self._max_bytes)
@@ -694,11 +788,45 @@ class PostgresBackend:
         return int(rows[0]["id"]) if rows else None
 
 
+Init = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
+def _with_types_known(init: Init | None) -> Init:
+    """The pool's ``init``: teach each new connection the array types batchworks binds, then
+    run the user's ``init``.
+
+    asyncpg looks up a type it has no codec for with a catalog query, once per connection,
+    after turning JIT off for the session around it. Behind PgBouncer in transaction pooling
+    mode that session-level SET lands on one server and the query on another, where JIT makes
+    it take a second or more: a pool of fresh connections then holds every server, and
+    heartbeats wait longer than ``prune_after``. One transaction (one server) with ``SET
+    LOCAL jit = off`` does the lookup up front, everywhere. (asyncpg's own SET inside it
+    leaves JIT off for that session, which batchworks' short statements do not miss.)"""
+
+    async def setup(conn: asyncpg.Connection) -> None:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL jit = off")
+            await conn.fetchval(_KNOWN_TYPES, None, None, None)
+        if init is not None:
+            await init(conn)
+
+    return setup
+
+
+# The array types batchworks binds that asyncpg has no built-in codec for (int8[], float8[],
+# jsonb[]): a statement that mentions them makes asyncpg introspect them.
+_KNOWN_TYPES = "SELECT $1::int8[] IS NULL AND $2::float8[] IS NULL AND $3::jsonb[] IS NULL"
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """The pool's reset: nothing to do. batchworks leaves no session state on its own pool's
     connections (no SET, LISTEN or session advisory lock: those run on the listener's own
     connection or inside transactions), so asyncpg's default reset, one more round trip on
     every release, would buy nothing. An open transaction is still rolled back by the pool."""
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    return isinstance(exc, BackendError) and transient(exc.__cause__)
 
 
 def _record(row: asyncpg.Record) -> JobRecord:

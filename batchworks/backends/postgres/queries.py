@@ -394,20 +394,26 @@ SELECT NULL FROM woke
 """
 )
 
+# clock_timestamp(), not now(): now() is when the statement arrived, and a heartbeat that
+# waited behind a lock (an operator's LOCK TABLE, a stalled server) would record that moment,
+# so the first recovery after the stall would judge a worker whose heartbeat had just landed
+# silent for the whole stall. The heartbeat and the leases count from when it landed.
 HEARTBEAT: LiteralString = """
 WITH w AS (
-    UPDATE __SCHEMA__.workers SET heartbeat_at = now()
+    UPDATE __SCHEMA__.workers SET heartbeat_at = clock_timestamp()
     WHERE token = $1 AND state = 'active'
     RETURNING token
 ), held AS (
-    UPDATE __SCHEMA__.jobs SET lease_until = now() + make_interval(secs => $3)
+    UPDATE __SCHEMA__.jobs SET lease_until = clock_timestamp() + make_interval(secs => $3)
     WHERE id = ANY($2::bigint[]) AND state = 'running' AND worker_token = $1
       AND EXISTS (SELECT 1 FROM w)
     RETURNING id, cancel_requested
 )
 SELECT EXISTS (SELECT 1 FROM w) AS alive,
        ARRAY(SELECT id FROM held) AS held,
-       ARRAY(SELECT id FROM held WHERE cancel_requested) AS cancel
+       ARRAY(SELECT id FROM held WHERE cancel_requested) AS cancel,
+       EXISTS (SELECT 1 FROM __SCHEMA__.workers WHERE token = $1 AND state = 'replaced')
+           AS replaced
 """
 
 # One pruner at a time: the statement runs only where it gets the advisory lock ($2), which
