@@ -21,9 +21,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
+from typing import TypeVar
 
+from batchworks._calls import Calls
 from batchworks.backends.base import Backend, ScheduleState
 from batchworks.errors import BatchworksError, ConfigurationError
 from batchworks.schedule import Schedule, lateness, plan_ticks
@@ -36,9 +38,9 @@ logger = logging.getLogger("batchworks.schedule")
 SCHEDULE_REFRESH = 30.0  # seconds between reads of the schedules' state when none is due
 RETRY_INITIAL = 0.2  # seconds before a failed schedule call is tried again
 RETRY_MAX = 10.0  # seconds between retries at most
-STEP_TIMEOUT = 60.0  # seconds a start or a step (its backend calls) may take before it is retried
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 
 def check_schedules(
@@ -75,6 +77,8 @@ class Scheduler:
 
     :param clock: the current time (aware); tests pass a fake one. Default: the backend's
         clock, carried forward on the monotonic clock between its answers.
+    :param calls: the Runner's time bounds on backend calls (its ``db_timeout``): a call hung
+        on a dead connection is cut off and retried, and a hard stop cuts it off at once.
     """
 
     def __init__(
@@ -85,8 +89,10 @@ class Scheduler:
         *,
         refresh: float = SCHEDULE_REFRESH,
         clock: Clock | None = None,
+        calls: Calls | None = None,
     ) -> None:
         self._backend = backend
+        self._calls = calls
         self._schedules = schedules
         self._telemetry = telemetry
         self._refresh = refresh
@@ -106,6 +112,11 @@ class Scheduler:
         backend_now, monotonic = self._seen
         return backend_now + timedelta(seconds=time.monotonic() - monotonic)
 
+    async def _call(self, what: str, call: Awaitable[T]) -> T:
+        if self._calls is None:
+            return await call
+        return await self._calls.run(f"schedules: {what}", call)
+
     def _saw(self, backend_now: datetime) -> None:
         self._seen = (backend_now, time.monotonic())
 
@@ -119,8 +130,11 @@ class Scheduler:
         await self.refresh()
         now = self.now()
         for schedule in self._schedules:
-            state, replaced = await self._backend.put_schedule(
-                schedule.name, schedule.definition(), next_tick=schedule.next_after(now)
+            state, replaced = await self._call(
+                "put",
+                self._backend.put_schedule(
+                    schedule.name, schedule.definition(), next_tick=schedule.next_after(now)
+                ),
             )
             self._states[state.name] = state
             if replaced:
@@ -146,7 +160,7 @@ class Scheduler:
 
     async def refresh(self) -> None:
         """Read every stored schedule's state (one call)."""
-        listing = await self._backend.schedules()
+        listing = await self._call("read", self._backend.schedules())
         self._saw(listing.now)
         self._states = {state.name: state for state in listing.schedules}
         self._read_at = self._elapsed()
@@ -195,14 +209,17 @@ class Scheduler:
         telemetry = self._telemetry
         telemetry.refresh()
         with telemetry.tick_span(state.name, schedule.queue) as (span, carrier):
-            claim = await self._backend.claim_ticks(
-                state.name,
-                revision=state.revision,
-                due=state.next_tick,
-                next_tick=plan.next_tick,
-                ticks=plan.ticks,
-                skipped=plan.skipped,
-                trace_context=carrier,
+            claim = await self._call(
+                "claim",
+                self._backend.claim_ticks(
+                    state.name,
+                    revision=state.revision,
+                    due=state.next_tick,
+                    next_tick=plan.next_tick,
+                    ticks=plan.ticks,
+                    skipped=plan.skipped,
+                    trace_context=carrier,
+                ),
             )
             if self._clock is None:
                 self._saw(claim.now)
@@ -248,13 +265,12 @@ class Scheduler:
         started = False
         while not stop.is_set():
             try:
-                # Bounded: a call hung on a dead connection must not stop this runner's ticks
-                # for good. A claim cut short is atomic: it happened whole or not at all.
-                async with asyncio.timeout(STEP_TIMEOUT):
-                    if not started:
-                        await self.start()
-                        started = True
-                    wait = await self.step()
+                # Each backend call is bounded (``calls``): one hung on a dead connection is
+                # cut off and retried. A claim cut short is atomic: whole or not at all.
+                if not started:
+                    await self.start()
+                    started = True
+                wait = await self.step()
                 delay = RETRY_INITIAL
             except Exception as exc:
                 logger.warning(

@@ -177,7 +177,6 @@ class Runner:
         self._attempts = Attempts(self._handlers, self._policy, self._telemetry)
         self._attempts.result_limit = getattr(backend, "max_payload_bytes", MAX_PAYLOAD_BYTES)
         carried = check_schedules(schedules, self._handlers)
-        self._scheduler = Scheduler(backend, carried, self._telemetry) if carried else None
 
         self._state = "created"  # created, running, stopping, stopped
         self._token: WorkerToken | None = None
@@ -191,6 +190,9 @@ class Runner:
             timeout=duration(db_timeout, "db_timeout"),
             slow_after=min(SLOW_CALL, max(1.0, self._heartbeat_interval)),
             hard_stop=self._hard_stop,
+        )
+        self._scheduler = (
+            Scheduler(backend, carried, self._telemetry, calls=self._calls) if carried else None
         )
         self._link = asyncio.Event()  # clear while this worker counts its leases as lost
         self._link.set()

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from batchworks import PostgresBackend
-from tests.chaos.harness import Fleet, pick, record_figures
+from tests.chaos.harness import Fleet, pick, poll, record_figures
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(pick(120, 240))]
 
@@ -51,6 +51,13 @@ async def test_each_tick_becomes_exactly_one_job_while_workers_are_killed(
                 kills += 1
             ended: datetime = await conn.fetchval("SELECT now()")
             await asyncio.sleep(1.5)  # the claims of the last ticks commit
+        # A restart the supervisor began as it was stopped gets ready first: a SIGTERM before
+        # its signal handlers are in place is no graceful stop.
+        await poll(
+            lambda: all(w.ready or not w.alive for w in fleet.current.values()),
+            within=30,
+            what="the restarted workers to be ready",
+        )
         codes = await fleet.stop_all()
         # The window: every whole second from the start to a second before the end. With
         # missed="all", even a tick due while every worker happened to be dead gets its job.

@@ -14,6 +14,7 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from batchworks import ConfigurationError, Job, PayloadError, Runner, Schedule
+from batchworks._calls import Calls
 from batchworks._scheduler import SCHEDULE_REFRESH, Scheduler
 from batchworks.backends.base import Backend
 from batchworks.schedule import GRACE, MAX_CATCH_UP, MAX_COUNTED, plan_ticks, ticks_between
@@ -521,17 +522,15 @@ class Hanging(Counting):
         return claim
 
 
-async def test_a_hung_claim_is_cut_short_and_retried(
-    memory_backend: Backend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+async def test_a_hung_claim_is_cut_off_and_retried(
+    memory_backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import batchworks._scheduler as scheduler_module
-
-    monkeypatch.setattr(scheduler_module, "STEP_TIMEOUT", 0.3)
     hanging = Hanging(memory_backend)
     ticker = Scheduler(
         hanging,  # type: ignore[arg-type]
         (Schedule("s", "* * * * * *", "q", missed="all"),),
         Telemetry("test"),
+        calls=Calls(timeout=0.3, slow_after=10.0, hard_stop=asyncio.Event()),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(ticker.run(stop))
