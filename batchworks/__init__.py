@@ -29,6 +29,7 @@ from batchworks.job import Job, JobRecord, JobState
 from batchworks.report import RunReport
 from batchworks.retry import RetryPolicy
 from batchworks.runner import Handler, Runner
+from batchworks.schedule import Schedule
 
 __version__ = "0.1.0.dev0"
 
@@ -53,6 +54,7 @@ __all__ = [
     "RunReport",
     "Runner",
     "RunnerFailed",
+    "Schedule",
     "SchemaNotMigrated",
     "Snooze",
     "Terminal",

@@ -33,6 +33,7 @@ from batchworks.job import JobRecord, JobState
 from batchworks.report import RunReport
 from batchworks.retry import RetryPolicy
 from batchworks.runner import Runner
+from batchworks.schedule import Schedule
 
 __all__ = ["main"]
 
@@ -159,6 +160,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("id", type=_job_id)
     show.add_argument("--json", action="store_true")
+
+    schedules = command(
+        "schedules", _schedules_list, "periodic jobs: list them (or run, pause, resume, remove one)"
+    )
+    schedules.add_argument("--json", action="store_true", help="print JSON")
+    schedule_commands = schedules.add_subparsers(
+        title="schedules commands", required=False, metavar="COMMAND"
+    )
+    for name, func, text in (
+        ("run", _schedules_run, "enqueue one job of a schedule now, outside its ticks"),
+        ("pause", _schedules_pause, "skip a schedule's ticks (counted as skipped) until resumed"),
+        ("resume", _schedules_resume, "run a paused schedule again, from its next tick"),
+        ("remove", _schedules_remove, "delete a schedule no code defines any more (jobs stay)"),
+    ):
+        command(name, func, text, schedule_commands).add_argument("name", metavar="NAME")
 
     retry = command("retry", _retry, "queue failed jobs again (by id, by queue, or all)")
     retry.add_argument("ids", type=_job_id, nargs="*")
@@ -753,6 +769,7 @@ async def _jobs_show(args: argparse.Namespace) -> int:
         ("worker", record.worker or "-"),
         ("timeout", "-" if record.timeout is None else f"{record.timeout:g}s"),
         ("dedupe key", record.dedupe_key or "-"),
+        ("schedule", _schedule_of(record)),
         ("payload", json.dumps(record.payload)),
         ("checkpoint", "-" if record.checkpoint is None else json.dumps(record.checkpoint)),
         ("result", "-" if record.result is None else json.dumps(record.result)),
@@ -786,6 +803,114 @@ async def _retry(args: argparse.Namespace) -> int:
     if skipped:
         print(f"not queued again: {', '.join(skipped)}")
         return EXIT_FAILED_JOBS
+    return EXIT_OK
+
+
+# -- schedules --------------------------------------------------------------------------------
+
+
+async def _schedules_list(args: argparse.Namespace) -> int:
+    async with _backend(args) as backend:
+        listing = await backend.schedules()
+    rows = []
+    for state in listing.schedules:
+        fields = json.loads(state.definition)
+        rows.append(
+            {
+                "name": state.name,
+                "cron": fields.get("cron"),
+                "timezone": fields.get("timezone"),
+                "queue": fields.get("queue"),
+                "missed": fields.get("missed"),
+                "next_tick": state.next_tick.isoformat(),
+                "last_tick": None if state.last_tick is None else state.last_tick.isoformat(),
+                "skipped": state.skipped,
+                "paused": state.paused,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    if not rows:
+        print("no schedules")
+        return EXIT_OK
+    table = [["name", "cron", "timezone", "queue", "missed", "next tick", "last tick", "skipped"]]
+    for row in rows:
+        table.append(
+            [
+                str(row["name"]) + (" (paused)" if row["paused"] else ""),
+                str(row["cron"]),
+                str(row["timezone"]),
+                str(row["queue"]),
+                str(row["missed"]),
+                _when(datetime.fromisoformat(str(row["next_tick"]))),
+                "-"
+                if row["last_tick"] is None
+                else _when(datetime.fromisoformat(row["last_tick"])),
+                str(row["skipped"]),
+            ]
+        )
+    print(_table(table))
+    return EXIT_OK
+
+
+def _unknown_schedule(name: str, known: Sequence[str]) -> UsageError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return UsageError(
+        f"no schedule {name!r}{hint}; known schedules: {', '.join(known) if known else 'none'}"
+    )
+
+
+async def _schedules_known(backend: Backend) -> list[str]:
+    return [state.name for state in (await backend.schedules()).schedules]
+
+
+async def _schedules_run(args: argparse.Namespace) -> int:
+    async with _backend(args) as backend:
+        job_id = await backend.run_schedule(args.name)
+        if job_id is None:
+            raise _unknown_schedule(args.name, await _schedules_known(backend))
+        record = await backend.get_job(job_id)
+    queue = record.queue if record is not None else "?"
+    print(f"enqueued job {job_id} of schedule {args.name!r} into queue {queue!r} (a manual run)")
+    return EXIT_OK
+
+
+async def _schedules_pause(args: argparse.Namespace) -> int:
+    return await _set_paused(args, paused=True)
+
+
+async def _schedules_resume(args: argparse.Namespace) -> int:
+    return await _set_paused(args, paused=False)
+
+
+async def _set_paused(args: argparse.Namespace, *, paused: bool) -> int:
+    async with _backend(args) as backend:
+        listing = await backend.schedules()
+        state = next((s for s in listing.schedules if s.name == args.name), None)
+        if state is None:
+            raise _unknown_schedule(args.name, [s.name for s in listing.schedules])
+        # A resume continues from the first tick after now, on the database's clock.
+        next_tick = Schedule.from_definition(state.name, state.definition).next_after(listing.now)
+        await backend.pause_schedule(args.name, paused, next_tick=next_tick)
+    if paused:
+        print(f"schedule {args.name!r} paused: its ticks are skipped until it is resumed")
+    elif state.paused:
+        print(f"schedule {args.name!r} resumed: next tick {_when(next_tick)}")
+    else:
+        print(f"schedule {args.name!r} was not paused: next tick {_when(state.next_tick)}")
+    return EXIT_OK
+
+
+async def _schedules_remove(args: argparse.Namespace) -> int:
+    async with _backend(args) as backend:
+        if not await backend.remove_schedule(args.name):
+            raise _unknown_schedule(args.name, await _schedules_known(backend))
+    print(
+        f"schedule {args.name!r} removed (its jobs stay); a runner whose code still defines "
+        "it stores it again when it starts"
+    )
     return EXIT_OK
 
 
@@ -879,6 +1004,18 @@ async def _check_health(args: argparse.Namespace) -> str:
     if freshest.silent_for > args.max_silence:
         return f"unhealthy: {heard} (more than {_age(args.max_silence)})"
     return f"healthy: {heard}"
+
+
+def _schedule_of(record: JobRecord) -> str:
+    """``nightly, tick 2026-11-23T02:30:00+00:00 (enqueued 0.4s late)``, or a manual run."""
+    if record.schedule is None:
+        return "-"
+    if record.scheduled_for is None:
+        return f"{record.schedule}, a manual run"
+    return (
+        f"{record.schedule}, tick {_when(record.scheduled_for)} "
+        f"(enqueued {_age(record.late_by or 0.0)} late)"
+    )
 
 
 def _record_dict(record: JobRecord) -> dict[str, Any]:

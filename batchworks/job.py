@@ -71,6 +71,11 @@ class Job(Generic[PayloadT]):
     checkpoint: Any = None
     #: this job's handler time limit in seconds, or None for none
     timeout: float | None = None
+    #: the name of the :class:`Schedule` that enqueued it, or None
+    schedule: str | None = None
+    #: the tick this job stands for (aware; not when it was enqueued); None for a job of no
+    #: schedule, or a manual run (``batchworks schedules run``)
+    scheduled_for: datetime | None = None
     _saver: CheckpointSaver | None = field(default=None, repr=False)
 
     async def save_checkpoint(self, value: Any) -> None:
@@ -118,3 +123,15 @@ class JobRecord:
     worker: str | None = None
     #: the job's own handler time limit in seconds (None: the runner's ``job_timeout``)
     timeout: float | None = None
+    #: the name of the :class:`Schedule` that enqueued it, or None
+    schedule: str | None = None
+    #: the tick it stands for; None for a job of no schedule, or a manual run
+    scheduled_for: datetime | None = None
+
+    @property
+    def late_by(self) -> float | None:
+        """Seconds from its tick to its enqueue (a tick caught up after downtime is late),
+        or None for a job of no tick."""
+        if self.scheduled_for is None:
+            return None
+        return max(0.0, (self.created_at - self.scheduled_for).total_seconds())

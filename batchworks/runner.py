@@ -39,6 +39,7 @@ from batchworks._attempt import Attempts, Held
 from batchworks._calls import Calls
 from batchworks._checks import check_handlers, check_queues, duration, positive_int
 from batchworks._json import MAX_PAYLOAD_BYTES
+from batchworks._scheduler import Scheduler, check_schedules
 from batchworks._settle import TRANSIENT, SettleBuffer
 from batchworks.backends.base import Backend, ClaimedJob, Heartbeat, WorkerToken
 from batchworks.errors import ConfigurationError, LifecycleError, RunnerFailed
@@ -46,6 +47,7 @@ from batchworks.job import Job, PayloadT
 from batchworks.outcome import Outcome, OutcomeKind
 from batchworks.report import RunReport
 from batchworks.retry import RetryPolicy
+from batchworks.schedule import Schedule
 from batchworks.tracing import Telemetry
 
 __all__ = ["Handler", "Runner"]
@@ -136,6 +138,8 @@ class Runner:
         checkpoint, unregister) may take before it is cut off and counts as failed: a
         black-holed network then costs a retry, not a hung worker. Heartbeats are also cut
         off when this worker's lease runs out by its own clock, and every call by a hard stop.
+    :param schedules: :class:`Schedule` objects this runner stores at start and enqueues the
+        ticks of, together with every other runner that carries schedules (each tick once).
     """
 
     # A type checker takes plain functions as handlers only with sync_in_thread=True; at run
@@ -188,6 +192,7 @@ class Runner:
         sync_in_thread: bool = False,
         flush_interval: float = FLUSH_INTERVAL,
         db_timeout: float = DB_TIMEOUT,
+        schedules: Iterable[Schedule] | None = None,
     ) -> None:
         if not isinstance(backend, Backend):
             raise ConfigurationError(
@@ -229,6 +234,7 @@ class Runner:
         self._telemetry = Telemetry(self._worker_name)
         self._attempts = Attempts(self._handlers, self._policy, self._telemetry)
         self._attempts.result_limit = getattr(backend, "max_payload_bytes", MAX_PAYLOAD_BYTES)
+        carried = check_schedules(schedules, self._handlers)
 
         self._state = "created"  # created, running, stopping, stopped
         self._token: WorkerToken | None = None
@@ -242,6 +248,9 @@ class Runner:
             timeout=duration(db_timeout, "db_timeout"),
             slow_after=min(SLOW_CALL, max(1.0, self._heartbeat_interval)),
             hard_stop=self._hard_stop,
+        )
+        self._scheduler = (
+            Scheduler(backend, carried, self._telemetry, calls=self._calls) if carried else None
         )
         self._link = asyncio.Event()  # clear while this worker counts its leases as lost
         self._link.set()
@@ -426,6 +435,9 @@ class Runner:
         self._registered.set()
         settler = self._watch(self._settle.run(), "settle")
         heart = self._watch(self._heartbeat_loop(), "heartbeat")
+        side = [heart]  # the schedules' task too: it ends with the heartbeats
+        if self._scheduler is not None:
+            side.append(self._watch(self._scheduler.run(self._stop_event), "scheduler"))
         try:
             if not self._stop_requested:
                 await self._fetch_loop(drain=drain, max_delay=max_delay)
@@ -434,13 +446,14 @@ class Runner:
             try:
                 await self._shutdown()
             finally:
-                heart.cancel()
+                for task in side:
+                    task.cancel()
                 self._settle.stop()
                 # Half the time left at most: the final flush needs the rest.
                 _, pending = await asyncio.wait({settler}, timeout=self._time_left() / 2)
                 for task in pending:  # stuck retrying a write: the final flush takes over
                     task.cancel()
-                await asyncio.gather(heart, settler, return_exceptions=True)  # seen by _watch
+                await asyncio.gather(*side, settler, return_exceptions=True)  # seen by _watch
                 await self._close()
         if self._failure is not None:
             raise RunnerFailed(
@@ -654,6 +667,8 @@ class Runner:
             max_attempts=claim.max_attempts,
             checkpoint=claim.checkpoint,
             timeout=claim.timeout if claim.timeout is not None else self._job_timeout,
+            schedule=claim.schedule,
+            scheduled_for=claim.scheduled_for,
             _saver=self._saver(claim.id),
         )
         self._held[job.id] = Held(job, claim)

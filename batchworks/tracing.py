@@ -157,7 +157,19 @@ def send_span(queue: str, count: int, *, in_transaction: bool = False) -> Iterat
 class _Instruments:
     """The instruments of one meter provider."""
 
-    __slots__ = ("batch", "duration", "in_flight", "latency", "lost", "recovered", "settled")
+    __slots__ = (
+        "batch",
+        "duration",
+        "in_flight",
+        "latency",
+        "lost",
+        "recovered",
+        "settled",
+        "tick_lateness",
+        "ticks_enqueued",
+        "ticks_late",
+        "ticks_skipped",
+    )
 
     def __init__(self, meter: metrics.Meter) -> None:
         self.settled = meter.create_counter(
@@ -186,6 +198,26 @@ class _Instruments:
             "batchworks.jobs.recovered",
             unit="{job}",
             description="Jobs of dead or hung workers put back (or failed)",
+        )
+        self.ticks_enqueued = meter.create_counter(
+            "batchworks.schedule.ticks.enqueued",
+            unit="{tick}",
+            description="Schedule ticks that became a job",
+        )
+        self.ticks_late = meter.create_counter(
+            "batchworks.schedule.ticks.late",
+            unit="{tick}",
+            description="Ticks enqueued past their grace: caught up after no runner was alive",
+        )
+        self.ticks_skipped = meter.create_counter(
+            "batchworks.schedule.ticks.skipped",
+            unit="{tick}",
+            description="Ticks that became no job (missed, or the schedule paused)",
+        )
+        self.tick_lateness = meter.create_histogram(
+            "batchworks.schedule.tick.lateness",
+            unit="s",
+            description="Time from a tick to the enqueue of its job",
         )
 
 
@@ -251,6 +283,7 @@ class Telemetry:
         # batchworks never changes them after they are made.
         self._queue_attributes: dict[str, dict[str, str]] = {}
         self._outcome_attributes: dict[tuple[str, str], dict[str, str]] = {}
+        self._schedule_attributes_of: dict[str, dict[str, str]] = {}
         # The last traceparent read and its span context: jobs enqueued together share one.
         self._producer: tuple[str | None, SpanContext] = (None, trace.INVALID_SPAN_CONTEXT)
 
@@ -391,3 +424,69 @@ class Telemetry:
     def recovered(self, count: int) -> None:
         if self._instruments is not None and count:
             self._instruments.recovered.add(count)
+
+    @contextlib.contextmanager
+    def tick_span(self, schedule: str, queue: str) -> Iterator[tuple[trace.Span | None, Any]]:
+        """A PRODUCER span around the claim of a schedule's due ticks; yields it and the W3C
+        trace context to store with the jobs (None, None when tracing is off)."""
+        tracer = self._tracer
+        if tracer is None:
+            yield None, None
+            return
+        with tracer.start_as_current_span(
+            f"send {queue}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": SYSTEM,
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "send",
+                "messaging.destination.name": queue,
+                "messaging.client.id": self.worker,
+                "batchworks.schedule.name": schedule,
+            },
+        ) as span:
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            yield span, carrier
+
+    def ticks(
+        self,
+        span: trace.Span | None,
+        schedule: str,
+        enqueued: Mapping[str, float],
+        *,
+        late: int,
+        skipped: int,
+    ) -> None:
+        """Record a claim of ticks: ``enqueued`` maps each tick that became a job (ISO text)
+        to its lateness in seconds; an event per tick on ``span``."""
+        if span is not None and span.is_recording():
+            span.set_attribute("batchworks.schedule.ticks.skipped", skipped)
+            for tick, lateness in enqueued.items():
+                span.add_event(
+                    "tick enqueued",
+                    {
+                        "batchworks.schedule.scheduled_for": tick,
+                        "batchworks.schedule.late_by": lateness,
+                    },
+                )
+        instruments = self._instruments
+        if instruments is None:
+            return
+        attributes = self._schedule_attributes(schedule)
+        if enqueued:
+            instruments.ticks_enqueued.add(len(enqueued), attributes)
+            for lateness in enqueued.values():
+                instruments.tick_lateness.record(lateness, attributes)
+        if late:
+            instruments.ticks_late.add(late, attributes)
+        if skipped:
+            instruments.ticks_skipped.add(skipped, attributes)
+
+    def _schedule_attributes(self, schedule: str) -> dict[str, str]:
+        attributes = self._schedule_attributes_of.get(schedule)
+        if attributes is None:
+            attributes = self._schedule_attributes_of[schedule] = {
+                "batchworks.schedule.name": schedule
+            }
+        return attributes

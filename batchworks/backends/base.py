@@ -38,6 +38,9 @@ __all__ = [
     "EnqueueOptions",
     "Heartbeat",
     "QueueOverview",
+    "ScheduleState",
+    "Schedules",
+    "TickClaim",
     "WorkerRecord",
     "WorkerToken",
     "check_queue",
@@ -66,6 +69,9 @@ class ClaimedJob:
     waited: float = 0.0
     #: its previous attempt ended with its worker lost: it may be what killed the worker
     suspect: bool = False
+    #: the schedule that enqueued it, and the tick it stands for (None: a manual run)
+    schedule: str | None = None
+    scheduled_for: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +114,46 @@ class QueueOverview:
     oldest_ready: float | None = None
     #: running jobs that saved a checkpoint
     running_with_checkpoint: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleState:
+    """A schedule as the backend keeps it (see :class:`batchworks.Schedule`)."""
+
+    name: str
+    #: the schedule's canonical JSON (``Schedule.definition()``)
+    definition: str
+    #: bumped at every change of the definition: a claim planned on another fails
+    revision: int
+    #: the first tick no job or skip has been claimed for yet
+    next_tick: datetime
+    #: the latest tick that became a job, if any
+    last_tick: datetime | None = None
+    #: ticks that became no job (missed while no runner was alive, or paused)
+    skipped: int = 0
+    paused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Schedules:
+    """Every stored schedule, and the backend's clock when it read them."""
+
+    now: datetime
+    schedules: tuple[ScheduleState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TickClaim:
+    """What a claim of a schedule's due ticks did."""
+
+    #: this claim advanced the schedule (False: another runner did first, or it changed)
+    won: bool
+    #: the jobs it enqueued (none when it lost, or when the schedule is paused)
+    job_ids: tuple[int, ...]
+    #: the schedule as it is now (None: it was removed)
+    state: ScheduleState | None
+    #: the backend's clock at the claim
+    now: datetime
 
 
 @runtime_checkable
@@ -269,6 +315,45 @@ class Backend(Protocol):
 
     async def wait_for_work(self, queues: Sequence[str], max_wait: float) -> None:
         """Return when a job may have become due, or after ``max_wait`` seconds."""
+
+    # -- schedules (periodic jobs, #15) ----------------------------------------------------
+
+    async def schedules(self) -> Schedules:
+        """Every stored schedule by name, with the backend's clock."""
+
+    async def put_schedule(
+        self, name: str, definition: str, *, next_tick: datetime
+    ) -> tuple[ScheduleState, bool]:
+        """Store schedule ``name`` if it is new, or its ``definition`` if that differs from
+        the stored one (then with ``next_tick``, a revision more); returns the stored state
+        and whether an existing definition was replaced."""
+
+    async def claim_ticks(
+        self,
+        name: str,
+        *,
+        revision: int,
+        due: datetime,
+        next_tick: datetime,
+        ticks: Sequence[datetime],
+        skipped: int,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> TickClaim:
+        """In one transaction: advance schedule ``name`` from ``due`` to ``next_tick`` if it
+        still stands at ``due`` and ``revision``, and enqueue one job per tick of ``ticks``
+        (none if it is paused: then they count as skipped, with ``skipped``). However many
+        runners race, one wins each tick; a tick's job is never enqueued twice."""
+
+    async def pause_schedule(self, name: str, paused: bool, *, next_tick: datetime) -> bool:
+        """Pause (its ticks are skipped) or resume a schedule; a resume continues from
+        ``next_tick``. False if no schedule has that name."""
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Delete a schedule (its jobs stay); False if none has that name."""
+
+    async def run_schedule(self, name: str) -> int | None:
+        """Enqueue one job of schedule ``name`` now, outside its ticks (a manual run: its
+        ``scheduled_for`` is None); None if no schedule has that name."""
 
 
 @dataclass(frozen=True, slots=True)

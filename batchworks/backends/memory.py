@@ -19,8 +19,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,12 +33,16 @@ from batchworks.backends.base import (
     EnqueueOptions,
     Heartbeat,
     QueueOverview,
+    Schedules,
+    ScheduleState,
+    TickClaim,
     WorkerRecord,
     WorkerToken,
 )
 from batchworks.errors import ConfigurationError, LeaseLost, LifecycleError
 from batchworks.job import ErrorEntry, JobRecord, JobState
 from batchworks.outcome import Outcome, OutcomeKind
+from batchworks.tracing import send_span
 
 __all__ = ["MemoryBackend"]
 
@@ -71,6 +75,8 @@ class _Row:
     worker_name: str | None = None
     lease_until: float = 0.0
     cancel_requested: bool = False
+    schedule: str | None = None
+    scheduled_for: datetime | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -102,6 +108,8 @@ class MemoryBackend(BackendBase[list[str]]):
         self._delayed: dict[str, list[tuple[float, int, int]]] = {}
         self._dedupe: dict[tuple[str, str], int] = {}
         self._workers: dict[WorkerToken, _Worker] = {}
+        self._schedules: dict[str, ScheduleState] = {}
+        self._ticks: set[tuple[str, datetime]] = set()  # (schedule, tick) of every job enqueued
         self._next_id = 1
         self._closed = False
         self._wake: asyncio.Event | None = None
@@ -157,6 +165,9 @@ class MemoryBackend(BackendBase[list[str]]):
         payload: str,
         dedupe_key: str | None,
         trace_context: dict[str, str] | None,
+        *,
+        schedule: str | None = None,
+        scheduled_for: datetime | None = None,
     ) -> int:
         queue = options.queue
         if dedupe_key is not None:
@@ -176,6 +187,8 @@ class MemoryBackend(BackendBase[list[str]]):
             dedupe_key=dedupe_key,
             timeout=options.timeout,
             trace_context=trace_context,
+            schedule=schedule,
+            scheduled_for=scheduled_for,
         )
         self._next_id += 1
         self._rows[row.id] = row
@@ -247,6 +260,8 @@ class MemoryBackend(BackendBase[list[str]]):
             checkpoint=_json.loads_optional(row.checkpoint),
             worker=row.worker_name,
             timeout=row.timeout,
+            schedule=row.schedule,
+            scheduled_for=row.scheduled_for,
         )
 
     async def wait_job(self, job_id: int, timeout: float | None = None) -> JobRecord:
@@ -360,6 +375,8 @@ class MemoryBackend(BackendBase[list[str]]):
         old = self._purgeable(older_than)
         for row in old:
             del self._rows[row.id]
+            if row.schedule is not None:  # the tick guard goes with its job, as in PostgreSQL
+                self._ticks.discard((row.schedule, row.scheduled_for))
         return len(old)
 
     async def purgeable(self, older_than: float | timedelta) -> dict[str, dict[str, int]]:
@@ -456,6 +473,8 @@ class MemoryBackend(BackendBase[list[str]]):
                     row.trace_context,
                     now - row.run_at,
                     _suspect(row),
+                    row.schedule,
+                    row.scheduled_for,
                 )
             )
         return claimed
@@ -622,6 +641,110 @@ class MemoryBackend(BackendBase[list[str]]):
                 await wake.wait()
         except TimeoutError:
             pass
+
+    # -- schedules ----------------------------------------------------------------------------
+
+    async def schedules(self) -> Schedules:
+        """Every stored schedule by name, with this backend's clock."""
+        self._check_open()
+        ordered = tuple(self._schedules[name] for name in sorted(self._schedules))
+        return Schedules(_dt(self._clock()), ordered)
+
+    async def put_schedule(
+        self, name: str, definition: str, *, next_tick: datetime
+    ) -> tuple[ScheduleState, bool]:
+        """Store a new schedule, or a changed definition (with ``next_tick``)."""
+        self._check_open()
+        stored = self._schedules.get(name)
+        if stored is None:
+            state = ScheduleState(name=name, definition=definition, revision=1, next_tick=next_tick)
+            self._schedules[name] = state
+            return state, False
+        if _json.loads(stored.definition) == _json.loads(definition):
+            return stored, False
+        state = replace(
+            stored, definition=definition, revision=stored.revision + 1, next_tick=next_tick
+        )
+        self._schedules[name] = state
+        return state, True
+
+    async def claim_ticks(
+        self,
+        name: str,
+        *,
+        revision: int,
+        due: datetime,
+        next_tick: datetime,
+        ticks: Sequence[datetime],
+        skipped: int,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> TickClaim:
+        """Advance the schedule and enqueue its ticks' jobs, atomically (one event loop)."""
+        self._check_open()
+        now = _dt(self._clock())
+        stored = self._schedules.get(name)
+        if stored is None or stored.revision != revision or stored.next_tick != due:
+            return TickClaim(False, (), stored, now)
+        ids = []
+        if not stored.paused:
+            options, payload = self._schedule_job(stored)
+            context = None if trace_context is None else dict(trace_context)
+            for tick in ticks:
+                if (name, tick) in self._ticks:  # the guard PostgreSQL's unique index gives
+                    continue
+                self._ticks.add((name, tick))
+                ids.append(
+                    self._insert_row(
+                        options, payload, None, context, schedule=name, scheduled_for=tick
+                    )
+                )
+        state = replace(
+            stored,
+            next_tick=next_tick,
+            last_tick=max(ticks) if ticks and not stored.paused else stored.last_tick,
+            skipped=stored.skipped + skipped + (len(ticks) if stored.paused else 0),
+        )
+        self._schedules[name] = state
+        return TickClaim(True, tuple(ids), state, now)
+
+    async def pause_schedule(self, name: str, paused: bool, *, next_tick: datetime) -> bool:
+        """Pause or resume a schedule; a resume continues from ``next_tick``."""
+        stored = self._schedules.get(name)
+        if stored is None:
+            return False
+        if paused:
+            self._schedules[name] = replace(stored, paused=True)
+        elif stored.paused:
+            self._schedules[name] = replace(stored, paused=False, next_tick=next_tick)
+        return True
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Delete a schedule; its jobs stay."""
+        return self._schedules.pop(name, None) is not None
+
+    async def run_schedule(self, name: str) -> int | None:
+        """Enqueue one job of the schedule now, outside its ticks."""
+        self._check_open()
+        stored = self._schedules.get(name)
+        if stored is None:
+            return None
+        options, payload = self._schedule_job(stored)
+        with send_span(options.queue, 1) as span:
+            job_id = self._insert_row(options, payload, None, span.carrier, schedule=name)
+            span.sent([job_id])
+            return job_id
+
+    def _schedule_job(self, stored: ScheduleState) -> tuple[EnqueueOptions, str]:
+        """The options and payload of a job of a stored schedule's definition."""
+        fields = _json.loads(stored.definition)
+        options = EnqueueOptions.build(
+            fields["queue"],
+            delay=None,
+            run_at=None,
+            priority=fields["priority"],
+            max_attempts=fields["max_attempts"],
+        )
+        return options, self._encode(fields["payload"], f"payload of schedule {stored.name!r}")
 
 
 def _suspect(row: _Row) -> bool:

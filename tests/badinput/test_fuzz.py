@@ -229,6 +229,7 @@ async def check_tables_intact(ledger: Ledger, schema: str) -> None:
         "jobs",
         "workers",
         "migrations",
+        "schedules",
         "effects",
         "faults",
     }

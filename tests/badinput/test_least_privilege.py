@@ -7,13 +7,15 @@ import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
-from batchworks import BackendError, Job, JobState, PostgresBackend, Runner
+from batchworks import BackendError, Job, JobState, PostgresBackend, Runner, Schedule
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.postgres
 
@@ -75,6 +77,24 @@ async def test_runner_under_the_worker_role_runs_jobs(
             assert record is not None
             assert (record.state, record.result) == (JobState.SUCCEEDED, value * 2)
         assert await backend.purge(older_than=0) == 10
+
+
+async def test_schedules_run_under_the_worker_role(
+    pg_backend: PostgresBackend, worker_dsn: str
+) -> None:
+    async def handler(job: Job) -> None: ...
+
+    async with PostgresBackend(worker_dsn, schema=pg_backend.schema) as backend:
+        schedule = Schedule("tick", "* * * * * *", "q", missed="all")
+        async with Runner(backend, {"q": handler}, schedules=[schedule]):
+
+            async def ticked() -> bool:
+                return any(r.scheduled_for for r in await backend.list_jobs())
+
+            await eventually(ticked, within=10, what="a tick under the worker role")
+        assert await backend.run_schedule("tick") is not None
+        assert await backend.pause_schedule("tick", True, next_tick=datetime.now(UTC))
+        assert await backend.remove_schedule("tick")
 
 
 @pytest.mark.parametrize(

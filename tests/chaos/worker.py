@@ -13,12 +13,14 @@ CONFIG_JSON holds ``dsn``, ``schema``, ``name`` and optional settings:
 - ``max_payload_bytes``, ``pool_max``, ``connect_options``, ``listen_dsn``: backend settings
 - ``effects_dsn``: where the effects are written (default ``dsn``), when ``dsn`` goes through
   a pooler under test
+- ``max_payload_bytes``, ``pool_max``: backend settings
+- ``schedules``: keyword arguments of :class:`Schedule` objects the runner carries
 - ``inject``: faults the process inflicts on itself, from inside the backend calls:
   ``{"point": "claim:after", "nth": 3, "seed": 7}`` kills it with SIGKILL around the nth claim
-  (or settle): ``before`` the statement, ``during`` it (a timer of 0-3 ms) or 0-50 ms
-  ``after`` it; ``{"kill_after_settled": 25}`` kills it right after the settle that brings
-  the outcomes it wrote to 25 or more; ``{"settle_delay": 0.5}`` holds every settle that
-  long after printing ``settle-pending <n>`` (a slow network).
+  (or settle, or ``ticks``: a schedule's tick claim): ``before`` the statement, ``during`` it
+  (a timer of 0-3 ms) or 0-50 ms ``after`` it; ``{"kill_after_settled": 25}`` kills it right
+  after the settle that brings the outcomes it wrote to 25 or more; ``{"settle_delay": 0.5}``
+  holds every settle that long after printing ``settle-pending <n>`` (a slow network).
 
 The environment variable ``BATCHWORKS_CHAOS_SKEW`` (seconds) moves this process's wall clock
 (``time.time``, ``datetime.now``) before batchworks is imported: lease and prune arithmetic
@@ -96,6 +98,7 @@ from batchworks import (  # noqa: E402
     Retryable,
     RetryPolicy,
     Runner,
+    Schedule,
     Terminal,
 )
 from batchworks.backends.base import ClaimedJob, WorkerToken  # noqa: E402
@@ -117,7 +120,7 @@ class ChaosBackend(PostgresBackend):
     def __init__(self, dsn: str, *, inject: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(dsn, **kwargs)
         self.inject = inject
-        self.calls = {"claim": 0, "settle": 0}
+        self.calls = {"claim": 0, "settle": 0, "ticks": 0}
         self.settled = 0
         #: [monotonic time the settle was sent, outcomes, rows it changed (None: no answer),
         #: the worker token it was fenced by]
@@ -145,6 +148,13 @@ class ChaosBackend(PostgresBackend):
         if jobs:
             self._fault("claim", "after")
         return jobs
+
+    async def claim_ticks(self, name: str, **kwargs: Any) -> Any:  # type: ignore[override]
+        self.calls["ticks"] += 1
+        self._fault("ticks", "before")
+        claim = await super().claim_ticks(name, **kwargs)
+        self._fault("ticks", "after")
+        return claim
 
     async def settle(  # type: ignore[override]
         self, worker: WorkerToken, outcomes: Sequence[Outcome], *args: Any, **kwargs: Any
@@ -248,7 +258,15 @@ async def main(config: dict[str, Any]) -> None:
     )
     async with backend:
         handlers = {queue: handler for queue in config.get("queues", ["q"])}
-        runner = Runner(backend, handlers, worker_name=name, retry=policy, **config["runner"])
+        schedules = [Schedule(**spec) for spec in config.get("schedules", [])]
+        runner = Runner(
+            backend,
+            handlers,
+            worker_name=name,
+            retry=policy,
+            schedules=schedules or None,
+            **config["runner"],
+        )
         task = asyncio.create_task(runner.run())
         await runner.wait_ready()
         print(f"ready {pid} {time.time()}", flush=True)  # noqa: T201 - the line tests wait for

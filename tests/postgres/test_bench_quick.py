@@ -30,6 +30,7 @@ BENCHMARKS = [
     "memory.py",
     "tracing_cost.py",
     "refusal.py",
+    "schedule_idle.py",
 ]
 RATIO = re.compile(r"^ratio\b.*\d+\.\d+x", re.MULTILINE)
 

@@ -712,3 +712,79 @@ class TestHealth:
         assert len(listing.stderr.strip().splitlines()) == 1, listing.stderr
         assert (await asyncio.to_thread(cli, "migrate")).returncode == 0
         assert (await asyncio.to_thread(cli, "health")).returncode == 0
+
+
+class TestSchedules:
+    async def test_list_run_pause_resume_and_remove(
+        self, cli: Cli, migrated: PostgresBackend
+    ) -> None:
+        from datetime import UTC, datetime
+
+        from batchworks import Schedule
+
+        empty = await asyncio.to_thread(cli, "schedules")
+        assert (empty.returncode, empty.stdout.strip()) == (0, "no schedules")
+        nightly = Schedule("nightly", "30 2 * * *", "q", {"report": True}, timezone="Europe/Berlin")
+        tick = datetime(2030, 1, 2, 1, 30, tzinfo=UTC)
+        await migrated.put_schedule("nightly", nightly.definition(), next_tick=tick)
+
+        listing = await asyncio.to_thread(cli, "schedules")
+        assert listing.returncode == 0, listing.stderr
+        header, row = listing.stdout.strip().splitlines()
+        assert header.split() == [
+            "name", "cron", "timezone", "queue", "missed", "next", "tick", "last", "tick", "skipped"
+        ]  # fmt: skip
+        assert row.split() == [
+            "nightly", "30", "2", "*", "*", "*", "Europe/Berlin", "q", "skip",
+            "2030-01-02T01:30:00+00:00", "-", "0",
+        ]  # fmt: skip
+
+        run = await asyncio.to_thread(cli, "schedules", "run", "nightly")
+        assert run.returncode == 0, run.stderr
+        job_id = int(run.stdout.split()[2])
+        record = await migrated.get_job(job_id)
+        assert record is not None
+        assert (record.schedule, record.scheduled_for, record.payload) == (
+            "nightly",
+            None,
+            {"report": True},
+        )
+        shown = await asyncio.to_thread(cli, "jobs", "show", str(job_id))
+        assert "schedule    nightly, a manual run" in shown.stdout, shown.stdout
+
+        paused = await asyncio.to_thread(cli, "schedules", "pause", "nightly")
+        assert paused.returncode == 0, paused.stderr
+        [state] = json.loads((await asyncio.to_thread(cli, "schedules", "--json")).stdout)
+        assert state["paused"] is True
+        resumed = await asyncio.to_thread(cli, "schedules", "resume", "nightly")
+        assert resumed.returncode == 0 and "resumed: next tick" in resumed.stdout
+        [state] = json.loads((await asyncio.to_thread(cli, "schedules", "--json")).stdout)
+        assert state["paused"] is False
+        # From the first 02:30 Berlin after now, which is before the tick stored above.
+        next_tick = datetime.fromisoformat(state["next_tick"])
+        assert next_tick < tick and next_tick.astimezone(nightly.zone).strftime("%M") == "30"
+
+        removed = await asyncio.to_thread(cli, "schedules", "remove", "nightly")
+        assert removed.returncode == 0 and "removed" in removed.stdout
+        assert (await migrated.schedules()).schedules == ()
+        assert await migrated.get_job(job_id) is not None  # its jobs stay
+
+    async def test_an_unknown_name_is_one_line_naming_the_known_ones(
+        self, cli: Cli, migrated: PostgresBackend
+    ) -> None:
+        from datetime import UTC, datetime
+
+        from batchworks import Schedule
+
+        await migrated.put_schedule(
+            "nightly",
+            Schedule("nightly", "0 3 * * *", "q").definition(),
+            next_tick=datetime.now(UTC),
+        )
+        for verb in ("run", "pause", "resume", "remove"):
+            result = await asyncio.to_thread(cli, "schedules", verb, "nighty")
+            assert result.returncode == 2, (verb, result.stdout)
+            assert result.stderr.strip() == (
+                "batchworks: error: no schedule 'nighty' (did you mean 'nightly'?); known "
+                "schedules: nightly"
+            )

@@ -42,7 +42,7 @@ class TestMigrate:
             )
         finally:
             await conn.close()
-        assert [row["version"] for row in versions] == [1, 2, 3, 4, 5]
+        assert [row["version"] for row in versions] == [1, 2, 3, 4, 5, 6]
 
     async def test_upgrade_from_version_2_keeps_jobs_in_flight(
         self, pg_dsn: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
@@ -98,7 +98,7 @@ class TestMigrate:
                 )
             finally:
                 await conn.close()
-        assert sorted(row["version"] for row in versions) == [1, 2, 3, 4, 5]
+        assert sorted(row["version"] for row in versions) == [1, 2, 3, 4, 5, 6]
         assert not {"jobs_due", "jobs_lease"} & {row["indexname"] for row in indexes}
 
     async def test_concurrent_migrations_from_many_processes_serialize(

@@ -39,6 +39,10 @@ SUMMARY_LINES = {
         r"^after shutdown: healthy=False, succeeded 2$",
         re.MULTILINE,
     ),
+    "periodic.py": re.compile(
+        r"^heartbeat-report: next tick .*^ticks: (\d+) jobs for \1 ticks, 0 ticks twice$",
+        re.MULTILINE | re.DOTALL,
+    ),
     "resumable_export.py": re.compile(
         r"^job \d+ succeeded after 1 attempts.*\n^items exported: 10,000 of 10,000; done twice: 0$",
         re.MULTILINE,

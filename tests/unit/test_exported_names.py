@@ -30,5 +30,6 @@ def test_the_design_contract_names_are_exported() -> None:
         "Snooze",
         "MemoryBackend",
         "PostgresBackend",
+        "Schedule",
     }
     assert contract <= set(batchworks.__all__)

@@ -18,7 +18,7 @@ import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import timedelta
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any, Self, cast
 
@@ -34,6 +34,9 @@ from batchworks.backends.base import (
     EnqueueOptions,
     Heartbeat,
     QueueOverview,
+    Schedules,
+    ScheduleState,
+    TickClaim,
     WorkerRecord,
     WorkerToken,
 )
@@ -117,12 +120,20 @@ class Queries:
     unregister_worker: str
     claim_one: str
     claim: str
+    claim_one_pre6: str
+    claim_pre6: str
     settle_succeeded: str
     settle: str
     heartbeat: str
     recover: str
     save_checkpoint: str
     next_due: str
+    schedules: str
+    put_schedule: str
+    claim_ticks: str
+    pause_schedule: str
+    remove_schedule: str
+    run_schedule: str
 
     @classmethod
     def fill(cls, schema: str, *, waited: bool = True) -> Queries:
@@ -245,6 +256,7 @@ class PostgresBackend(BackendBase[str]):
         self._job_waiters = JobWaiters()
         self._listener.subscribe(self._q.finished_channel, self._on_finished)
         self._closed = False
+        self._pre6 = False  # the schema lacks migration 6: claims skip the schedule columns
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._pool else "not opened")
@@ -414,6 +426,7 @@ class PostgresBackend(BackendBase[str]):
                 applied.add(version)
         if not self._q.waited and WAIT_JOB_MIGRATION in applied:
             self._q = Queries.fill(self._schema)  # back from the statements of _before_migration_5
+        self._pre6 = False  # claims read the schedule columns again
 
     # -- enqueue (the rest is BackendBase's) -----------------------------------------------------
     # ``connection=`` enqueues in the caller's transaction: the job (and its wake-up) exists
@@ -679,11 +692,26 @@ class PostgresBackend(BackendBase[str]):
         max_attempts: int,
     ) -> list[ClaimedJob]:
         """Take up to ``limit`` due jobs for ``worker`` in one statement."""
-        statement, names = (
-            (self._q.claim_one, queues[0]) if len(queues) == 1 else (self._q.claim, list(queues))
-        )
-        rows = await self._fetch(statement, worker, names, limit, lease, max_attempts)
-        return [_claimed(row) for row in rows]  # in claim order
+        one = len(queues) == 1
+        names = queues[0] if one else list(queues)
+        args = (worker, names, limit, lease, max_attempts)
+        if not self._pre6:
+            try:
+                rows = await self._fetch(self._q.claim_one if one else self._q.claim, *args)
+                return [_claimed(row) for row in rows]  # in claim order
+            except SchemaNotMigrated as exc:
+                if not isinstance(exc.__cause__, asyncpg.UndefinedColumnError):
+                    raise
+                # A rolling deploy may start workers before its migrate ran: they claim
+                # without the schedule columns until the process restarts.
+                logger.warning(
+                    "schema %r lacks migration 0006_schedules; run 'batchworks migrate'",
+                    self._schema,
+                    extra={"action": "schema_behind"},
+                )
+                self._pre6 = True
+        rows = await self._fetch(self._q.claim_one_pre6 if one else self._q.claim_pre6, *args)
+        return [_claimed(row) for row in rows]
 
     async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:
         """Write outcomes in one statement, fenced; returns the ids no longer held."""
@@ -776,6 +804,66 @@ class PostgresBackend(BackendBase[str]):
             async with asyncio.timeout(max_wait):
                 await wake.wait()
 
+    # -- schedules ------------------------------------------------------------------------------
+
+    async def schedules(self) -> Schedules:
+        """Every stored schedule by name, with the database's clock."""
+        rows = await self._fetch(self._q.schedules)
+        states = tuple(_schedule(row) for row in rows if row["name"] is not None)
+        return Schedules(rows[0]["now"], states)
+
+    async def put_schedule(
+        self, name: str, definition: str, *, next_tick: datetime
+    ) -> tuple[ScheduleState, bool]:
+        """Store a new schedule, or a changed definition (with ``next_tick``), in one
+        statement."""
+        for _ in range(2):
+            rows = await self._fetch(self._q.put_schedule, name, definition, next_tick)
+            if rows:
+                return _schedule(rows[0]), bool(rows[0]["replaced"])
+            # A concurrent first put committed after this statement's snapshot: the row
+            # exists, but the fallback SELECT could not see it. The next statement can.
+        raise BackendError(f"schedule {name!r}: could not store it; try again")
+
+    async def claim_ticks(
+        self,
+        name: str,
+        *,
+        revision: int,
+        due: datetime,
+        next_tick: datetime,
+        ticks: Sequence[datetime],
+        skipped: int,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> TickClaim:
+        """Advance the schedule and enqueue its ticks' jobs in one statement (see
+        :data:`.queries.CLAIM_TICKS`)."""
+        row = await self._fetchrow(
+            self._q.claim_ticks,
+            name,
+            revision,
+            due,
+            next_tick,
+            list(ticks),
+            skipped,
+            None if trace_context is None else json.dumps(dict(trace_context)),
+        )
+        current = None if row["name"] is None else _schedule(row)
+        return TickClaim(bool(row["won"]), tuple(row["ids"]), current, row["now"])
+
+    async def pause_schedule(self, name: str, paused: bool, *, next_tick: datetime) -> bool:
+        """Pause or resume a schedule; a resume continues from ``next_tick``."""
+        return bool(await self._fetch(self._q.pause_schedule, name, paused, next_tick))
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Delete a schedule; its jobs stay."""
+        return bool(await self._fetch(self._q.remove_schedule, name))
+
+    async def run_schedule(self, name: str) -> int | None:
+        """Enqueue one job of the schedule now, outside its ticks."""
+        rows = await self._fetch(self._q.run_schedule, name)
+        return int(rows[0]["id"]) if rows else None
+
 
 Init = Callable[[asyncpg.Connection], Awaitable[None]]
 
@@ -837,11 +925,29 @@ def _record(row: asyncpg.Record) -> JobRecord:
         checkpoint=_json.loads_optional(row["checkpoint"]),
         worker=row["worker_name"],
         timeout=row["timeout"],
+        schedule=row["schedule"],
+        scheduled_for=row["scheduled_for"],
+    )
+
+
+def _schedule(row: asyncpg.Record) -> ScheduleState:
+    return ScheduleState(
+        name=row["name"],
+        definition=row["definition"],
+        revision=row["revision"],
+        next_tick=row["next_tick"],
+        last_tick=row["last_tick"],
+        skipped=row["skipped"],
+        paused=row["paused"],
     )
 
 
 def _claimed(row: asyncpg.Record) -> ClaimedJob:
-    job_id, queue, payload, attempt, most, checkpoint, timeout, context, waited, suspect = row
+    values = tuple(row)
+    job_id, queue, payload, attempt, most, checkpoint, timeout, context, waited, suspect = values[
+        :10
+    ]
+    schedule, scheduled_for = values[10:] or (None, None)  # none before migration 6
     return ClaimedJob(
         job_id,
         queue,
@@ -853,6 +959,8 @@ def _claimed(row: asyncpg.Record) -> ClaimedJob:
         _json.loads_optional(context),
         waited,
         suspect,
+        schedule,
+        scheduled_for,
     )
 
 

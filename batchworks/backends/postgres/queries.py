@@ -101,7 +101,8 @@ WHERE queue = $1 AND dedupe_key = ANY($2::text[]) AND state IN ('queued', 'runni
 
 GET_JOB: LiteralString = """
 SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, created_at,
-       started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout
+       started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout,
+       schedule, scheduled_for
 FROM __SCHEMA__.jobs WHERE id = $1
 """
 
@@ -122,7 +123,8 @@ FROM __SCHEMA__.workers WHERE state = 'active' ORDER BY name
 
 LIST_JOBS: LiteralString = """
 SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, created_at,
-       started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout
+       started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout,
+       schedule, scheduled_for
 FROM __SCHEMA__.jobs
 WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
 ORDER BY id DESC LIMIT $3
@@ -360,10 +362,10 @@ WITH claimed AS (
               CASE WHEN jsonb_array_length(j.errors) < 2 THEN false
                    ELSE (SELECT count(*) >= 2 FROM jsonb_array_elements(j.errors) AS e
                          WHERE e ->> 'type' = 'WorkerLost') END AS suspect,
-              j.priority, j.run_at
+              j.priority, j.run_at, j.schedule, j.scheduled_for
 )
 SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
-       suspect
+       suspect, schedule, scheduled_for
 FROM claimed ORDER BY priority DESC, run_at, id
 """
 
@@ -372,6 +374,74 @@ FROM claimed ORDER BY priority DESC, run_at, id
 # against 0.2 ms with a backlog of 50,000). The merge costs about 4 us a job of PostgreSQL's
 # time over CLAIM_ONE, which is why one queue gets a statement of its own.
 CLAIM: LiteralString = """
+WITH claimed AS (
+    UPDATE __SCHEMA__.jobs AS j
+    SET state = 'running',
+        attempts = j.attempts + 1,
+        max_attempts = coalesce(j.max_attempts, $5),
+        worker_token = $1,
+        worker_name = w.name,
+        started_at = now(),
+        lease_until = now() + make_interval(secs => $4)
+    FROM __SCHEMA__.workers AS w
+    WHERE w.token = $1 AND w.state = 'active'
+      AND j.id = ANY(ARRAY(
+          SELECT c.id
+          FROM unnest($2::text[]) AS q(name)
+          CROSS JOIN LATERAL (
+              SELECT id, priority, run_at FROM __SCHEMA__.jobs
+              WHERE state = 'queued' AND queue = q.name AND run_at <= now()
+              ORDER BY priority DESC, run_at, id
+              LIMIT $3
+              FOR UPDATE SKIP LOCKED
+          ) AS c
+          ORDER BY c.priority DESC, c.run_at, c.id
+          LIMIT $3))
+    RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
+              j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
+              CASE WHEN jsonb_array_length(j.errors) < 2 THEN false
+                   ELSE (SELECT count(*) >= 2 FROM jsonb_array_elements(j.errors) AS e
+                         WHERE e ->> 'type' = 'WorkerLost') END AS suspect,
+              j.priority, j.run_at, j.schedule, j.scheduled_for
+)
+SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
+       suspect, schedule, scheduled_for
+FROM claimed ORDER BY priority DESC, run_at, id
+"""
+
+# The claims on a schema before migration 6 (no schedule columns), for workers started before
+# the deploy's migrate: CLAIM_ONE and CLAIM without each job's schedule and tick.
+CLAIM_ONE_PRE6: LiteralString = """
+WITH claimed AS (
+    UPDATE __SCHEMA__.jobs AS j
+    SET state = 'running',
+        attempts = j.attempts + 1,
+        max_attempts = coalesce(j.max_attempts, $5),
+        worker_token = $1,
+        worker_name = w.name,
+        started_at = now(),
+        lease_until = now() + make_interval(secs => $4)
+    FROM __SCHEMA__.workers AS w
+    WHERE w.token = $1 AND w.state = 'active'
+      AND j.id = ANY(ARRAY(
+          SELECT id FROM __SCHEMA__.jobs
+          WHERE state = 'queued' AND queue = $2 AND run_at <= now()
+          ORDER BY priority DESC, run_at, id
+          LIMIT $3
+          FOR UPDATE SKIP LOCKED))
+    RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
+              j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
+              CASE WHEN jsonb_array_length(j.errors) < 2 THEN false
+                   ELSE (SELECT count(*) >= 2 FROM jsonb_array_elements(j.errors) AS e
+                         WHERE e ->> 'type' = 'WorkerLost') END AS suspect,
+              j.priority, j.run_at
+)
+SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
+       suspect
+FROM claimed ORDER BY priority DESC, run_at, id
+"""
+
+CLAIM_PRE6: LiteralString = """
 WITH claimed AS (
     UPDATE __SCHEMA__.jobs AS j
     SET state = 'running',
@@ -564,4 +634,117 @@ WITH RECURSIVE level AS (
     ) AS n
 )
 SELECT extract(epoch FROM min(run_at) - now())::float8 FROM level
+"""
+
+
+# -- schedules (#15) ------------------------------------------------------------------------
+
+# With the clock: the one row of "clock" stands even when no schedule is stored.
+SCHEDULES: LiteralString = """
+SELECT clock.now, name, definition::text AS definition, revision, next_tick, last_tick,
+       skipped, paused
+FROM (SELECT now() AS now) AS clock
+LEFT JOIN __SCHEMA__.schedules ON true
+ORDER BY name
+"""
+
+# A new schedule, or a changed definition (jsonb equality: key order and spacing do not
+# count) with its next tick; an equal definition changes nothing. The second SELECT returns
+# the row as it stands when nothing changed. xmax is 0 on a row the INSERT created.
+PUT_SCHEDULE: LiteralString = """
+WITH up AS (
+    INSERT INTO __SCHEMA__.schedules AS s (name, definition, next_tick)
+    VALUES ($1, $2::jsonb, $3)
+    ON CONFLICT (name) DO UPDATE
+    SET definition = EXCLUDED.definition, revision = s.revision + 1,
+        next_tick = EXCLUDED.next_tick, updated_at = now()
+    WHERE s.definition <> EXCLUDED.definition
+    RETURNING name, definition::text AS definition, revision, next_tick, last_tick, skipped,
+              paused, s.xmax::text <> '0' AS replaced
+)
+SELECT * FROM up
+UNION ALL
+SELECT name, definition::text AS definition, revision, next_tick, last_tick, skipped, paused,
+       false
+FROM __SCHEMA__.schedules
+WHERE name = $1 AND NOT EXISTS (SELECT FROM up)
+"""
+
+# The claim of a schedule's due ticks: advance it from $3 to $4 if it still stands at
+# revision $2 and next tick $3, and insert one job per tick of $5, in one statement. Racing
+# claimers queue on the row lock of "cur"; the FOR UPDATE hands each loser the winner's
+# version of the row (READ COMMITTED re-reads a locked row), which the UPDATE's condition
+# then refuses, and which the loser gets back as the schedule's state: one round trip, won or
+# lost. The jobs are made from the definition of that revision. A paused schedule advances
+# and counts its ticks as skipped. The unique index on
+# (schedule, scheduled_for) makes a tick that somehow has a job already insert nothing.
+CLAIM_TICKS: LiteralString = """
+WITH cur AS (
+    SELECT name, definition, revision, next_tick, last_tick, skipped, paused
+    FROM __SCHEMA__.schedules WHERE name = $1
+    FOR UPDATE
+), upd AS (
+    UPDATE __SCHEMA__.schedules AS s
+    SET next_tick = $4,
+        last_tick = CASE WHEN cur.paused OR cardinality($5::timestamptz[]) = 0 THEN s.last_tick
+                         ELSE (SELECT max(t) FROM unnest($5::timestamptz[]) AS t) END,
+        skipped = s.skipped + $6
+                  + CASE WHEN cur.paused THEN cardinality($5::timestamptz[]) ELSE 0 END,
+        updated_at = now()
+    FROM cur
+    WHERE s.name = cur.name AND cur.revision = $2 AND cur.next_tick = $3
+    RETURNING s.name, s.definition, s.revision, s.next_tick, s.last_tick, s.skipped, s.paused
+), ins AS (
+    INSERT INTO __SCHEMA__.jobs
+        (queue, payload, priority, max_attempts, trace_context, schedule, scheduled_for)
+    SELECT upd.definition ->> 'queue', upd.definition -> 'payload',
+           (upd.definition ->> 'priority')::integer,
+           (upd.definition ->> 'max_attempts')::integer, $7::jsonb, $1, t.tick
+    FROM upd CROSS JOIN unnest($5::timestamptz[]) AS t(tick)
+    WHERE NOT upd.paused
+    ORDER BY t.tick
+    ON CONFLICT (schedule, scheduled_for) WHERE scheduled_for IS NOT NULL DO NOTHING
+    RETURNING id, queue
+), woke AS (
+    SELECT pg_notify(__CHANNEL__, q.queue) FROM (SELECT DISTINCT queue FROM ins) AS q
+)
+SELECT now() AS now, EXISTS (SELECT FROM upd) AS won, ARRAY(SELECT id FROM ins ORDER BY id) AS ids,
+       (SELECT count(*) FROM woke) AS woke,
+       r.name, r.definition::text AS definition, r.revision, r.next_tick, r.last_tick, r.skipped,
+       r.paused
+FROM (SELECT 1) AS one
+LEFT JOIN (
+    SELECT * FROM upd
+    UNION ALL
+    SELECT * FROM cur WHERE NOT EXISTS (SELECT FROM upd)
+) AS r ON true
+"""
+
+# A pause keeps the next tick (runners claim and skip its ticks); a resume of a paused
+# schedule continues from $3, the first tick after now.
+PAUSE_SCHEDULE: LiteralString = """
+UPDATE __SCHEMA__.schedules
+SET paused = $2,
+    next_tick = CASE WHEN paused AND NOT $2 THEN $3 ELSE next_tick END,
+    updated_at = now()
+WHERE name = $1
+RETURNING name
+"""
+
+REMOVE_SCHEDULE: LiteralString = """
+DELETE FROM __SCHEMA__.schedules WHERE name = $1 RETURNING name
+"""
+
+# A manual run: one job of the stored definition, of no tick (scheduled_for NULL).
+RUN_SCHEDULE: LiteralString = """
+WITH ins AS (
+    INSERT INTO __SCHEMA__.jobs (queue, payload, priority, max_attempts, schedule)
+    SELECT definition ->> 'queue', definition -> 'payload',
+           (definition ->> 'priority')::integer, (definition ->> 'max_attempts')::integer, name
+    FROM __SCHEMA__.schedules WHERE name = $1
+    RETURNING id, queue
+), woke AS (
+    SELECT pg_notify(__CHANNEL__, queue) FROM ins
+)
+SELECT id, (SELECT count(*) FROM woke) AS woke FROM ins
 """
