@@ -11,7 +11,9 @@ Shape of a run::
 
 Every backend call runs under a time bound (:mod:`batchworks._calls`): whatever the network
 does, a stop ends in ``shutdown_timeout`` plus a few seconds, and a worker whose heartbeats
-do not get through counts its leases as lost by its own clock.
+do not get through counts its leases as lost by its own clock (:mod:`batchworks._heartbeat`).
+One attempt of one job, and the :class:`Held` record of a job from claim to outcome, live in
+:mod:`batchworks._attempt`; log records take their ``extra`` from :mod:`batchworks._logs`.
 
 The runner knows nothing of SQL: it talks to its backend through :class:`Backend` only.
 """
@@ -37,6 +39,7 @@ from typing import Any, Literal, Protocol, Self, TypedDict, Unpack, overload
 from batchworks._attempt import Attempts, CancelReason, Held
 from batchworks._calls import Calls, first_set
 from batchworks._checks import check_handlers, check_queues, duration, positive_int
+from batchworks._heartbeat import LeaseClock
 from batchworks._json import MAX_PAYLOAD_BYTES
 from batchworks._logs import log_extra
 from batchworks._settle import TRANSIENT, SettleBuffer
@@ -229,13 +232,9 @@ class Runner:
         self._claim_retry = CLAIM_RETRY_INITIAL
         self._suspect: Job | None = None
         self._flush_interval = duration(flush_interval, "flush_interval", zero=True)
-        # Both come from the room prune_after leaves beyond one heartbeat interval. A beat
-        # later or slower than _stall_limit means this worker was stuck (see _after_beat).
-        # Its own clock gives its leases up _lease_margin before the database may take them:
-        # the database counts from when a heartbeat landed, the worker from when it sent it,
-        # and the margin covers the two clocks' rates.
-        self._stall_limit = (self._prune_after - self._heartbeat_interval) / 2
-        self._lease_margin = min(self._heartbeat_interval, self._stall_limit)
+        self._lease = LeaseClock(
+            heartbeat_interval=self._heartbeat_interval, prune_after=self._prune_after
+        )
         if worker_name is not None and (not isinstance(worker_name, str) or not worker_name):
             raise ConfigurationError(f"worker_name must be a non-empty str, got {worker_name!r}")
         self._worker_name = worker_name or _default_worker_name()
@@ -261,11 +260,6 @@ class Runner:
             slow_after=min(SLOW_CALL, max(1.0, self._heartbeat_interval)),
             hard_stop=self._hard_stop,
         )
-        self._link = asyncio.Event()  # clear while this worker counts its leases as lost
-        self._link.set()
-        self._beat_ok_at = 0.0  # loop time the last heartbeat that got through was sent
-        self._beat_done_at = 0.0  # loop time it came back
-        self._regular_beats = 0  # heartbeats in a row that came on time and fast
         self._close_by: float | None = None  # loop time the last writes must end by
         self._failure: BaseException | None = None
         self._failure_what = ""
@@ -311,7 +305,7 @@ class Runner:
         sync code answers no probe at all, which a probe's own timeout catches.
         """
         running = self._state is RunnerState.RUNNING and not self._stop_requested
-        return running and self._registered.is_set() and self._link.is_set()
+        return running and self._registered.is_set() and self._lease.link.is_set()
 
     @property
     def queues(self) -> tuple[str, ...]:
@@ -416,7 +410,7 @@ class Runner:
             self._ended.set()
             raise
         self._token = token
-        self._beat_ok_at = self._beat_done_at = asyncio.get_running_loop().time()
+        self._lease.restart(asyncio.get_running_loop().time())
         self._settle = SettleBuffer(
             self._write,
             token,
@@ -493,8 +487,8 @@ class Runner:
         claim_min = max(1, self._batch_size // 2)
         while not self._stop_requested:
             self._room.clear()
-            if not self._link.is_set():
-                await self._until(self._link)  # its leases count as lost: claim nothing
+            if not self._lease.link.is_set():
+                await self._until(self._lease.link)  # its leases count as lost: claim nothing
                 continue
             if self._suspect is not None:
                 await self._run_suspect()
@@ -552,24 +546,24 @@ class Runner:
             if due > 0:
                 await self._wait(due)
         except TRANSIENT as exc:
-            logger.warning(
-                "looking for due jobs failed (%s: %s)",
-                type(exc).__name__,
-                exc,
-                extra=log_extra("next_due_failed", worker=self._worker_name),
-            )
+            self._wait_failed("looking for due jobs", "next_due_failed", exc)
         return False
 
     async def _wait_for_work(self) -> None:
         try:
             await self._wait(self._poll_interval)
         except TRANSIENT as exc:
-            logger.warning(
-                "waiting for work failed (%s: %s)",
-                type(exc).__name__,
-                exc,
-                extra=log_extra("wait_for_work_failed", worker=self._worker_name),
-            )
+            self._wait_failed("waiting for work", "wait_for_work_failed", exc)
+
+    def _wait_failed(self, what: str, action: str, exc: BaseException) -> None:
+        # Nothing more to do: the fetch loop goes round and claims again.
+        logger.warning(
+            "%s failed (%s: %s)",
+            what,
+            type(exc).__name__,
+            exc,
+            extra=log_extra(action, worker=self._worker_name),
+        )
 
     async def _wait(self, seconds: float) -> None:
         """Wait for work up to ``seconds``, or until a stop."""
@@ -768,7 +762,6 @@ class Runner:
                 )
                 await self._after_beat(beat, sent, loop.time())
             except TRANSIENT as exc:
-                self._regular_beats = 0
                 self._beat_failed(exc, loop.time())
 
     async def _send_heartbeat(self) -> Heartbeat:
@@ -779,16 +772,12 @@ class Runner:
         return await self._backend.heartbeat(self._token, held, lease=self._prune_after)
 
     def _beat_timeout(self, sent: float) -> float:
-        """How long a heartbeat may take: db_timeout, and while the leases last by this
-        worker's own clock, no longer than they do (but a margin, to hear the answer)."""
-        if not self._link.is_set():
-            return self._calls.timeout
-        lease_left = self._beat_ok_at + self._prune_after - self._lease_margin - sent
-        return min(self._calls.timeout, max(lease_left, self._lease_margin))
+        """How long a heartbeat may take: db_timeout, and no longer than the leases last."""
+        return self._lease.beat_timeout(sent, self._calls.timeout)
 
     def _beat_failed(self, exc: BaseException, now: float) -> None:
-        silent = now - self._beat_ok_at
-        if self._link.is_set() and silent >= self._prune_after - self._lease_margin:
+        silent, expired = self._lease.failed(now)
+        if expired:
             self._lease_expired(silent)
             return
         logger.warning(
@@ -804,8 +793,8 @@ class Runner:
         """No heartbeat got through for the lease's length (less a margin): by its own clock
         this worker may have been pruned already, its jobs taken by another. It cannot know,
         so it acts as if: it cancels its handlers (anything they wrote would be fenced out),
-        and claims nothing until a heartbeat gets through again."""
-        self._link.clear()
+        and claims nothing until a heartbeat gets through again (the lease clock cleared
+        its link)."""
         logger.error(
             "worker %r: no heartbeat reached the database for %.1fs (prune_after %.1fs): it "
             "counts its leases as lost, cancels its %d jobs (put back, fenced, once the "
@@ -823,29 +812,19 @@ class Runner:
         if not beat.alive:
             await self._not_alive(beat)
             return
-        if not self._link.is_set():
+        regained = self._lease.got_through(sent, done)
+        if regained is not None:
             logger.warning(
                 "worker %r: a heartbeat got through again after %.1fs; claiming again",
                 self._worker_name,
-                done - self._beat_ok_at,
+                regained,
                 extra=log_extra("lease_regained", worker=self._worker_name),
             )
-            self._link.set()
-        # A worker that has just come out of a stall (its own heartbeat late or slow: a
-        # locked table, a stalled server, a blocked loop) sees every other worker as silent
-        # for as long as it was stuck, and their heartbeats, queued behind the same stall,
-        # may not have landed yet: judging them now would prune live workers. So it recovers
-        # nothing until its own heartbeats have come on time twice in a row; by then every
-        # live worker has had a heartbeat interval to land one.
-        on_time = sent - self._beat_done_at <= self._heartbeat_interval + self._stall_limit
-        regular = on_time and done - sent <= self._stall_limit
-        self._regular_beats = self._regular_beats + 1 if regular else 0
-        self._beat_ok_at, self._beat_done_at = sent, done
         for job_id in beat.lost:
             self._cancel(job_id, CancelReason.LOST)
         for job_id in beat.cancel:
             self._cancel(job_id, CancelReason.OPERATOR)
-        if self._regular_beats >= 2:
+        if self._lease.may_recover:
             # Bounded like a heartbeat: a recovery stuck behind a lock must not keep the next
             # heartbeats (and the lease check they make) from happening.
             recovered = await self._calls.run(
@@ -891,9 +870,7 @@ class Runner:
         token = await self._register()
         self._token = token
         self._settle.rebind(token)
-        self._beat_ok_at = self._beat_done_at = loop.time()
-        self._regular_beats = 0
-        self._link.set()
+        self._lease.restart(loop.time())
         logger.warning(
             "worker %r registered again as a new incarnation",
             self._worker_name,

@@ -12,6 +12,7 @@ import pytest
 from batchworks import Job, MemoryBackend, RetryPolicy, Runner, _attempt, _calls, _settle
 from batchworks._attempt import CancelReason, Held
 from batchworks._calls import first_set
+from batchworks._heartbeat import LeaseClock
 from batchworks._logs import log_extra
 from batchworks.backends import memory
 from batchworks.backends.base import ClaimedJob
@@ -47,6 +48,7 @@ def _held(job_id: int = 1) -> Held:
 class TestHeld:
     async def test_the_first_cancel_reason_counts_and_cancels_the_task(self) -> None:
         held = _held()
+
         async def forever() -> None:
             await asyncio.Event().wait()
 
@@ -127,3 +129,47 @@ class TestLogRecords:
             assert extra <= vocabulary, f"{record.getMessage()!r}: keys {extra - vocabulary}"
         by_module = {r.name for r in records if getattr(r, "action", None) == "result_dropped"}
         assert by_module == {"batchworks._attempt"}
+
+
+class TestLeaseClock:
+    """heartbeat_interval 1 s, prune_after 5 s: stall limit 2 s, margin 1 s."""
+
+    def clock(self) -> LeaseClock:
+        clock = LeaseClock(heartbeat_interval=1.0, prune_after=5.0)
+        clock.restart(100.0)
+        return clock
+
+    def test_leases_count_as_lost_a_margin_before_prune_after(self) -> None:
+        clock = self.clock()
+        assert clock.failed(103.9) == (pytest.approx(3.9), False)
+        assert clock.link.is_set()
+        assert clock.failed(104.0) == (pytest.approx(4.0), True)
+        assert not clock.link.is_set()
+        assert clock.failed(106.0) == (pytest.approx(6.0), False), "expired once, not again"
+
+    def test_a_heartbeat_through_again_regains_them(self) -> None:
+        clock = self.clock()
+        clock.failed(104.5)
+        assert clock.got_through(106.0, 106.5) == pytest.approx(6.5)
+        assert clock.link.is_set()
+        assert clock.got_through(107.0, 107.1) is None
+
+    def test_a_heartbeat_is_cut_off_when_the_leases_run_out(self) -> None:
+        clock = self.clock()
+        assert clock.beat_timeout(101.0, 30.0) == pytest.approx(3.0)
+        assert clock.beat_timeout(103.5, 30.0) == pytest.approx(1.0), "at least the margin"
+        assert clock.beat_timeout(101.0, 2.0) == pytest.approx(2.0), "db_timeout bounds it"
+        clock.failed(104.0)
+        assert clock.beat_timeout(105.0, 30.0) == 30.0, "lost already: db_timeout alone"
+
+    def test_recovery_waits_for_two_regular_heartbeats_in_a_row(self) -> None:
+        clock = self.clock()
+        clock.got_through(101.0, 101.1)
+        assert not clock.may_recover
+        clock.got_through(102.0, 104.5)  # slow: stuck behind something
+        assert not clock.may_recover
+        clock.got_through(105.0, 105.1)
+        clock.got_through(106.0, 106.1)
+        assert clock.may_recover
+        clock.failed(107.5)
+        assert not clock.may_recover
