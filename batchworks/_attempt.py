@@ -101,7 +101,7 @@ class Attempts:
         """
         self._handlers = handlers
         self._policy = policy
-        self.telemetry = telemetry
+        self._telemetry = telemetry
         self._result_limit = result_limit
         self._threads = threads
         # Made on first use: an anyio limiter needs a running event loop, and a Runner (which
@@ -110,7 +110,7 @@ class Attempts:
 
     async def run(self, held: Held) -> Outcome:
         """Run one attempt inside its telemetry: a ``process`` span and the job metrics."""
-        job, claim, telemetry = held.job, held.claim, self.telemetry
+        job, claim, telemetry = held.job, held.claim, self._telemetry
         if not (telemetry.tracing or telemetry.metrics):  # no SDK: nothing to start or end
             return (await self._run_handler(job))[0]
         watch = telemetry.start_job(
