@@ -4,6 +4,7 @@ happened to an :class:`Outcome` (the mapping itself is :func:`batchworks.retry.c
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import anyio.to_thread
 
 from batchworks import _json
 from batchworks._checks import is_async
+from batchworks._logs import log_extra
 from batchworks.backends.base import ClaimedJob
 from batchworks.errors import PayloadError, Snooze
 from batchworks.job import Job
@@ -21,29 +23,62 @@ from batchworks.outcome import Outcome, OutcomeKind
 from batchworks.retry import RetryPolicy, classify, describe_exception
 from batchworks.tracing import Telemetry
 
-logger = logging.getLogger("batchworks.runner")
+logger = logging.getLogger(__name__)
+
+
+class CancelReason(enum.StrEnum):
+    """Why the runner cancelled a job it held."""
+
+    #: the runner is stopping: the job goes back to the queue, no attempt used
+    SHUTDOWN = "shutdown"
+    #: an operator cancelled it (``batchworks cancel``): it ends cancelled
+    OPERATOR = "operator"
+    #: the backend says the job moved on (its lease was taken): nothing may be written
+    LOST = "lost"
+    #: its lease ran out by this worker's own clock (no heartbeat got through): put back,
+    #: fenced, in case it has not moved on
+    EXPIRED = "expired"
 
 
 @dataclass(slots=True, eq=False)
 class Held:
-    """A claimed job this runner holds, from claim until its outcome is buffered."""
+    """A claimed job this runner holds, from claim until its outcome is buffered.
+
+    Changed only through its methods: a cancel must reach a task started later, and a task
+    must not start for a job already cancelled.
+    """
 
     job: Job
     claim: ClaimedJob
     task: asyncio.Task[None] | None = None
     started: bool = False
-    #: why the runner cancelled it: "shutdown", "operator", "lost" or "expired" (its lease
-    #: ran out by this worker's own clock: no heartbeat got through)
-    cancel_reason: str | None = None
+    #: why the runner cancelled it (None: it did not)
+    cancel_reason: CancelReason | None = None
+
+    def attach(self, task: asyncio.Task[None]) -> None:
+        """The task that runs this job (a cancel from now on cancels it)."""
+        self.task = task
+
+    def start(self) -> None:
+        """Its handler is about to run (it holds a concurrency slot)."""
+        self.started = True
+
+    def cancel(self, reason: CancelReason) -> None:
+        """Cancel the job for ``reason``, once: the first reason counts. A job without a
+        task yet sees the reason when its task starts."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+            if self.task is not None:
+                self.task.cancel()
 
 
 # What a cancelled attempt counts as in telemetry, by why the runner cancelled it.
 CANCELLED_AS = {
     None: "cancelled",
-    "shutdown": "released",
-    "operator": "cancelled",
-    "lost": "lost",
-    "expired": "lost",
+    CancelReason.SHUTDOWN: "released",
+    CancelReason.OPERATOR: "cancelled",
+    CancelReason.LOST: "lost",
+    CancelReason.EXPIRED: "lost",
 }
 
 
@@ -55,18 +90,27 @@ class Attempts:
         handlers: Mapping[str, Callable[[Job], Any]],
         policy: RetryPolicy,
         telemetry: Telemetry,
+        *,
+        result_limit: int = _json.MAX_PAYLOAD_BYTES,
+        threads: int | None = None,
     ) -> None:
+        """:param result_limit: the largest result kept, in bytes of JSON (the backend's
+            ``max_payload_bytes``).
+        :param threads: run plain (non-async) handlers in at most this many threads at once
+            (None: every handler is async).
+        """
         self._handlers = handlers
         self._policy = policy
-        self.telemetry = telemetry
-        #: the largest result kept, in bytes of JSON: the backend's max_payload_bytes
-        self.result_limit = _json.MAX_PAYLOAD_BYTES
-        #: set by the Runner when plain handlers may run in threads
-        self.thread_limiter: anyio.CapacityLimiter | None = None
+        self._telemetry = telemetry
+        self._result_limit = result_limit
+        self._threads = threads
+        # Made on first use: an anyio limiter needs a running event loop, and a Runner (which
+        # makes this) may be built before one runs.
+        self._thread_limiter: anyio.CapacityLimiter | None = None
 
     async def run(self, held: Held) -> Outcome:
         """Run one attempt inside its telemetry: a ``process`` span and the job metrics."""
-        job, claim, telemetry = held.job, held.claim, self.telemetry
+        job, claim, telemetry = held.job, held.claim, self._telemetry
         if not (telemetry.tracing or telemetry.metrics):  # no SDK: nothing to start or end
             return (await self._run_handler(job))[0]
         watch = telemetry.start_job(
@@ -98,9 +142,11 @@ class Attempts:
         return self._success(job, result), None
 
     async def _call(self, handler: Callable[[Job], Any], job: Job) -> Any:
-        if self.thread_limiter is not None and not is_async(handler):
+        if self._threads is not None and not is_async(handler):
+            if self._thread_limiter is None:
+                self._thread_limiter = anyio.CapacityLimiter(self._threads)
             return await anyio.to_thread.run_sync(
-                handler, job, abandon_on_cancel=True, limiter=self.thread_limiter
+                handler, job, abandon_on_cancel=True, limiter=self._thread_limiter
             )
         return await handler(job)
 
@@ -116,12 +162,12 @@ class Attempts:
                 "will be retried" if decision.kind is OutcomeKind.RETRIED else "failed",
                 type(exc).__name__,
                 exc,
-                extra={
-                    "action": f"job_{decision.kind.value}",
-                    "job_id": job.id,
-                    "queue": job.queue,
-                    "attempt": job.attempt,
-                },
+                extra=log_extra(
+                    f"job_{decision.kind.value}",
+                    job_id=job.id,
+                    queue=job.queue,
+                    attempt=job.attempt,
+                ),
             )
         return Outcome(job.id, decision.kind, decision.delay, error=error, queue=job.queue)
 
@@ -130,12 +176,12 @@ class Attempts:
         kept, say so in the job's error history. The job stays succeeded: its side effects
         happened, and failing it now would only run them again."""
         try:
-            encoded = _json.dumps(result, what=f"result of job {job.id}", limit=self.result_limit)
+            encoded = _json.dumps(result, what=f"result of job {job.id}", limit=self._result_limit)
         except PayloadError as exc:
             logger.warning(
                 "%s; the job succeeded but its result was not kept",
                 exc,
-                extra={"action": "result_dropped", "job_id": job.id, "queue": job.queue},
+                extra=log_extra("result_dropped", job_id=job.id, queue=job.queue),
             )
             error = {
                 "attempt": job.attempt,
@@ -148,11 +194,11 @@ class Attempts:
         return Outcome(job.id, OutcomeKind.SUCCEEDED, result_json=encoded, queue=job.queue)
 
     @staticmethod
-    def cancelled_outcome(job: Job, reason: str) -> Outcome | None:
+    def cancelled_outcome(job: Job, reason: CancelReason) -> Outcome | None:
         """The outcome of an attempt the runner cancelled (None: nothing may be written)."""
-        if reason == "lost":
+        if reason is CancelReason.LOST:
             return None  # the job moved on: there is nothing this worker may write
-        if reason == "operator":
+        if reason is CancelReason.OPERATOR:
             return Outcome(
                 job.id,
                 OutcomeKind.CANCELLED,
@@ -164,7 +210,7 @@ class Attempts:
                     "traceback": None,
                 },
             )
-        # "shutdown", and "expired": the job may have moved on or not (a partition, or a
+        # SHUTDOWN, and EXPIRED: the job may have moved on or not (a partition, or a
         # stalled database), so it is put back without using an attempt, fenced: the write
         # changes nothing if another worker recovered it meanwhile.
         return Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue)

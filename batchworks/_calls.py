@@ -17,9 +17,23 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-logger = logging.getLogger("batchworks.runner")
+from batchworks._logs import log_extra
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+async def first_set(*events: asyncio.Event, within: float | None = None) -> None:
+    """Return once one of ``events`` is set, or after ``within`` seconds (None: no limit);
+    the waits on the others end with it. A stop must end every wait, so most waits of the
+    runner pair what they wait for with a stop event."""
+    waiters = {asyncio.ensure_future(event.wait()) for event in events}
+    try:
+        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 class Calls:
@@ -85,7 +99,7 @@ class Calls:
                         what,
                         loop.time() - start,
                         limit,
-                        extra={"action": "slow_call", "call": what},
+                        extra=log_extra("slow_call", call=what),
                     )
         finally:
             if not task.done():

@@ -16,11 +16,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+from batchworks._logs import log_extra
 from batchworks.backends.base import WorkerToken
 from batchworks.errors import BackendError
 from batchworks.outcome import Outcome
 
-logger = logging.getLogger("batchworks.runner")
+logger = logging.getLogger(__name__)
 
 RETRY_INITIAL = 0.1  # seconds before the first retry of a failed write
 RETRY_MAX = 5.0  # seconds between retries at most
@@ -139,7 +140,7 @@ class SettleBuffer:
                 type(exc).__name__,
                 exc,
                 delay,
-                extra={"action": "settle_failed", "count": len(batch)},
+                extra=log_extra("settle_failed", count=len(batch)),
             )
             return None
         except BaseException:

@@ -11,7 +11,9 @@ Shape of a run::
 
 Every backend call runs under a time bound (:mod:`batchworks._calls`): whatever the network
 does, a stop ends in ``shutdown_timeout`` plus a few seconds, and a worker whose heartbeats
-do not get through counts its leases as lost by its own clock.
+do not get through counts its leases as lost by its own clock (:mod:`batchworks._heartbeat`).
+One attempt of one job, and the :class:`Held` record of a job from claim to outcome, live in
+:mod:`batchworks._attempt`; log records take their ``extra`` from :mod:`batchworks._logs`.
 
 The runner knows nothing of SQL: it talks to its backend through :class:`Backend` only.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import functools
 import itertools
 import logging
@@ -33,12 +36,11 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypedDict, Unpack, overload
 
-import anyio
-
-from batchworks._attempt import Attempts, Held
-from batchworks._calls import Calls
+from batchworks._attempt import Attempts, CancelReason, Held
+from batchworks._calls import Calls, first_set
 from batchworks._checks import check_handlers, check_queues, duration, positive_int
-from batchworks._json import MAX_PAYLOAD_BYTES
+from batchworks._heartbeat import LeaseClock
+from batchworks._logs import log_extra
 from batchworks._scheduler import Scheduler, check_schedules
 from batchworks._settle import TRANSIENT, SettleBuffer
 from batchworks.backends.base import Backend, ClaimedJob, Heartbeat, WorkerToken
@@ -101,6 +103,19 @@ class RunnerOptions(TypedDict, total=False):
     poll_interval: float
     queues: Iterable[str] | None
     flush_interval: float
+
+
+class RunnerState(enum.StrEnum):
+    """Where a Runner is in its one run (shown in its repr)."""
+
+    #: built, not run yet
+    CREATED = "created"
+    #: registered (or registering) and claiming jobs
+    RUNNING = "running"
+    #: shutting down: finishing or cancelling its jobs, writing the last outcomes
+    STOPPING = "stopping"
+    #: the run ended; a Runner runs once
+    STOPPED = "stopped"
 
 
 _names = itertools.count()
@@ -221,22 +236,23 @@ class Runner:
         self._claim_retry = CLAIM_RETRY_INITIAL
         self._suspect: Job | None = None
         self._flush_interval = duration(flush_interval, "flush_interval", zero=True)
-        # Both come from the room prune_after leaves beyond one heartbeat interval. A beat
-        # later or slower than _stall_limit means this worker was stuck (see _after_beat).
-        # Its own clock gives its leases up _lease_margin before the database may take them:
-        # the database counts from when a heartbeat landed, the worker from when it sent it,
-        # and the margin covers the two clocks' rates.
-        self._stall_limit = (self._prune_after - self._heartbeat_interval) / 2
-        self._lease_margin = min(self._heartbeat_interval, self._stall_limit)
+        self._lease = LeaseClock(
+            heartbeat_interval=self._heartbeat_interval, prune_after=self._prune_after
+        )
         if worker_name is not None and (not isinstance(worker_name, str) or not worker_name):
             raise ConfigurationError(f"worker_name must be a non-empty str, got {worker_name!r}")
         self._worker_name = worker_name or _default_worker_name()
         self._telemetry = Telemetry(self._worker_name)
-        self._attempts = Attempts(self._handlers, self._policy, self._telemetry)
-        self._attempts.result_limit = getattr(backend, "max_payload_bytes", MAX_PAYLOAD_BYTES)
+        self._attempts = Attempts(
+            self._handlers,
+            self._policy,
+            self._telemetry,
+            result_limit=backend.max_payload_bytes,
+            threads=self._concurrency if sync_in_thread else None,
+        )
         carried = check_schedules(schedules, self._handlers)
 
-        self._state = "created"  # created, running, stopping, stopped
+        self._state = RunnerState.CREATED
         self._token: WorkerToken | None = None
         self._settle: SettleBuffer | None = None
         self._held: dict[int, Held] = {}
@@ -252,11 +268,6 @@ class Runner:
         self._scheduler = (
             Scheduler(backend, carried, self._telemetry, calls=self._calls) if carried else None
         )
-        self._link = asyncio.Event()  # clear while this worker counts its leases as lost
-        self._link.set()
-        self._beat_ok_at = 0.0  # loop time the last heartbeat that got through was sent
-        self._beat_done_at = 0.0  # loop time it came back
-        self._regular_beats = 0  # heartbeats in a row that came on time and fast
         self._close_by: float | None = None  # loop time the last writes must end by
         self._failure: BaseException | None = None
         self._failure_what = ""
@@ -301,8 +312,8 @@ class Runner:
         A read of the runner's state, cheap enough for every probe. An event loop blocked by
         sync code answers no probe at all, which a probe's own timeout catches.
         """
-        running = self._state == "running" and not self._stop_requested
-        return running and self._registered.is_set() and self._link.is_set()
+        running = self._state is RunnerState.RUNNING and not self._stop_requested
+        return running and self._registered.is_set() and self._lease.link.is_set()
 
     @property
     def queues(self) -> tuple[str, ...]:
@@ -348,15 +359,7 @@ class Runner:
 
         :raises LifecycleError: the run ended before it got ready.
         """
-        waiters = {
-            asyncio.ensure_future(self._registered.wait()),
-            asyncio.ensure_future(self._ended.wait()),
-        }
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        await first_set(self._registered, self._ended)
         if not self._registered.is_set():
             raise LifecycleError("the Runner stopped before it was ready")
 
@@ -379,7 +382,7 @@ class Runner:
 
     async def __aenter__(self) -> Self:
         """Start running in the background (for services); the exit stops gracefully."""
-        if self._task is not None or self._state != "created":
+        if self._task is not None or self._state is not RunnerState.CREATED:
             raise LifecycleError("Runner already ran; create a new Runner")
         self._task = asyncio.create_task(
             self._run(drain=False, max_delay=0.0), name=f"batchworks:{self._worker_name}"
@@ -404,20 +407,18 @@ class Runner:
     # -- the run --------------------------------------------------------------------------------
 
     async def _run(self, *, drain: bool, max_delay: float) -> None:
-        if self._state != "created":
+        if self._state is not RunnerState.CREATED:
             raise LifecycleError(f"Runner was {self._state}; create a new Runner for another run")
-        self._state = "running"
+        self._state = RunnerState.RUNNING
         self._started_at = time.monotonic()
-        if self._sync_in_thread:
-            self._attempts.thread_limiter = anyio.CapacityLimiter(self._concurrency)
         try:
             token = await self._register()
         except BaseException:
-            self._state = "stopped"
+            self._state = RunnerState.STOPPED
             self._ended.set()
             raise
         self._token = token
-        self._beat_ok_at = self._beat_done_at = asyncio.get_running_loop().time()
+        self._lease.restart(asyncio.get_running_loop().time())
         self._settle = SettleBuffer(
             self._write,
             token,
@@ -430,7 +431,7 @@ class Runner:
             self._worker_name,
             ",".join(self._queues),
             self._concurrency,
-            extra={"action": "worker_ready", "worker": self._worker_name},
+            extra=log_extra("worker_ready", worker=self._worker_name),
         )
         self._registered.set()
         settler = self._watch(self._settle.run(), "settle")
@@ -442,7 +443,7 @@ class Runner:
             if not self._stop_requested:
                 await self._fetch_loop(drain=drain, max_delay=max_delay)
         finally:
-            self._state = "stopping"
+            self._state = RunnerState.STOPPING
             try:
                 await self._shutdown()
             finally:
@@ -483,7 +484,7 @@ class Runner:
             self._worker_name,
             what,
             exc_info=error,
-            extra={"action": "runner_failed", "worker": self._worker_name},
+            extra=log_extra("runner_failed", worker=self._worker_name),
         )
         self.stop(now=True)
 
@@ -498,8 +499,8 @@ class Runner:
         claim_min = max(1, self._batch_size // 2)
         while not self._stop_requested:
             self._room.clear()
-            if not self._link.is_set():
-                await self._until(self._link)  # its leases count as lost: claim nothing
+            if not self._lease.link.is_set():
+                await self._until(self._lease.link)  # its leases count as lost: claim nothing
                 continue
             if self._suspect is not None:
                 await self._run_suspect()
@@ -557,14 +558,24 @@ class Runner:
             if due > 0:
                 await self._wait(due)
         except TRANSIENT as exc:
-            logger.warning("looking for due jobs failed (%s: %s)", type(exc).__name__, exc)
+            self._wait_failed("looking for due jobs", "next_due_failed", exc)
         return False
 
     async def _wait_for_work(self) -> None:
         try:
             await self._wait(self._poll_interval)
         except TRANSIENT as exc:
-            logger.warning("waiting for work failed (%s: %s)", type(exc).__name__, exc)
+            self._wait_failed("waiting for work", "wait_for_work_failed", exc)
+
+    def _wait_failed(self, what: str, action: str, exc: BaseException) -> None:
+        # Nothing more to do: the fetch loop goes round and claims again.
+        logger.warning(
+            "%s failed (%s: %s)",
+            what,
+            type(exc).__name__,
+            exc,
+            extra=log_extra(action, worker=self._worker_name),
+        )
 
     async def _wait(self, seconds: float) -> None:
         """Wait for work up to ``seconds``, or until a stop."""
@@ -579,15 +590,7 @@ class Runner:
 
     async def _until(self, event: asyncio.Event) -> None:
         """Wait for ``event``, or until a stop."""
-        waiters = {
-            asyncio.ensure_future(event.wait()),
-            asyncio.ensure_future(self._stop_event.wait()),
-        }
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        await first_set(event, self._stop_event)
 
     @staticmethod
     def _loop_time() -> float:
@@ -626,11 +629,9 @@ class Runner:
                 type(exc).__name__,
                 exc,
                 delay,
-                extra={"action": "claim_failed"},
+                extra=log_extra("claim_failed", worker=self._worker_name),
             )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._stop_event.wait()
+            await first_set(self._stop_event, within=delay)
             return []
 
     def _put_back_late_claim(self, claim: asyncio.Future[list[ClaimedJob]]) -> None:
@@ -689,7 +690,7 @@ class Runner:
         tasks = []
         for job in jobs:
             task = asyncio.create_task(self._process(job))
-            self._held[job.id].task = task
+            self._held[job.id].attach(task)
             tasks.append(task)
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for job, result in zip(jobs, results, strict=True):
@@ -701,7 +702,7 @@ class Runner:
                     "be recovered",
                     job.id,
                     exc_info=result,
-                    extra={"action": "job_internal_error", "job_id": job.id},
+                    extra=log_extra("job_internal_error", job_id=job.id, worker=self._worker_name),
                 )
 
     async def _process(self, job: Job) -> None:
@@ -714,7 +715,7 @@ class Runner:
                 outcome = Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue)
             else:
                 async with self._slots:
-                    held.started = True
+                    held.start()
                     outcome = await self._attempts.run(held)
         except asyncio.CancelledError:
             if held.cancel_reason is None:
@@ -738,12 +739,10 @@ class Runner:
         if outcome is not None and self._settle is not None:
             self._settle.add(outcome)
 
-    def _cancel(self, job_id: int, reason: str) -> None:
+    def _cancel(self, job_id: int, reason: CancelReason) -> None:
         held = self._held.get(job_id)
-        if held is not None and held.cancel_reason is None:
-            held.cancel_reason = reason  # one without a task yet sees it when it starts
-            if held.task is not None:
-                held.task.cancel()
+        if held is not None:
+            held.cancel(reason)
 
     def _on_settled(self, outcomes: Sequence[Outcome], lost: frozenset[int]) -> None:
         written = collections.Counter(
@@ -761,7 +760,7 @@ class Runner:
                 "worker owns them now and nothing was overwritten",
                 len(lost),
                 ", ".join(map(str, sorted(lost)[:10])),
-                extra={"action": "lease_lost", "job_ids": sorted(lost)},
+                extra=log_extra("lease_lost", job_ids=sorted(lost), worker=self._worker_name),
             )
 
     # -- heartbeats -----------------------------------------------------------------------------
@@ -777,7 +776,6 @@ class Runner:
                 )
                 await self._after_beat(beat, sent, loop.time())
             except TRANSIENT as exc:
-                self._regular_beats = 0
                 self._beat_failed(exc, loop.time())
 
     async def _send_heartbeat(self) -> Heartbeat:
@@ -788,16 +786,12 @@ class Runner:
         return await self._backend.heartbeat(self._token, held, lease=self._prune_after)
 
     def _beat_timeout(self, sent: float) -> float:
-        """How long a heartbeat may take: db_timeout, and while the leases last by this
-        worker's own clock, no longer than they do (but a margin, to hear the answer)."""
-        if not self._link.is_set():
-            return self._calls.timeout
-        lease_left = self._beat_ok_at + self._prune_after - self._lease_margin - sent
-        return min(self._calls.timeout, max(lease_left, self._lease_margin))
+        """How long a heartbeat may take: db_timeout, and no longer than the leases last."""
+        return self._lease.beat_timeout(sent, self._calls.timeout)
 
     def _beat_failed(self, exc: BaseException, now: float) -> None:
-        silent = now - self._beat_ok_at
-        if self._link.is_set() and silent >= self._prune_after - self._lease_margin:
+        silent, expired = self._lease.failed(now)
+        if expired:
             self._lease_expired(silent)
             return
         logger.warning(
@@ -806,15 +800,15 @@ class Runner:
             exc,
             silent,
             self._heartbeat_interval,
-            extra={"action": "heartbeat_failed"},
+            extra=log_extra("heartbeat_failed", worker=self._worker_name),
         )
 
     def _lease_expired(self, silent: float) -> None:
         """No heartbeat got through for the lease's length (less a margin): by its own clock
         this worker may have been pruned already, its jobs taken by another. It cannot know,
         so it acts as if: it cancels its handlers (anything they wrote would be fenced out),
-        and claims nothing until a heartbeat gets through again."""
-        self._link.clear()
+        and claims nothing until a heartbeat gets through again (the lease clock cleared
+        its link)."""
         logger.error(
             "worker %r: no heartbeat reached the database for %.1fs (prune_after %.1fs): it "
             "counts its leases as lost, cancels its %d jobs (put back, fenced, once the "
@@ -823,38 +817,28 @@ class Runner:
             silent,
             self._prune_after,
             len(self._held),
-            extra={"action": "lease_expired", "worker": self._worker_name},
+            extra=log_extra("lease_expired", worker=self._worker_name),
         )
         for job_id in list(self._held):
-            self._cancel(job_id, "expired")
+            self._cancel(job_id, CancelReason.EXPIRED)
 
     async def _after_beat(self, beat: Heartbeat, sent: float, done: float) -> None:
         if not beat.alive:
             await self._not_alive(beat)
             return
-        if not self._link.is_set():
+        regained = self._lease.got_through(sent, done)
+        if regained is not None:
             logger.warning(
                 "worker %r: a heartbeat got through again after %.1fs; claiming again",
                 self._worker_name,
-                done - self._beat_ok_at,
-                extra={"action": "lease_regained", "worker": self._worker_name},
+                regained,
+                extra=log_extra("lease_regained", worker=self._worker_name),
             )
-            self._link.set()
-        # A worker that has just come out of a stall (its own heartbeat late or slow: a
-        # locked table, a stalled server, a blocked loop) sees every other worker as silent
-        # for as long as it was stuck, and their heartbeats, queued behind the same stall,
-        # may not have landed yet: judging them now would prune live workers. So it recovers
-        # nothing until its own heartbeats have come on time twice in a row; by then every
-        # live worker has had a heartbeat interval to land one.
-        on_time = sent - self._beat_done_at <= self._heartbeat_interval + self._stall_limit
-        regular = on_time and done - sent <= self._stall_limit
-        self._regular_beats = self._regular_beats + 1 if regular else 0
-        self._beat_ok_at, self._beat_done_at = sent, done
         for job_id in beat.lost:
-            self._cancel(job_id, "lost")
+            self._cancel(job_id, CancelReason.LOST)
         for job_id in beat.cancel:
-            self._cancel(job_id, "operator")
-        if self._regular_beats >= 2:
+            self._cancel(job_id, CancelReason.OPERATOR)
+        if self._lease.may_recover:
             # Bounded like a heartbeat: a recovery stuck behind a lock must not keep the next
             # heartbeats (and the lease check they make) from happening.
             recovered = await self._calls.run(
@@ -867,7 +851,7 @@ class Runner:
     async def _not_alive(self, beat: Heartbeat) -> None:
         """The backend no longer counts this incarnation alive: its jobs have moved on."""
         for job_id in list(self._held):
-            self._cancel(job_id, "lost")
+            self._cancel(job_id, CancelReason.LOST)
         if beat.replaced:
             # Another live process took this name: registering again would replace it in
             # turn, and the two would take each other's jobs away forever. The newer wins.
@@ -876,7 +860,7 @@ class Runner:
                 "this one stops (two live processes must not share a worker_name: give each "
                 "its own)",
                 self._worker_name,
-                extra={"action": "worker_lost", "worker": self._worker_name},
+                extra=log_extra("worker_lost", worker=self._worker_name),
             )
             self.stop()
             return
@@ -890,7 +874,7 @@ class Runner:
             "prune_after=%.1fs): its jobs moved on; it registers again and carries on",
             self._worker_name,
             self._prune_after,
-            extra={"action": "worker_pruned", "worker": self._worker_name},
+            extra=log_extra("worker_pruned", worker=self._worker_name),
         )
         assert self._settle is not None
         loop = asyncio.get_running_loop()
@@ -900,13 +884,11 @@ class Runner:
         token = await self._register()
         self._token = token
         self._settle.rebind(token)
-        self._beat_ok_at = self._beat_done_at = loop.time()
-        self._regular_beats = 0
-        self._link.set()
+        self._lease.restart(loop.time())
         logger.warning(
             "worker %r registered again as a new incarnation",
             self._worker_name,
-            extra={"action": "worker_reregistered", "worker": self._worker_name},
+            extra=log_extra("worker_reregistered", worker=self._worker_name),
         )
 
     async def _register(self) -> WorkerToken:
@@ -942,13 +924,13 @@ class Runner:
                 self._settle.add(Outcome(suspect.id, OutcomeKind.RELEASED, queue=suspect.queue))
         for held in list(self._held.values()):
             if not held.started:
-                self._cancel(held.job.id, "shutdown")
+                self._cancel(held.job.id, CancelReason.SHUTDOWN)
         if self._held and not self._hard_stop.is_set():
             logger.info(
                 "stopping: waiting up to %.1fs for %d running jobs",
                 self._shutdown_timeout,
                 len(self._held),
-                extra={"action": "worker_stopping", "worker": self._worker_name},
+                extra=log_extra("worker_stopping", worker=self._worker_name),
             )
             await self._wait_idle(self._shutdown_timeout, until_hard_stop=True)
         # From here on, whatever the network does, everything left (handlers unwinding, the
@@ -960,7 +942,7 @@ class Runner:
         else:
             self._close_by = max(now, stopped_at + self._shutdown_timeout) + CLOSE_GRACE
         for job_id in list(self._held):
-            self._cancel(job_id, "shutdown")
+            self._cancel(job_id, CancelReason.SHUTDOWN)
         if self._held:
             await self._wait_idle(min(CANCEL_GRACE, self._time_left()), until_hard_stop=False)
         if self._held:
@@ -968,7 +950,9 @@ class Runner:
                 "%d jobs ignored cancellation; they will be recovered when this worker's "
                 "leases expire",
                 len(self._held),
-                extra={"action": "jobs_abandoned", "job_ids": list(self._held)},
+                extra=log_extra(
+                    "jobs_abandoned", job_ids=list(self._held), worker=self._worker_name
+                ),
             )
         if self._batches:
             await asyncio.wait(self._batches, timeout=self._time_left())
@@ -980,16 +964,8 @@ class Runner:
             if until_hard_stop and self._hard_stop.is_set():
                 return
             self._room.clear()
-            waiters = {asyncio.ensure_future(self._room.wait())}
-            if until_hard_stop:
-                waiters.add(asyncio.ensure_future(self._hard_stop.wait()))
-            try:
-                await asyncio.wait(
-                    waiters, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
+            events = (self._room, self._hard_stop) if until_hard_stop else (self._room,)
+            await first_set(*events, within=deadline - loop.time())
 
     async def _close(self) -> None:
         assert self._settle is not None and self._token is not None
@@ -1004,7 +980,9 @@ class Runner:
                 "%d outcomes could not be written before shutdown; their jobs will be "
                 "recovered when this worker is pruned",
                 len(self._settle),
-                extra={"action": "outcomes_unwritten"},
+                extra=log_extra(
+                    "outcomes_unwritten", count=len(self._settle), worker=self._worker_name
+                ),
             )
         else:
             try:
@@ -1019,22 +997,25 @@ class Runner:
                     self._worker_name,
                     type(exc).__name__,
                     exc,
+                    extra=log_extra("unregister_failed", worker=self._worker_name),
                 )
         if self._calls.abandoned:
             logger.warning(
                 "%d backend calls were cut off and never answered (a network that stopped "
                 "answering?); closing the backend drops them",
                 self._calls.abandoned,
-                extra={"action": "calls_abandoned", "count": self._calls.abandoned},
+                extra=log_extra(
+                    "calls_abandoned", count=self._calls.abandoned, worker=self._worker_name
+                ),
             )
-        self._state = "stopped"
+        self._state = RunnerState.STOPPED
         self._finished_at = time.monotonic()
         self._ended.set()
         logger.info(
             "worker %r stopped: %s",
             self._worker_name,
             self.report,
-            extra={"action": "worker_stopped", "worker": self._worker_name},
+            extra=log_extra("worker_stopped", worker=self._worker_name),
         )
 
     @contextlib.contextmanager
@@ -1060,6 +1041,6 @@ class Runner:
             "received %s: %s",
             sig.name,
             "stopping now" if now else "stopping gracefully (again to stop now)",
-            extra={"action": "signal", "signal": sig.name},
+            extra=log_extra("signal", signal=sig.name, worker=self._worker_name),
         )
         self.stop(now=now)

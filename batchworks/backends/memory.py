@@ -14,6 +14,7 @@ carries a ``seq`` that an entry must match.
 from __future__ import annotations
 
 import asyncio
+import enum
 import heapq
 import logging
 import os
@@ -79,6 +80,19 @@ class _Row:
     scheduled_for: datetime | None = None
 
 
+class _WorkerState(enum.StrEnum):
+    """Where a registered worker incarnation stands (the ``workers.state`` strings)."""
+
+    #: registered and heartbeating; its leases hold
+    ACTIVE = "active"
+    #: unregistered itself at the end of a clean stop
+    STOPPED = "stopped"
+    #: silent for ``prune_after``: presumed dead, its jobs recovered
+    PRUNED = "pruned"
+    #: another process registered under the same name; the newer one wins
+    REPLACED = "replaced"
+
+
 @dataclass(slots=True, eq=False)
 class _Worker:
     token: WorkerToken
@@ -86,7 +100,7 @@ class _Worker:
     queues: tuple[str, ...]
     started_at: float
     heartbeat_at: float
-    state: str = "active"  # active, stopped, pruned, replaced
+    state: _WorkerState = _WorkerState.ACTIVE
     max_attempts: int | None = None
 
 
@@ -313,7 +327,7 @@ class MemoryBackend(BackendBase[list[str]]):
                 silent_for=now - worker.heartbeat_at,
             )
             for worker in sorted(self._workers.values(), key=lambda w: w.name)
-            if worker.state == "active"
+            if worker.state is _WorkerState.ACTIVE
         ]
 
     async def list_jobs(
@@ -403,7 +417,7 @@ class MemoryBackend(BackendBase[list[str]]):
         """The ``max_attempts`` the latest worker of each queue (a live one first) recorded."""
         latest = sorted(
             (w for w in self._workers.values() if w.max_attempts is not None),
-            key=lambda w: (w.state == "active", w.started_at),
+            key=lambda w: (w.state is _WorkerState.ACTIVE, w.started_at),
         )
         found = {queue: w.max_attempts for w in latest for queue in w.queues if queue in queues}
         return {queue: most for queue, most in found.items() if most is not None}
@@ -417,8 +431,8 @@ class MemoryBackend(BackendBase[list[str]]):
         self._check_open()
         now = self._clock()
         for worker in self._workers.values():
-            if worker.name == name and worker.state == "active":
-                worker.state = "replaced"
+            if worker.name == name and worker.state is _WorkerState.ACTIVE:
+                worker.state = _WorkerState.REPLACED
                 self._recover_worker(worker, "was replaced by a restart of the same name", now)
         token = uuid.uuid4()
         self._workers[token] = _Worker(
@@ -429,8 +443,8 @@ class MemoryBackend(BackendBase[list[str]]):
     async def unregister_worker(self, worker: WorkerToken) -> None:
         """Mark the incarnation stopped; jobs it still holds (none, normally) are recovered."""
         record = self._workers.get(worker)
-        if record is not None and record.state == "active":
-            record.state = "stopped"
+        if record is not None and record.state is _WorkerState.ACTIVE:
+            record.state = _WorkerState.STOPPED
             self._recover_worker(record, "stopped while holding it", self._clock())
 
     async def claim(
@@ -444,7 +458,7 @@ class MemoryBackend(BackendBase[list[str]]):
     ) -> list[ClaimedJob]:
         """Take up to ``limit`` due jobs for ``worker``; see :meth:`Backend.claim`."""
         record = self._workers.get(worker)
-        if record is None or record.state != "active":
+        if record is None or record.state is not _WorkerState.ACTIVE:
             return []
         now = self._clock()
         heaps = [self._promote(queue, now) for queue in queues]
@@ -527,8 +541,8 @@ class MemoryBackend(BackendBase[list[str]]):
     ) -> Heartbeat:
         """Extend the leases of the held jobs; report lost and cancel-requested ones."""
         record = self._workers.get(worker)
-        if record is None or record.state != "active":
-            replaced = record is not None and record.state == "replaced"
+        if record is None or record.state is not _WorkerState.ACTIVE:
+            replaced = record is not None and record.state is _WorkerState.REPLACED
             return Heartbeat(alive=False, lost=tuple(job_ids), replaced=replaced)
         now = self._clock()
         record.heartbeat_at = now
@@ -549,8 +563,8 @@ class MemoryBackend(BackendBase[list[str]]):
         now = self._clock()
         recovered = 0
         for record in self._workers.values():
-            if record.state == "active" and record.heartbeat_at < now - prune_after:
-                record.state = "pruned"
+            if record.state is _WorkerState.ACTIVE and record.heartbeat_at < now - prune_after:
+                record.state = _WorkerState.PRUNED
                 logger.warning(
                     "pruned worker %r: no heartbeat for %.1fs",
                     record.name,
