@@ -1,7 +1,8 @@
 """The memory backend's own tests. With a fake clock, delayed jobs fall due, leases expire,
 silent workers are pruned and finished jobs purged when time moves: the rules they check run
 on every backend in ``tests/contract``, but only the memory backend lets a test move time.
-``MemoryBackend(max_payload_bytes=...)`` limits checkpoints as it does payloads."""
+An idle ``wait_for_work`` lasts its ``max_wait``, and ``MemoryBackend(max_payload_bytes=...)``
+limits checkpoints as it does payloads."""
 
 from __future__ import annotations
 
