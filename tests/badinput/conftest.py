@@ -1,33 +1,18 @@
-"""Fixtures of the bad-input suite: a ledger and echo workers on the test's schema."""
+"""Fixtures of the bad-input suite: those of :mod:`tests.support.fixtures`, with echo workers
+(a handler that returns its payload)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
-from batchworks import PostgresBackend
-from tests.chaos.harness import Fleet, print_figures
-from tests.chaos.ledger import Ledger
+from tests.support.fixtures import fleet, ledger, pytest_terminal_summary
+
+__all__ = ["fleet", "fleet_defaults", "ledger", "pytest_terminal_summary"]
 
 
 @pytest.fixture
-async def ledger(pg_backend: PostgresBackend, pg_dsn: str) -> AsyncIterator[Ledger]:
-    """The effects and faults tables of this test's (migrated) schema."""
-    book = await Ledger.create(pg_dsn, pg_backend.schema)
-    yield book
-    await book.close()
-
-
-@pytest.fixture
-async def fleet(pg_dsn: str, ledger: Ledger, tmp_path: Path) -> AsyncIterator[Fleet]:
-    """Echo workers (a handler that returns its payload) on this test's schema."""
-    workers = Fleet(pg_dsn, ledger.schema, tmp_path, ledger)
-    workers.defaults = {"echo": True, "runner": {"poll_interval": 0.2}}
-    yield workers
-    await workers.cleanup()
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    print_figures(terminalreporter)
+def fleet_defaults() -> dict[str, Any]:
+    """Echo workers, polling often: a bad-input run waits on what they stored."""
+    return {"echo": True, "runner": {"poll_interval": 0.2}}

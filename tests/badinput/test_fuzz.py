@@ -29,8 +29,8 @@ from tests.badinput.judge import (
     valid_schema,
     verdict_for,
 )
-from tests.chaos.harness import FULL, Fleet, pick, poll, record_figures
-from tests.chaos.ledger import Ledger
+from tests.support.harness import FULL, Fleet, pick, poll, record_figures
+from tests.support.ledger import Ledger
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(pick(120, 600))]
 

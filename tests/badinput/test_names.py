@@ -9,8 +9,8 @@ import pytest
 
 from batchworks import ConfigurationError, JobState, PostgresBackend
 from tests.badinput.judge import refused
-from tests.chaos.harness import Fleet, poll
-from tests.chaos.ledger import Ledger
+from tests.support.harness import Fleet, poll
+from tests.support.ledger import Ledger
 
 pytestmark = pytest.mark.postgres
 

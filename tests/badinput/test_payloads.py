@@ -14,8 +14,8 @@ import pytest
 
 from batchworks import JobState, PayloadError, PostgresBackend
 from tests.badinput.judge import refused, same
-from tests.chaos.harness import Fleet, poll
-from tests.chaos.ledger import Ledger
+from tests.support.harness import Fleet, poll
+from tests.support.ledger import Ledger
 
 pytestmark = pytest.mark.postgres
 

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from batchworks import PostgresBackend
-from tests.chaos.harness import (
+from tests.chaos.proxy import Proxy
+from tests.support.harness import (
     Fleet,
     WorkerProcess,
     poll,
@@ -22,8 +23,7 @@ from tests.chaos.harness import (
     recovery_time,
     settle_and_judge,
 )
-from tests.chaos.ledger import Ledger, Verdict
-from tests.chaos.proxy import Proxy
+from tests.support.ledger import Ledger, Verdict
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(120)]
 

@@ -10,8 +10,8 @@ from datetime import datetime
 import pytest
 
 from batchworks import PostgresBackend
-from tests.chaos.harness import Fleet, pick, record_figures, settle_and_judge
-from tests.chaos.ledger import Ledger
+from tests.support.harness import Fleet, pick, record_figures, settle_and_judge
+from tests.support.ledger import Ledger
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(pick(120, 300))]
 

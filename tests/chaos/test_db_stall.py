@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 
 from batchworks import PostgresBackend
-from tests.chaos.harness import Fleet, pick, poll, record_figures, settle_and_judge
-from tests.chaos.ledger import Ledger
+from tests.support.harness import Fleet, pick, poll, record_figures, settle_and_judge
+from tests.support.ledger import Ledger
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(120)]
 

@@ -10,8 +10,8 @@ import signal
 import pytest
 
 from batchworks import JobState, PostgresBackend
-from tests.chaos.harness import Fleet, poll, record_figures, settle_and_judge
-from tests.chaos.ledger import Ledger
+from tests.support.harness import Fleet, poll, record_figures, settle_and_judge
+from tests.support.ledger import Ledger
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres]
 

@@ -24,10 +24,10 @@ import asyncpg
 import pytest
 
 from batchworks import PostgresBackend
-from tests.chaos.harness import Fleet, pick, poll, record_figures, settle_and_judge
-from tests.chaos.ledger import Ledger
 from tests.conftest import IN_CI
 from tests.pgcluster import STANDBY, Cluster, clusters, primary_and_standby
+from tests.support.harness import Fleet, pick, poll, record_figures, settle_and_judge
+from tests.support.ledger import Ledger
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(pick(120, 240))]
 

@@ -11,8 +11,8 @@ from datetime import datetime
 import pytest
 
 from batchworks import JobState, PostgresBackend
-from tests.chaos.harness import Fleet, pick, poll, record_figures, recovery_time, settle_and_judge
-from tests.chaos.ledger import Ledger
+from tests.support.harness import Fleet, pick, poll, record_figures, recovery_time, settle_and_judge
+from tests.support.ledger import Ledger
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(pick(120, 300))]
 

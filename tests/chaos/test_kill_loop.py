@@ -9,7 +9,7 @@ import random
 import pytest
 
 from batchworks import PostgresBackend
-from tests.chaos.harness import (
+from tests.support.harness import (
     Fleet,
     describe,
     pick,
@@ -17,7 +17,7 @@ from tests.chaos.harness import (
     recovery_time,
     settle_and_judge,
 )
-from tests.chaos.ledger import Ledger
+from tests.support.ledger import Ledger
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(pick(150, 600))]
 

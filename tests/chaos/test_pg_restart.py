@@ -14,7 +14,9 @@ import asyncpg
 import pytest
 
 from batchworks import PostgresBackend
-from tests.chaos.harness import (
+from tests.conftest import IN_CI
+from tests.pgserver import throwaway_cluster
+from tests.support.harness import (
     Fleet,
     describe,
     pick,
@@ -23,9 +25,7 @@ from tests.chaos.harness import (
     restart_server,
     settle_and_judge,
 )
-from tests.chaos.ledger import Ledger
-from tests.conftest import IN_CI
-from tests.pgserver import throwaway_cluster
+from tests.support.ledger import Ledger
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(pick(150, 400))]
 

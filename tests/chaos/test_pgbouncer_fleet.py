@@ -13,7 +13,9 @@ import asyncpg
 import pytest
 
 from batchworks import PostgresBackend
-from tests.chaos.harness import (
+from tests.conftest import IN_CI
+from tests.pgbouncer import pgbouncer_or_skip
+from tests.support.harness import (
     Fleet,
     pick,
     poll,
@@ -21,8 +23,6 @@ from tests.chaos.harness import (
     recovery_time,
     settle_and_judge,
 )
-from tests.conftest import IN_CI
-from tests.pgbouncer import pgbouncer_or_skip
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(pick(90, 240))]
 

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from batchworks import PostgresBackend
-from tests.chaos.harness import Fleet, pick, poll, record_figures
+from tests.support.harness import Fleet, pick, poll, record_figures
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(pick(120, 240))]
 

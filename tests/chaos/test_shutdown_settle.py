@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 
 from batchworks import JobState, PostgresBackend
-from tests.chaos.harness import Fleet, poll
-from tests.chaos.ledger import Ledger
+from tests.support.harness import Fleet, poll
+from tests.support.ledger import Ledger
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres]
 

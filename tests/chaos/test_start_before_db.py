@@ -19,9 +19,9 @@ from typing import Protocol
 import pytest
 
 from batchworks import JobState, PostgresBackend
-from tests.chaos.harness import ROOT, poll, record_figures
 from tests.conftest import IN_CI
 from tests.pgcluster import Cluster, clusters, free_port
+from tests.support.harness import ROOT, poll, record_figures
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(120)]
 

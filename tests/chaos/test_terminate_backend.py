@@ -11,7 +11,7 @@ import random
 import pytest
 
 from batchworks import PostgresBackend
-from tests.chaos.harness import (
+from tests.support.harness import (
     APP_NAME,
     Fleet,
     describe,
@@ -20,7 +20,7 @@ from tests.chaos.harness import (
     record_figures,
     settle_and_judge,
 )
-from tests.chaos.ledger import Ledger
+from tests.support.ledger import Ledger
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(pick(120, 300))]
 

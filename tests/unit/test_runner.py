@@ -446,3 +446,13 @@ class TestHealthy:
         await eventually(lambda: not runner.healthy, what="the replaced worker to be unhealthy")
         async with asyncio.timeout(10):
             await task  # and it stopped by itself
+
+
+class TestRunnerQueues:
+    def test_names_the_queues_it_takes_jobs_from(self) -> None:
+        async def handle(job: Job) -> None:
+            return None
+
+        backend = MemoryBackend()
+        assert Runner(backend, {"a": handle, "b": handle}).queues == ("a", "b")
+        assert Runner(backend, {"a": handle, "b": handle}, queues=["b"]).queues == ("b",)

@@ -12,7 +12,6 @@ from batchworks import (
     Job,
     JobState,
     LeaseLost,
-    MemoryBackend,
     PayloadError,
     RetryPolicy,
     Runner,
@@ -161,20 +160,6 @@ class TestValidation:
         assert "checkpoint of job" in str(errors[0])
         record = await backend.get_job(job_id)
         assert record is not None and record.checkpoint is None
-
-    async def test_checkpoint_size_is_limited_by_the_backend(self) -> None:
-        backend = MemoryBackend(max_payload_bytes=100)
-        errors: list[str] = []
-
-        async def handler(job: Job) -> None:
-            try:
-                await job.save_checkpoint("x" * 200)
-            except PayloadError as exc:
-                errors.append(str(exc))
-
-        await backend.enqueue("q", None)
-        await Runner(backend, {"q": handler}).run_until_empty()
-        assert len(errors) == 1 and "over the limit of 100" in errors[0]
 
 
 class TestPerJobTimeout:

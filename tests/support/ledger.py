@@ -1,6 +1,6 @@
 """The ledger of a chaos scenario and the checker that judges it, Jepsen-style.
 
-Worker handlers write one row per execution into ``effects`` (see :mod:`tests.chaos.worker`);
+Worker handlers write one row per execution into ``effects`` (see :mod:`tests.support.worker`);
 the test and the workers write one row per fault into ``faults``. Once the faults stop and the
 queue is drained, :meth:`Ledger.check` classifies every job:
 

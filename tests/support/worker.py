@@ -1,4 +1,5 @@
-"""A worker process for the chaos suite: ``python -m tests.chaos.worker CONFIG_JSON``.
+"""A worker process for the chaos and bad-input suites:
+``python -m tests.support.worker CONFIG_JSON``.
 
 CONFIG_JSON holds ``dsn``, ``schema``, ``name`` and optional settings:
 

@@ -1,178 +1,30 @@
-"""Contract tests of a backend, written against the ``backend`` fixture so that they run on
-every backend; the tests that move time with a fake clock are in ``TestMemoryOnly*`` classes.
+"""Contract tests of a backend's worker side, written against the ``backend`` fixture so that
+they run on every backend: register_worker, claim, settle, heartbeat, recover, cancel (as the
+worker sees it), checkpoints and wait_for_work.
 
-The worker side (register_worker, claim, settle, heartbeat, recover) is driven directly, the
-way a Runner drives it, so that each rule is checked on its own.
+The calls are driven directly, the way a Runner drives them, so that each rule is checked on
+its own. The memory backend's tests that move time with a fake clock are in
+``tests/unit/test_memory_only.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
-from batchworks import JobState, LeaseLost, MemoryBackend
-from batchworks.backends.base import Backend, ClaimedJob, Heartbeat, WorkerToken
+from batchworks import JobState, LeaseLost
+from batchworks.backends.base import Backend, Heartbeat
 from batchworks.outcome import Outcome, OutcomeKind
-
-LEASE = 30.0  # seconds
-POLICY_MAX_ATTEMPTS = 5
-ALL_STATES = {state.value for state in JobState}
-
-
-class FakeClock:
-    """Seconds since the epoch that move only when told to."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-async def claim(
-    backend: Backend,
-    worker: WorkerToken,
-    limit: int = 10,
-    *,
-    queues: tuple[str, ...] = ("q",),
-    lease: float = LEASE,
-) -> list[ClaimedJob]:
-    return await backend.claim(worker, queues, limit, lease=lease, max_attempts=POLICY_MAX_ATTEMPTS)
-
-
-async def claim_one(backend: Backend, worker: WorkerToken, *, lease: float = LEASE) -> ClaimedJob:
-    [job] = await claim(backend, worker, 1, lease=lease)
-    return job
-
-
-async def state(backend: Backend, job_id: int) -> JobState:
-    record = await backend.get_job(job_id)
-    assert record is not None
-    return record.state
-
-
-def succeeded(job_id: int, result: str | None = '"ok"') -> Outcome:
-    return Outcome(job_id, OutcomeKind.SUCCEEDED, result_json=result)
-
-
-class TestEnqueue:
-    async def test_enqueue_returns_a_new_id_each_time(self, backend: Backend) -> None:
-        ids = [await backend.enqueue("q", {"n": n}) for n in range(5)]
-
-        assert all(isinstance(job_id, int) for job_id in ids)
-        assert len(set(ids)) == 5
-
-    async def test_enqueued_job_is_queued_with_its_payload(self, backend: Backend) -> None:
-        job_id = await backend.enqueue("emails", {"to": "a@example.com"})
-
-        record = await backend.get_job(job_id)
-        assert record is not None
-        assert (record.id, record.queue, record.payload) == (
-            job_id,
-            "emails",
-            {"to": "a@example.com"},
-        )
-        assert (record.state, record.attempts, record.errors, record.result) == (
-            JobState.QUEUED,
-            0,
-            (),
-            None,
-        )
-
-    async def test_enqueue_many_returns_ids_in_payload_order(self, backend: Backend) -> None:
-        ids = await backend.enqueue_many("q", [{"n": n} for n in range(20)])
-
-        assert len(set(ids)) == 20
-        records = [await backend.get_job(job_id) for job_id in ids]
-        assert [record.payload if record else None for record in records] == [
-            {"n": n} for n in range(20)
-        ]
-
-    async def test_enqueue_many_of_nothing_adds_nothing(self, backend: Backend) -> None:
-        assert await backend.enqueue_many("q", []) == []
-        assert await backend.stats() == {}
-
-    async def test_max_attempts_is_stored_with_the_job(self, backend: Backend) -> None:
-        job_id = await backend.enqueue("q", {}, max_attempts=3)
-
-        record = await backend.get_job(job_id)
-        assert record is not None and record.max_attempts == 3
-
-    async def test_enqueue_many_stores_max_attempts_and_priority(self, backend: Backend) -> None:
-        ids = await backend.enqueue_many("q", [1, 2], max_attempts=2, priority=7)
-
-        for job_id in ids:
-            record = await backend.get_job(job_id)
-            assert record is not None
-            assert (record.max_attempts, record.priority) == (2, 7)
-
-    async def test_get_job_of_an_unknown_id_is_none(self, backend: Backend) -> None:
-        await backend.enqueue("q", {})
-
-        assert await backend.get_job(987_654_321) is None
-
-    async def test_migrate_is_idempotent(self, backend: Backend) -> None:
-        job_id = await backend.enqueue("q", {})
-
-        await backend.migrate()
-
-        assert await state(backend, job_id) is JobState.QUEUED
-
-
-class TestPayloadCopies:
-    async def test_mutating_the_original_after_enqueue_changes_nothing(
-        self, backend: Backend
-    ) -> None:
-        payload: dict[str, Any] = {"items": [1, 2], "meta": {"k": "v"}}
-        job_id = await backend.enqueue("q", payload)
-
-        payload["items"].append(3)
-        payload["meta"]["k"] = "changed"
-        payload["new"] = True
-
-        record = await backend.get_job(job_id)
-        assert record is not None
-        assert record.payload == {"items": [1, 2], "meta": {"k": "v"}}
-
-    async def test_tuples_come_back_as_lists(self, backend: Backend) -> None:
-        job_id = await backend.enqueue("q", {"pair": (1, 2), "nested": [(3, (4,))]})
-
-        record = await backend.get_job(job_id)
-        assert record is not None
-        assert record.payload == {"pair": [1, 2], "nested": [[3, [4]]]}
-        assert type(record.payload["pair"]) is list
-
-    async def test_mutating_a_returned_record_changes_nothing_stored(
-        self, backend: Backend
-    ) -> None:
-        job_id = await backend.enqueue("q", {"items": [1]})
-        record = await backend.get_job(job_id)
-        assert record is not None
-
-        record.payload["items"].append(2)
-
-        again = await backend.get_job(job_id)
-        assert again is not None and again.payload == {"items": [1]}
-
-    async def test_mutating_a_claimed_payload_changes_nothing_stored(
-        self, backend: Backend
-    ) -> None:
-        # A handler that edits job.payload and then fails must not change what its retry sees.
-        job_id = await backend.enqueue("q", {"items": [1]})
-        worker = await backend.register_worker("w1", ["q"])
-        job = await claim_one(backend, worker)
-
-        job.payload["items"].append(2)
-        await backend.settle(worker, [Outcome(job_id, OutcomeKind.RETRIED, 0.0)])
-
-        retry = await claim_one(backend, worker)
-        assert retry.payload == {"items": [1]}
+from tests.support.calls import (
+    LEASE,
+    POLICY_MAX_ATTEMPTS,
+    claim,
+    claim_one,
+    state,
+    succeeded,
+)
 
 
 class TestClaimOrder:
@@ -326,124 +178,6 @@ class TestDelay:
         await backend.cancel(job_id)
 
         assert await backend.next_due(["q"]) is None
-
-
-class TestMemoryOnlyTime:
-    """MemoryBackend with a fake clock: a delayed job falls due when time moves."""
-
-    async def test_delayed_job_is_claimable_once_due(self) -> None:
-        clock = FakeClock()
-        backend = MemoryBackend(clock=clock)
-        job_id = await backend.enqueue("q", {}, delay=60)
-        worker = await backend.register_worker("w1", ["q"])
-
-        clock.advance(59.9)
-        assert await claim(backend, worker) == []
-        assert await backend.next_due(["q"]) == pytest.approx(0.1)
-        clock.advance(0.1)
-        assert [job.id for job in await claim(backend, worker)] == [job_id]
-
-    async def test_run_at_job_is_claimable_once_due(self) -> None:
-        clock = FakeClock()
-        backend = MemoryBackend(clock=clock)
-        run_at = datetime.fromtimestamp(clock.now, UTC) + timedelta(seconds=30)
-        job_id = await backend.enqueue("q", {}, run_at=run_at)
-        worker = await backend.register_worker("w1", ["q"])
-
-        assert await backend.next_due(["q"]) == pytest.approx(30)
-        clock.advance(30)
-        assert [job.id for job in await claim(backend, worker)] == [job_id]
-
-    async def test_retried_job_is_due_after_its_delay(self) -> None:
-        clock = FakeClock()
-        backend = MemoryBackend(clock=clock)
-        job_id = await backend.enqueue("q", {})
-        worker = await backend.register_worker("w1", ["q"])
-        await claim_one(backend, worker)
-
-        await backend.settle(worker, [Outcome(job_id, OutcomeKind.RETRIED, 10.0)])
-
-        assert await claim(backend, worker) == []
-        clock.advance(10)
-        assert (await claim_one(backend, worker)).attempt == 2
-
-
-class TestDedupe:
-    async def test_key_of_a_queued_job_returns_its_id(self, backend: Backend) -> None:
-        first = await backend.enqueue("q", {"v": 1}, dedupe_key="order-1")
-
-        second = await backend.enqueue("q", {"v": 2}, dedupe_key="order-1")
-
-        assert second == first
-        assert (await backend.stats())["q"]["queued"] == 1
-        record = await backend.get_job(first)
-        assert record is not None
-        assert (record.payload, record.dedupe_key) == ({"v": 1}, "order-1")
-
-    async def test_key_of_a_running_job_returns_its_id(self, backend: Backend) -> None:
-        first = await backend.enqueue("q", {}, dedupe_key="order-1")
-        worker = await backend.register_worker("w1", ["q"])
-        await claim_one(backend, worker)
-
-        assert await backend.enqueue("q", {}, dedupe_key="order-1") == first
-        assert (await backend.stats())["q"]["queued"] == 0
-
-    async def test_key_of_a_finished_job_adds_a_new_job(self, backend: Backend) -> None:
-        first = await backend.enqueue("q", {}, dedupe_key="order-1")
-        worker = await backend.register_worker("w1", ["q"])
-        await claim_one(backend, worker)
-        await backend.settle(worker, [succeeded(first)])
-
-        second = await backend.enqueue("q", {}, dedupe_key="order-1")
-
-        assert second != first
-        assert await state(backend, second) is JobState.QUEUED
-
-    async def test_key_of_a_cancelled_job_adds_a_new_job(self, backend: Backend) -> None:
-        first = await backend.enqueue("q", {}, dedupe_key="order-1")
-        await backend.cancel(first)
-
-        assert await backend.enqueue("q", {}, dedupe_key="order-1") != first
-
-    async def test_same_key_in_another_queue_adds_a_new_job(self, backend: Backend) -> None:
-        first = await backend.enqueue("a", {}, dedupe_key="k")
-
-        assert await backend.enqueue("b", {}, dedupe_key="k") != first
-
-    async def test_enqueue_many_dedupes_per_payload(self, backend: Backend) -> None:
-        existing = await backend.enqueue("q", "x", dedupe_key="x")
-
-        ids = await backend.enqueue_many("q", ["x", "y", None], dedupe_keys=["x", "y", None])
-
-        assert ids[0] == existing
-        assert len(set(ids)) == 3
-        assert (await backend.stats())["q"]["queued"] == 3
-
-
-class TestStats:
-    async def test_stats_of_an_empty_backend_is_empty(self, backend: Backend) -> None:
-        assert await backend.stats() == {}
-
-    async def test_stats_counts_every_state_per_queue(self, backend: Backend) -> None:
-        done, running, failed, queued = await backend.enqueue_many("a", [1, 2, 3, 4])
-        cancelled = await backend.enqueue("a", 5)
-        await backend.enqueue("b", 6)
-        worker = await backend.register_worker("w1", ["a"])
-        await claim(backend, worker, 3, queues=("a",))
-        await backend.settle(worker, [succeeded(done), Outcome(failed, OutcomeKind.FAILED)])
-        await backend.cancel(cancelled)
-
-        stats = await backend.stats()
-
-        assert stats == {
-            "a": {"queued": 1, "running": 1, "succeeded": 1, "failed": 1, "cancelled": 1},
-            "b": {"queued": 1, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0},
-        }
-        assert all(set(counts) == ALL_STATES for counts in stats.values())
-        assert (await state(backend, running), await state(backend, queued)) == (
-            JobState.RUNNING,
-            JobState.QUEUED,
-        )
 
 
 class TestSettle:
@@ -626,116 +360,6 @@ class TestHeartbeat:
         assert (beat.alive, beat.replaced) == (False, False)
 
 
-class TestMemoryOnlyHeartbeat:
-    """MemoryBackend with a fake clock: leases, pruning and purging move with time."""
-
-    async def test_heartbeat_extends_the_lease(self) -> None:
-        clock = FakeClock()
-        backend = MemoryBackend(clock=clock)
-        job_id = await backend.enqueue("q", {})
-        worker = await backend.register_worker("w1", ["q"])
-        await claim_one(backend, worker, lease=10)
-
-        clock.advance(8)
-        await backend.heartbeat(worker, [job_id], lease=10)
-        clock.advance(8)  # past the first lease, within the extended one
-
-        assert await backend.recover(prune_after=100) == 0
-        assert await state(backend, job_id) is JobState.RUNNING
-
-    async def test_expired_lease_is_recovered_though_the_worker_heartbeats(self) -> None:
-        clock = FakeClock()
-        backend = MemoryBackend(clock=clock)
-        job_id = await backend.enqueue("q", {})
-        worker = await backend.register_worker("w1", ["q"])
-        await claim_one(backend, worker, lease=10)
-
-        clock.advance(11)
-        beat = await backend.heartbeat(worker, [], lease=10)  # alive, but not for this job
-        recovered = await backend.recover(prune_after=100)
-
-        assert beat.alive
-        assert recovered == 1
-        record = await backend.get_job(job_id)
-        assert record is not None
-        assert (record.state, record.attempts) == (JobState.QUEUED, 1)
-        assert [(e["attempt"], e["type"]) for e in record.errors] == [(1, "WorkerLost")]
-        assert "lease" in record.errors[0]["message"]
-        assert await backend.settle(worker, [succeeded(job_id)]) == [job_id]
-
-    async def test_recover_prunes_a_silent_worker_and_recovers_its_jobs(self) -> None:
-        clock = FakeClock()
-        backend = MemoryBackend(clock=clock)
-        job_id = await backend.enqueue("q", {})
-        silent = await backend.register_worker("w1", ["q"])
-        await claim_one(backend, silent, lease=1000)
-
-        clock.advance(31)
-        recovered = await backend.recover(prune_after=30)
-
-        assert recovered == 1
-        record = await backend.get_job(job_id)
-        assert record is not None
-        assert (record.state, record.attempts) == (JobState.QUEUED, 1)
-        assert record.run_at == datetime.fromtimestamp(clock.now, UTC)
-        assert [(e["attempt"], e["type"]) for e in record.errors] == [(1, "WorkerLost")]
-        assert not (await backend.heartbeat(silent, [job_id], lease=LEASE)).alive
-        assert await claim(backend, silent) == []
-
-    async def test_recover_leaves_a_worker_that_heartbeats(self) -> None:
-        clock = FakeClock()
-        backend = MemoryBackend(clock=clock)
-        job_id = await backend.enqueue("q", {})
-        worker = await backend.register_worker("w1", ["q"])
-        await claim_one(backend, worker, lease=30)
-
-        for _ in range(4):
-            clock.advance(20)
-            await backend.heartbeat(worker, [job_id], lease=30)
-            assert await backend.recover(prune_after=30) == 0
-
-        assert await state(backend, job_id) is JobState.RUNNING
-
-    async def test_recovered_job_with_no_attempts_left_fails(self) -> None:
-        clock = FakeClock()
-        backend = MemoryBackend(clock=clock)
-        job_id = await backend.enqueue("q", {}, max_attempts=1)
-        silent = await backend.register_worker("w1", ["q"])
-        await claim_one(backend, silent)
-
-        clock.advance(31)
-        await backend.recover(prune_after=30)
-
-        record = await backend.get_job(job_id)
-        assert record is not None
-        assert (record.state, record.attempts) == (JobState.FAILED, 1)
-        assert [e["type"] for e in record.errors] == ["WorkerLost"]
-
-    async def test_purge_deletes_only_jobs_finished_longer_ago(self) -> None:
-        clock = FakeClock()
-        backend = MemoryBackend(clock=clock)
-        old, recent, waiting = await backend.enqueue_many("q", [1, 2, 3])
-        cancelled_old = await backend.enqueue("q", 4)
-        worker = await backend.register_worker("w1", ["q"])
-        await claim(backend, worker, 2)
-        await backend.settle(worker, [succeeded(old)])
-        await backend.cancel(cancelled_old)
-        clock.advance(3600)
-        await backend.settle(worker, [Outcome(recent, OutcomeKind.FAILED)])
-        clock.advance(60)
-
-        purged = await backend.purge(timedelta(minutes=30))
-
-        assert purged == 2
-        assert await backend.get_job(old) is None
-        assert await backend.get_job(cancelled_old) is None
-        assert await state(backend, recent) is JobState.FAILED
-        assert await state(backend, waiting) is JobState.QUEUED
-        assert await backend.stats() == {
-            "q": {"queued": 1, "running": 0, "succeeded": 0, "failed": 1, "cancelled": 0}
-        }
-
-
 class TestRegisterWorker:
     async def test_same_name_replaces_the_earlier_incarnation(self, backend: Backend) -> None:
         job_id = await backend.enqueue("q", {})
@@ -848,69 +472,6 @@ class TestCancel:
         assert await state(backend, job_id) is JobState.SUCCEEDED
 
 
-class TestRetryFailed:
-    @staticmethod
-    async def _failed(backend: Backend, queue: str, count: int) -> list[int]:
-        ids = await backend.enqueue_many(queue, list(range(count)))
-        worker = await backend.register_worker(f"failer-{queue}", [queue])
-        await claim(backend, worker, count, queues=(queue,))
-        await backend.settle(worker, [Outcome(job_id, OutcomeKind.FAILED) for job_id in ids])
-        return ids
-
-    async def test_failed_jobs_are_queued_again_with_fresh_attempts(self, backend: Backend) -> None:
-        ids = await self._failed(backend, "q", 2)
-        done = await backend.enqueue("q", {})
-        worker = await backend.register_worker("w1", ["q"])
-        await claim_one(backend, worker)
-        await backend.settle(worker, [succeeded(done)])
-
-        assert await backend.retry_failed() == 2
-
-        for job_id in ids:
-            record = await backend.get_job(job_id)
-            assert record is not None
-            assert (record.state, record.attempts) == (JobState.QUEUED, 0)
-        assert await state(backend, done) is JobState.SUCCEEDED
-        assert sorted(job.id for job in await claim(backend, worker)) == sorted(ids)
-
-    async def test_retry_failed_of_one_queue(self, backend: Backend) -> None:
-        mine = await self._failed(backend, "a", 1)
-        theirs = await self._failed(backend, "b", 1)
-
-        assert await backend.retry_failed(queue="a") == 1
-
-        assert await state(backend, mine[0]) is JobState.QUEUED
-        assert await state(backend, theirs[0]) is JobState.FAILED
-
-    async def test_retry_failed_by_ids(self, backend: Backend) -> None:
-        first, second = await self._failed(backend, "q", 2)
-
-        assert await backend.retry_failed(ids=[second]) == 1
-
-        assert await state(backend, first) is JobState.FAILED
-        assert await state(backend, second) is JobState.QUEUED
-
-    async def test_retry_failed_with_nothing_failed_is_zero(self, backend: Backend) -> None:
-        job_id = await backend.enqueue("q", {})
-
-        assert await backend.retry_failed() == 0
-        assert await state(backend, job_id) is JobState.QUEUED
-
-
-class TestPurge:
-    async def test_purge_keeps_recent_and_unfinished_jobs(self, backend: Backend) -> None:
-        done, waiting = await backend.enqueue_many("q", [1, 2])
-        worker = await backend.register_worker("w1", ["q"])
-        await claim_one(backend, worker)
-        await backend.settle(worker, [succeeded(done)])
-
-        assert await backend.purge(timedelta(hours=1)) == 0
-        assert await backend.purge(3600.0) == 0
-
-        assert await state(backend, done) is JobState.SUCCEEDED
-        assert await state(backend, waiting) is JobState.QUEUED
-
-
 class TestCheckpoint:
     async def test_holder_saves_a_checkpoint_the_next_attempt_sees(self, backend: Backend) -> None:
         job_id = await backend.enqueue("q", {})
@@ -991,14 +552,3 @@ class TestWaitForWork:
 
         async with asyncio.timeout(15):  # a hang net, far below max_wait=60
             await backend.wait_for_work(["q"], max_wait=60)
-
-
-class TestMemoryOnlyWaitForWork:
-    async def test_waits_for_max_wait_without_work(self) -> None:
-        backend = MemoryBackend()
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-
-        await backend.wait_for_work(["q"], max_wait=0.05)
-
-        assert loop.time() - start >= 0.04

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
-from tests.chaos.ledger import Ledger
 from tests.pgserver import _pg_bin
+from tests.support.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 SCALE = os.environ.get("BATCHWORKS_CHAOS_SCALE", "ci")
@@ -147,7 +147,7 @@ CRASH_SIGNS = (
 
 
 class Fleet:
-    """Starts worker processes (``tests.chaos.worker``) on one schema and cleans them up."""
+    """Starts worker processes (``tests.support.worker``) on one schema and cleans them up."""
 
     def __init__(self, dsn: str, schema: str, logs: Path, ledger: Ledger) -> None:
         self.dsn = dsn
@@ -179,7 +179,7 @@ class Fleet:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "tests.chaos.worker",
+                "tests.support.worker",
                 json.dumps(full),
                 cwd=ROOT,
                 stdout=asyncio.subprocess.PIPE,

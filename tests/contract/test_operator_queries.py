@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from batchworks import Job, JobState, MemoryBackend, Runner
+from batchworks import JobState
 from batchworks.backends.base import Backend
 from batchworks.outcome import Outcome, OutcomeKind
 
@@ -67,13 +67,3 @@ class TestQueuedLater:
         overview = (await backend.overview())["q"]
         assert overview.counts[JobState.QUEUED.value] == 3
         assert overview.queued_later == 1
-
-
-class TestRunnerQueues:
-    def test_names_the_queues_it_takes_jobs_from(self) -> None:
-        async def handle(job: Job) -> None:
-            return None
-
-        backend = MemoryBackend()
-        assert Runner(backend, {"a": handle, "b": handle}).queues == ("a", "b")
-        assert Runner(backend, {"a": handle, "b": handle}, queues=["b"]).queues == ("b",)

@@ -1,0 +1,200 @@
+"""The memory backend's own tests. With a fake clock, delayed jobs fall due, leases expire,
+silent workers are pruned and finished jobs purged when time moves: the rules they check run
+on every backend in ``tests/contract``, but only the memory backend lets a test move time.
+An idle ``wait_for_work`` lasts its ``max_wait``, and ``MemoryBackend(max_payload_bytes=...)``
+limits checkpoints as it does payloads."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from batchworks import Job, JobState, MemoryBackend, PayloadError, Runner
+from batchworks.outcome import Outcome, OutcomeKind
+from tests.support.calls import (
+    LEASE,
+    FakeClock,
+    claim,
+    claim_one,
+    state,
+    succeeded,
+)
+
+
+class TestMemoryOnlyTime:
+    """MemoryBackend with a fake clock: a delayed job falls due when time moves."""
+
+    async def test_delayed_job_is_claimable_once_due(self) -> None:
+        clock = FakeClock()
+        backend = MemoryBackend(clock=clock)
+        job_id = await backend.enqueue("q", {}, delay=60)
+        worker = await backend.register_worker("w1", ["q"])
+
+        clock.advance(59.9)
+        assert await claim(backend, worker) == []
+        assert await backend.next_due(["q"]) == pytest.approx(0.1)
+        clock.advance(0.1)
+        assert [job.id for job in await claim(backend, worker)] == [job_id]
+
+    async def test_run_at_job_is_claimable_once_due(self) -> None:
+        clock = FakeClock()
+        backend = MemoryBackend(clock=clock)
+        run_at = datetime.fromtimestamp(clock.now, UTC) + timedelta(seconds=30)
+        job_id = await backend.enqueue("q", {}, run_at=run_at)
+        worker = await backend.register_worker("w1", ["q"])
+
+        assert await backend.next_due(["q"]) == pytest.approx(30)
+        clock.advance(30)
+        assert [job.id for job in await claim(backend, worker)] == [job_id]
+
+    async def test_retried_job_is_due_after_its_delay(self) -> None:
+        clock = FakeClock()
+        backend = MemoryBackend(clock=clock)
+        job_id = await backend.enqueue("q", {})
+        worker = await backend.register_worker("w1", ["q"])
+        await claim_one(backend, worker)
+
+        await backend.settle(worker, [Outcome(job_id, OutcomeKind.RETRIED, 10.0)])
+
+        assert await claim(backend, worker) == []
+        clock.advance(10)
+        assert (await claim_one(backend, worker)).attempt == 2
+
+
+class TestMemoryOnlyHeartbeat:
+    """MemoryBackend with a fake clock: leases, pruning and purging move with time."""
+
+    async def test_heartbeat_extends_the_lease(self) -> None:
+        clock = FakeClock()
+        backend = MemoryBackend(clock=clock)
+        job_id = await backend.enqueue("q", {})
+        worker = await backend.register_worker("w1", ["q"])
+        await claim_one(backend, worker, lease=10)
+
+        clock.advance(8)
+        await backend.heartbeat(worker, [job_id], lease=10)
+        clock.advance(8)  # past the first lease, within the extended one
+
+        assert await backend.recover(prune_after=100) == 0
+        assert await state(backend, job_id) is JobState.RUNNING
+
+    async def test_expired_lease_is_recovered_though_the_worker_heartbeats(self) -> None:
+        clock = FakeClock()
+        backend = MemoryBackend(clock=clock)
+        job_id = await backend.enqueue("q", {})
+        worker = await backend.register_worker("w1", ["q"])
+        await claim_one(backend, worker, lease=10)
+
+        clock.advance(11)
+        beat = await backend.heartbeat(worker, [], lease=10)  # alive, but not for this job
+        recovered = await backend.recover(prune_after=100)
+
+        assert beat.alive
+        assert recovered == 1
+        record = await backend.get_job(job_id)
+        assert record is not None
+        assert (record.state, record.attempts) == (JobState.QUEUED, 1)
+        assert [(e["attempt"], e["type"]) for e in record.errors] == [(1, "WorkerLost")]
+        assert "lease" in record.errors[0]["message"]
+        assert await backend.settle(worker, [succeeded(job_id)]) == [job_id]
+
+    async def test_recover_prunes_a_silent_worker_and_recovers_its_jobs(self) -> None:
+        clock = FakeClock()
+        backend = MemoryBackend(clock=clock)
+        job_id = await backend.enqueue("q", {})
+        silent = await backend.register_worker("w1", ["q"])
+        await claim_one(backend, silent, lease=1000)
+
+        clock.advance(31)
+        recovered = await backend.recover(prune_after=30)
+
+        assert recovered == 1
+        record = await backend.get_job(job_id)
+        assert record is not None
+        assert (record.state, record.attempts) == (JobState.QUEUED, 1)
+        assert record.run_at == datetime.fromtimestamp(clock.now, UTC)
+        assert [(e["attempt"], e["type"]) for e in record.errors] == [(1, "WorkerLost")]
+        assert not (await backend.heartbeat(silent, [job_id], lease=LEASE)).alive
+        assert await claim(backend, silent) == []
+
+    async def test_recover_leaves_a_worker_that_heartbeats(self) -> None:
+        clock = FakeClock()
+        backend = MemoryBackend(clock=clock)
+        job_id = await backend.enqueue("q", {})
+        worker = await backend.register_worker("w1", ["q"])
+        await claim_one(backend, worker, lease=30)
+
+        for _ in range(4):
+            clock.advance(20)
+            await backend.heartbeat(worker, [job_id], lease=30)
+            assert await backend.recover(prune_after=30) == 0
+
+        assert await state(backend, job_id) is JobState.RUNNING
+
+    async def test_recovered_job_with_no_attempts_left_fails(self) -> None:
+        clock = FakeClock()
+        backend = MemoryBackend(clock=clock)
+        job_id = await backend.enqueue("q", {}, max_attempts=1)
+        silent = await backend.register_worker("w1", ["q"])
+        await claim_one(backend, silent)
+
+        clock.advance(31)
+        await backend.recover(prune_after=30)
+
+        record = await backend.get_job(job_id)
+        assert record is not None
+        assert (record.state, record.attempts) == (JobState.FAILED, 1)
+        assert [e["type"] for e in record.errors] == ["WorkerLost"]
+
+    async def test_purge_deletes_only_jobs_finished_longer_ago(self) -> None:
+        clock = FakeClock()
+        backend = MemoryBackend(clock=clock)
+        old, recent, waiting = await backend.enqueue_many("q", [1, 2, 3])
+        cancelled_old = await backend.enqueue("q", 4)
+        worker = await backend.register_worker("w1", ["q"])
+        await claim(backend, worker, 2)
+        await backend.settle(worker, [succeeded(old)])
+        await backend.cancel(cancelled_old)
+        clock.advance(3600)
+        await backend.settle(worker, [Outcome(recent, OutcomeKind.FAILED)])
+        clock.advance(60)
+
+        purged = await backend.purge(timedelta(minutes=30))
+
+        assert purged == 2
+        assert await backend.get_job(old) is None
+        assert await backend.get_job(cancelled_old) is None
+        assert await state(backend, recent) is JobState.FAILED
+        assert await state(backend, waiting) is JobState.QUEUED
+        assert await backend.stats() == {
+            "q": {"queued": 1, "running": 0, "succeeded": 0, "failed": 1, "cancelled": 0}
+        }
+
+
+class TestMemoryOnlyWaitForWork:
+    async def test_waits_for_max_wait_without_work(self) -> None:
+        backend = MemoryBackend()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+
+        await backend.wait_for_work(["q"], max_wait=0.05)
+
+        assert loop.time() - start >= 0.04
+
+
+class TestMemoryOnlyCheckpoint:
+    async def test_checkpoint_size_is_limited_by_the_backend(self) -> None:
+        backend = MemoryBackend(max_payload_bytes=100)
+        errors: list[str] = []
+
+        async def handler(job: Job) -> None:
+            try:
+                await job.save_checkpoint("x" * 200)
+            except PayloadError as exc:
+                errors.append(str(exc))
+
+        await backend.enqueue("q", None)
+        await Runner(backend, {"q": handler}).run_until_empty()
+        assert len(errors) == 1 and "over the limit of 100" in errors[0]
