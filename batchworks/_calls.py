@@ -57,6 +57,13 @@ class Calls:
         """Calls that were cut off and have not finished unwinding yet."""
         return len(self._abandoned)
 
+    async def settle_abandoned(self, within: float) -> None:
+        """Give the calls that were cut off up to ``within`` seconds to end. A claim a stop
+        cut off may still come back with jobs, which its ``on_abandon`` puts back; it must do
+        so before the last flush, or those jobs stay running until their lease runs out."""
+        if self._abandoned and within > 0:
+            await asyncio.wait(set(self._abandoned), timeout=within)
+
     async def run(
         self,
         what: str,

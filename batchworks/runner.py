@@ -70,6 +70,7 @@ DB_TIMEOUT = 30.0  # seconds one backend call may take before it counts as faile
 CLOSE_GRACE = 5.0  # seconds for the last writes once the jobs are done (or cancelled)
 HARD_STOP_GRACE = 2.0  # seconds for everything left after a hard stop (a second signal)
 SLOW_CALL = 5.0  # seconds a backend call may take before a warning says so
+ABANDONED_GRACE = 1.0  # seconds a claim cut off by a stop gets to return its jobs to put back
 
 
 class Handler(Protocol[PayloadT]):
@@ -969,6 +970,7 @@ class Runner:
 
     async def _close(self) -> None:
         assert self._settle is not None and self._token is not None
+        await self._calls.settle_abandoned(min(ABANDONED_GRACE, self._time_left() / 2))
         deadline = self._loop_time() + self._time_left()
         try:
             flushed = await self._settle.flush(deadline=deadline)
