@@ -138,7 +138,9 @@ class Attempts:
                 raise  # cancelled by us (shutdown, operator, lost lease) or the loop
             return self._failure(job, exc), exc
         if result is None:  # the common case: nothing to encode, nothing to check
-            return Outcome(job.id, OutcomeKind.SUCCEEDED, queue=job.queue), None
+            return Outcome(
+                job.id, OutcomeKind.SUCCEEDED, queue=job.queue, attempt=job.attempt
+            ), None
         return self._success(job, result), None
 
     async def _call(self, handler: Callable[[Job], Any], job: Job) -> Any:
@@ -169,7 +171,9 @@ class Attempts:
                     attempt=job.attempt,
                 ),
             )
-        return Outcome(job.id, decision.kind, decision.delay, error=error, queue=job.queue)
+        return Outcome(
+            job.id, decision.kind, decision.delay, error=error, queue=job.queue, attempt=job.attempt
+        )
 
     def _success(self, job: Job, result: Any) -> Outcome:
         """A succeeded attempt that returned a value: keep it as JSON, or, if it cannot be
@@ -181,7 +185,9 @@ class Attempts:
             logger.warning(
                 "%s; the job succeeded but its result was not kept",
                 exc,
-                extra=log_extra("result_dropped", job_id=job.id, queue=job.queue),
+                extra=log_extra(
+                    "result_dropped", job_id=job.id, queue=job.queue, attempt=job.attempt
+                ),
             )
             error = {
                 "attempt": job.attempt,
@@ -190,8 +196,12 @@ class Attempts:
                 "was not kept",
                 "traceback": None,
             }
-            return Outcome(job.id, OutcomeKind.SUCCEEDED, error=error, queue=job.queue)
-        return Outcome(job.id, OutcomeKind.SUCCEEDED, result_json=encoded, queue=job.queue)
+            return Outcome(
+                job.id, OutcomeKind.SUCCEEDED, error=error, queue=job.queue, attempt=job.attempt
+            )
+        return Outcome(
+            job.id, OutcomeKind.SUCCEEDED, result_json=encoded, queue=job.queue, attempt=job.attempt
+        )
 
     @staticmethod
     def cancelled_outcome(job: Job, reason: CancelReason) -> Outcome | None:
@@ -203,6 +213,7 @@ class Attempts:
                 job.id,
                 OutcomeKind.CANCELLED,
                 queue=job.queue,
+                attempt=job.attempt,
                 error={
                     "attempt": job.attempt,
                     "type": "Cancelled",
@@ -213,4 +224,4 @@ class Attempts:
         # SHUTDOWN, and EXPIRED: the job may have moved on or not (a partition, or a
         # stalled database), so it is put back without using an attempt, fenced: the write
         # changes nothing if another worker recovered it meanwhile.
-        return Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue)
+        return Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue, attempt=job.attempt)

@@ -75,3 +75,7 @@ class Outcome:
     error: ErrorEntry | None = None
     #: the job's queue, for metrics (backends do not need it)
     queue: str = ""
+    #: the attempt this outcome ends (Job.attempt): the settle is fenced by it as well as by
+    #: the worker token, so a worker that claimed the job again after its lease ran out cannot
+    #: settle the new attempt with the old one's outcome. None: fenced by the token alone.
+    attempt: int | None = None

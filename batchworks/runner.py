@@ -639,7 +639,9 @@ class Runner:
         if claim.cancelled() or claim.exception() is not None or self._settle is None:
             return
         for job in claim.result():  # never started: back to the queue, no attempt used
-            self._settle.add(Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue))
+            self._settle.add(
+                Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue, attempt=job.attempt)
+            )
 
     def _start_batch(self, claimed: Sequence[ClaimedJob]) -> None:
         # A job whose worker was lost last time may be what killed it: it runs alone, so that
@@ -652,7 +654,11 @@ class Runner:
             elif self._suspect is None:
                 self._suspect = self._hold(claim)
             elif self._settle is not None:
-                self._settle.add(Outcome(claim.id, OutcomeKind.RELEASED, queue=claim.queue))
+                self._settle.add(
+                    Outcome(
+                        claim.id, OutcomeKind.RELEASED, queue=claim.queue, attempt=claim.attempt
+                    )
+                )
         if not normal:
             return
         jobs = [self._hold(claim) for claim in normal]
@@ -713,7 +719,9 @@ class Runner:
             if held.cancel_reason is not None:  # cancelled before it had a task
                 outcome = self._attempts.cancelled_outcome(job, held.cancel_reason)
             elif self._stop_requested:
-                outcome = Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue)
+                outcome = Outcome(
+                    job.id, OutcomeKind.RELEASED, queue=job.queue, attempt=job.attempt
+                )
             else:
                 async with self._slots:
                     held.start()
@@ -922,7 +930,14 @@ class Runner:
         if suspect is not None and self._held[suspect.id].task is None:
             del self._held[suspect.id]  # never started: back to the queue, no attempt used
             if self._settle is not None:
-                self._settle.add(Outcome(suspect.id, OutcomeKind.RELEASED, queue=suspect.queue))
+                self._settle.add(
+                    Outcome(
+                        suspect.id,
+                        OutcomeKind.RELEASED,
+                        queue=suspect.queue,
+                        attempt=suspect.attempt,
+                    )
+                )
         for held in list(self._held.values()):
             if not held.started:
                 self._cancel(held.job.id, CancelReason.SHUTDOWN)

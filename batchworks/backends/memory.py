@@ -500,7 +500,7 @@ class MemoryBackend(BackendBase[list[str]]):
         requeued = False
         for outcome in outcomes:
             row = self._running.get(outcome.job_id)
-            if row is None or row.worker != worker:
+            if row is None or row.worker != worker or outcome.attempt not in (None, row.attempts):
                 lost.append(outcome.job_id)
                 continue
             requeued |= self._apply(row, outcome, now)

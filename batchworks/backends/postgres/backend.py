@@ -718,10 +718,11 @@ class PostgresBackend(BackendBase[str]):
         if not outcomes:
             return []
         ids = [o.job_id for o in outcomes]
+        attempts = [o.attempt for o in outcomes]  # the fence beside the token
         if all(
             o.kind is _SUCCEEDED and o.result_json is None and o.error is None for o in outcomes
         ):
-            rows = await self._fetch(self._q.settle_succeeded, worker, ids)
+            rows = await self._fetch(self._q.settle_succeeded, worker, ids, attempts)
         else:
             rows = await self._fetch(
                 self._q.settle,
@@ -731,6 +732,7 @@ class PostgresBackend(BackendBase[str]):
                 [o.delay for o in outcomes],
                 [o.result_json for o in outcomes],
                 [None if o.error is None else json.dumps(o.error) for o in outcomes],
+                attempts,
             )
         settled = {row["id"] for row in rows if row["id"] is not None}
         return [o.job_id for o in outcomes if o.job_id not in settled]

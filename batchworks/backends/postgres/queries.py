@@ -482,23 +482,29 @@ FROM claimed ORDER BY priority DESC, run_at, id
 # PostgreSQL's time than SETTLE, and four arrays fewer to build and encode. A success whose
 # result could not be kept carries an error entry for the history, so its flush takes SETTLE
 # (the errors column), like one with a result: plain successes pay nothing for that case.
+# Fenced like SETTLE, by the token and each job's attempt ($3, matched to its id in $2): the
+# primary-key look-up stays on id = ANY($2), the EXISTS only filters the rows it found.
 SETTLE_SUCCEEDED: LiteralString = """
 UPDATE __SCHEMA__.jobs AS j
 SET state = 'succeeded', finished_at = now(), result = NULL,
     worker_token = NULL, lease_until = NULL, cancel_requested = false
 WHERE id = ANY($2::bigint[]) AND state = 'running' AND worker_token = $1
+  AND EXISTS (SELECT FROM unnest($2::bigint[], $3::int[]) AS o(id, attempt)
+              WHERE o.id = j.id AND (o.attempt IS NULL OR o.attempt = j.attempts))
 RETURNING id,
           CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
                THEN pg_notify(__FINISHED__, j.id::text) END
 """
 
-# Any mix of outcomes, one row of the arrays $2-$6 a job, fenced by the worker's token ($1):
-# a job recovered meanwhile is not this worker's to settle. Wakes idle runners for the jobs
-# that went back to the queue due now (woke, see the top).
+# Any mix of outcomes, one row of the arrays $2-$7 a job, fenced by the worker's token ($1)
+# and the attempt ($7, NULL: the token alone): a job recovered meanwhile is not this worker's
+# to settle, nor is a later attempt of it this worker claimed again. Wakes idle runners for
+# the jobs that went back to the queue due now (woke, see the top).
 SETTLE: LiteralString = """
 WITH o AS (
-    SELECT * FROM unnest($2::bigint[], $3::text[], $4::float8[], $5::jsonb[], $6::jsonb[])
-        AS o(id, kind, delay, result, error)
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::float8[], $5::jsonb[], $6::jsonb[],
+                         $7::int[])
+        AS o(id, kind, delay, result, error, attempt)
 ), upd AS (
     UPDATE __SCHEMA__.jobs AS j
     SET state = CASE WHEN o.kind IN ('retried', 'snoozed', 'released') THEN 'queued'
@@ -517,6 +523,7 @@ WITH o AS (
         cancel_requested = false
     FROM o
     WHERE j.id = o.id AND j.state = 'running' AND j.worker_token = $1
+      AND (o.attempt IS NULL OR o.attempt = j.attempts)
     RETURNING j.id, j.queue, j.state, j.run_at,
               CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
                    THEN pg_notify(__FINISHED__, j.id::text) END
