@@ -647,11 +647,14 @@ class Runner:
         # A job whose worker was lost last time may be what killed it: it runs alone, so that
         # if it kills this worker too, no other job loses an attempt with it. One at a time;
         # other suspects go back at once (they did not start: no attempt used).
+        # A job still held here from an earlier attempt (its lease ran out while it ran, and
+        # this worker claimed it again before it learned so) goes back too: one Held per job
+        # id, and the earlier attempt's outcome is fenced out by its attempt number.
         normal = []
         for claim in claimed:
-            if not claim.suspect:
+            if not claim.suspect and claim.id not in self._held:
                 normal.append(claim)
-            elif self._suspect is None:
+            elif self._suspect is None and claim.id not in self._held:
                 self._suspect = self._hold(claim)
             elif self._settle is not None:
                 self._settle.add(
