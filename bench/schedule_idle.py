@@ -32,7 +32,7 @@ from typing import Any
 from _common import RESULTS, dsn_of, parser, ratio_line, run, scratch_schema, write_json
 
 from batchworks import Job, PostgresBackend, Runner, Schedule
-from batchworks.backends.postgres import queries
+from batchworks.backends.postgres.backend import STATEMENTS
 
 MODES = {"none": None, "per minute": "* * * * *", "per second": "* * * * * *"}
 
@@ -44,11 +44,7 @@ class CountingBackend(PostgresBackend):
         super().__init__(*args, **kwargs)
         self.counting = False
         self.counts: collections.Counter[str] = collections.Counter()
-        self._names = {
-            getattr(self._q, name.lower()): name.lower()
-            for name in dir(queries)
-            if name.isupper() and isinstance(getattr(queries, name), str)
-        }
+        self._names = {getattr(self._q, name): name for name in STATEMENTS}
 
     async def _fetch(self, query: str, *args: Any, connection: Any = None) -> Any:
         if self.counting:
