@@ -224,4 +224,10 @@ class Attempts:
         # SHUTDOWN, and EXPIRED: the job may have moved on or not (a partition, or a
         # stalled database), so it is put back without using an attempt, fenced: the write
         # changes nothing if another worker recovered it meanwhile.
-        return Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue, attempt=job.attempt)
+        return released(job)
+
+
+def released(job: Job | ClaimedJob) -> Outcome:
+    """A job put back unstarted, or cut short by a stop: queued again now, its attempt given
+    back, fenced by the attempt it was claimed for."""
+    return Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue, attempt=job.attempt)

@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypedDict, Unpack, overload
 
-from batchworks._attempt import Attempts, CancelReason, Held
+from batchworks._attempt import Attempts, CancelReason, Held, released
 from batchworks._calls import Calls, first_set
 from batchworks._checks import check_handlers, check_queues, duration, positive_int
 from batchworks._heartbeat import LeaseClock
@@ -639,9 +639,7 @@ class Runner:
         if claim.cancelled() or claim.exception() is not None or self._settle is None:
             return
         for job in claim.result():  # never started: back to the queue, no attempt used
-            self._settle.add(
-                Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue, attempt=job.attempt)
-            )
+            self._settle.add(released(job))
 
     def _start_batch(self, claimed: Sequence[ClaimedJob]) -> None:
         # A job whose worker was lost last time may be what killed it: it runs alone, so that
@@ -652,16 +650,13 @@ class Runner:
         # id, and the earlier attempt's outcome is fenced out by its attempt number.
         normal = []
         for claim in claimed:
-            if not claim.suspect and claim.id not in self._held:
-                normal.append(claim)
-            elif self._suspect is None and claim.id not in self._held:
+            if claim.id in self._held or (claim.suspect and self._suspect is not None):
+                if self._settle is not None:
+                    self._settle.add(released(claim))
+            elif claim.suspect:
                 self._suspect = self._hold(claim)
-            elif self._settle is not None:
-                self._settle.add(
-                    Outcome(
-                        claim.id, OutcomeKind.RELEASED, queue=claim.queue, attempt=claim.attempt
-                    )
-                )
+            else:
+                normal.append(claim)
         if not normal:
             return
         jobs = [self._hold(claim) for claim in normal]
@@ -722,9 +717,7 @@ class Runner:
             if held.cancel_reason is not None:  # cancelled before it had a task
                 outcome = self._attempts.cancelled_outcome(job, held.cancel_reason)
             elif self._stop_requested:
-                outcome = Outcome(
-                    job.id, OutcomeKind.RELEASED, queue=job.queue, attempt=job.attempt
-                )
+                outcome = released(job)
             else:
                 async with self._slots:
                     held.start()
@@ -933,14 +926,7 @@ class Runner:
         if suspect is not None and self._held[suspect.id].task is None:
             del self._held[suspect.id]  # never started: back to the queue, no attempt used
             if self._settle is not None:
-                self._settle.add(
-                    Outcome(
-                        suspect.id,
-                        OutcomeKind.RELEASED,
-                        queue=suspect.queue,
-                        attempt=suspect.attempt,
-                    )
-                )
+                self._settle.add(released(suspect))
         for held in list(self._held.values()):
             if not held.started:
                 self._cancel(held.job.id, CancelReason.SHUTDOWN)
