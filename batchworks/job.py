@@ -127,6 +127,8 @@ class JobRecord:
     schedule: str | None = None
     #: the tick it stands for; None for a job of no schedule, or a manual run
     scheduled_for: datetime | None = None
+    #: the group its queue's ``key_concurrency`` limits, given at enqueue
+    concurrency_key: str | None = None
 
     @property
     def late_by(self) -> float | None:

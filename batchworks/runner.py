@@ -38,9 +38,16 @@ from typing import Any, Literal, Protocol, Self, TypedDict, Unpack, overload
 
 from batchworks._attempt import Attempts, CancelReason, Held, released
 from batchworks._calls import Calls, first_set
-from batchworks._checks import check_handlers, check_queues, duration, positive_int
+from batchworks._checks import (
+    check_handlers,
+    check_queue_concurrency,
+    check_queues,
+    duration,
+    positive_int,
+)
 from batchworks._heartbeat import LeaseClock
 from batchworks._logs import log_extra
+from batchworks._queue_caps import QueueCaps
 from batchworks._scheduler import Scheduler, check_schedules
 from batchworks._settle import TRANSIENT, SettleBuffer
 from batchworks.backends.base import Backend, ClaimedJob, Heartbeat, WorkerToken
@@ -104,6 +111,7 @@ class RunnerOptions(TypedDict, total=False):
     poll_interval: float
     queues: Iterable[str] | None
     flush_interval: float
+    queue_concurrency: Mapping[str, int] | None
 
 
 class RunnerState(enum.StrEnum):
@@ -156,6 +164,8 @@ class Runner:
         off when this worker's lease runs out by its own clock, and every call by a hard stop.
     :param schedules: :class:`Schedule` objects this runner stores at start and enqueues the
         ticks of, together with every other runner that carries schedules (each tick once).
+    :param queue_concurrency: ``{queue: n}``: this runner holds at most n jobs of that queue
+        at once, within ``concurrency`` (fleet-wide limits: ``backend.configure_queue``).
     """
 
     # A type checker takes plain functions as handlers only with sync_in_thread=True; at run
@@ -209,6 +219,7 @@ class Runner:
         flush_interval: float = FLUSH_INTERVAL,
         db_timeout: float = DB_TIMEOUT,
         schedules: Iterable[Schedule] | None = None,
+        queue_concurrency: Mapping[str, int] | None = None,
     ) -> None:
         if not isinstance(backend, Backend):
             raise ConfigurationError(
@@ -221,6 +232,9 @@ class Runner:
         self._queues = check_queues(queues, self._handlers)
         self._concurrency = positive_int(concurrency, "concurrency")
         self._batch_size = positive_int(batch_size, "batch_size")
+        self._caps = QueueCaps(
+            check_queue_concurrency(queue_concurrency, self._queues, self._concurrency)
+        )
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError(f"retry must be a RetryPolicy, got {retry!r}")
         self._policy = retry or RetryPolicy()
@@ -273,6 +287,8 @@ class Runner:
         self._failure: BaseException | None = None
         self._failure_what = ""
         self._room = asyncio.Event()  # set when a held job finishes
+        # Ends the fetch loop's wait for work: a stop, or room in a capped queue.
+        self._woken = asyncio.Event()
         self._registered = asyncio.Event()
         self._ended = asyncio.Event()
         self._counts = dict.fromkeys(OutcomeKind, 0)
@@ -377,6 +393,8 @@ class Runner:
         self._stop_event.set()
         self._calls.cut(self._stop_event)
         self._room.set()
+        self._woken.set()
+        self._calls.cut(self._woken)
         if now:
             self._hard_stop.set()
             self._calls.cut(self._hard_stop)
@@ -500,6 +518,7 @@ class Runner:
         claim_min = max(1, self._batch_size // 2)
         while not self._stop_requested:
             self._room.clear()
+            self._woken.clear()
             if not self._lease.link.is_set():
                 await self._until(self._lease.link)  # its leases count as lost: claim nothing
                 continue
@@ -507,11 +526,14 @@ class Runner:
                 await self._run_suspect()
                 continue
             room = capacity - len(self._held)
-            if room < claim_min and len(self._held) >= self._concurrency:
+            caps = self._caps.room(held.job.queue for held in self._held.values())
+            if (room < claim_min and len(self._held) >= self._concurrency) or (
+                self._caps.full(caps, self._queues)
+            ):
                 await self._room.wait()  # every slot busy and no room for a real batch
                 continue
             asked = min(self._batch_size, room)
-            jobs = await self._claim(asked)
+            jobs = await self._claim(asked, caps)
             if jobs:
                 self._start_batch(jobs)
             if len(jobs) == asked:
@@ -556,8 +578,9 @@ class Runner:
             due = await self._calls.run("next_due", self._backend.next_due(self._queues))
             if due is None or due > max_delay:
                 return True
-            if due > 0:
-                await self._wait(due)
+            # Due now but not claimed: taken by another worker meanwhile (the wait returns at
+            # once), or held back by a limit of the queue (it returns when one may have room).
+            await self._wait(due if due > 0 else self._poll_interval)
         except TRANSIENT as exc:
             self._wait_failed("looking for due jobs", "next_due_failed", exc)
         return False
@@ -585,7 +608,7 @@ class Runner:
                 "wait_for_work",
                 self._backend.wait_for_work(self._queues, max_wait=seconds),
                 within=seconds + self._calls.timeout,
-                cut=self._stop_event,
+                cut=self._woken,
                 slow=False,
             )
 
@@ -597,7 +620,7 @@ class Runner:
     def _loop_time() -> float:
         return asyncio.get_running_loop().time()
 
-    async def _claim(self, limit: int) -> list[ClaimedJob]:
+    async def _claim(self, limit: int, caps: dict[str, int] | None) -> list[ClaimedJob]:
         assert self._token is not None
         telemetry = self._telemetry
         telemetry.refresh()  # an SDK installed meanwhile is picked up from the next batch on
@@ -613,6 +636,7 @@ class Runner:
                     limit,
                     lease=self._prune_after,
                     max_attempts=self._policy.max_attempts,
+                    caps=caps,
                 ),
                 cut=self._stop_event,
                 on_abandon=self._put_back_late_claim,
@@ -729,6 +753,9 @@ class Runner:
         finally:
             del self._held[job.id]
             self._room.set()
+            if self._caps.capped(job.queue):
+                self._woken.set()  # the fetch loop may claim this queue again
+                self._calls.cut(self._woken)
         if outcome is not None and self._settle is not None:
             self._settle.add(outcome)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
@@ -37,7 +37,9 @@ __all__ = [
     "ClaimedJob",
     "EnqueueOptions",
     "Heartbeat",
+    "Limits",
     "QueueOverview",
+    "QueueState",
     "ScheduleState",
     "Schedules",
     "TickClaim",
@@ -114,6 +116,74 @@ class QueueOverview:
     oldest_ready: float | None = None
     #: running jobs that saved a checkpoint
     running_with_checkpoint: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A queue's checked limits, as ``configure_queue`` stores them (None: no limit)."""
+
+    concurrency: int | None = None
+    key_concurrency: int | None = None
+    rate: tuple[int, float] | None = None
+
+
+#: the kinds of flow control that hold a due job back, in the order they are told apart
+HELD_BACK_BY = ("paused", "concurrency", "rate", "key_concurrency")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueState:
+    """A queue's flow-control settings and its use now (:meth:`Backend.queues`)."""
+
+    name: str
+    paused: bool = False
+    #: jobs of the queue running at once across every worker at most (None: no limit)
+    concurrency: int | None = None
+    #: jobs sharing one ``concurrency_key`` running at once at most (None: no limit)
+    key_concurrency: int | None = None
+    #: ``(n, seconds)``: at most n starts in any window of that many seconds (None: no limit)
+    rate: tuple[int, float] | None = None
+    #: slots in use: jobs running now (each holding a lease)
+    running: int = 0
+    #: queued jobs, due or not
+    queued: int = 0
+    #: queued jobs due now
+    due: int = 0
+    #: starts within the last ``rate`` window
+    recent_starts: int = 0
+    #: due jobs that cannot start now, by what holds them back (see :func:`held_back`)
+    held_back: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def controlled(self) -> bool:
+        """Whether anything limits the queue (paused or any limit set)."""
+        return self.paused or any(
+            limit is not None for limit in (self.concurrency, self.key_concurrency, self.rate)
+        )
+
+
+def held_back(
+    *,
+    paused: bool,
+    concurrency: int | None,
+    rate: tuple[int, float] | None,
+    running: int,
+    recent_starts: int,
+    due: int,
+    key_held: int,
+) -> dict[str, int]:
+    """The due jobs of a queue that cannot start now, by the first thing that holds them back:
+    all of them by a pause, a full ``concurrency`` or a full rate window (in that order), else
+    those whose key is at ``key_concurrency`` (``key_held``)."""
+    if due == 0:
+        return {}
+    if paused:
+        return {"paused": due}
+    if concurrency is not None and running >= concurrency:
+        return {"concurrency": due}
+    if rate is not None and recent_starts >= rate[0]:
+        return {"rate": due}
+    return {"key_concurrency": key_held} if key_held else {}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,8 +264,11 @@ class Backend(Protocol):
         dedupe_key: str | None = None,
         timeout: float | timedelta | None = None,
         connection: Any = None,
+        concurrency_key: str | None = None,
     ) -> int:
-        """Add one job and return its id (or, for a live duplicate ``dedupe_key``, that job's)."""
+        """Add one job and return its id (or, for a live duplicate ``dedupe_key``, that job's).
+
+        ``concurrency_key`` groups jobs for the queue's ``key_concurrency`` limit."""
 
     async def enqueue_many(
         self,
@@ -209,6 +282,7 @@ class Backend(Protocol):
         dedupe_keys: Sequence[str | None] | None = None,
         timeout: float | timedelta | None = None,
         connection: Any = None,
+        concurrency_keys: Sequence[str | None] | None = None,
     ) -> list[int]:
         """Add jobs in one go; ids come back in payload order."""
 
@@ -253,6 +327,31 @@ class Backend(Protocol):
     async def purgeable(self, older_than: float | timedelta) -> dict[str, dict[str, int]]:
         """What :meth:`purge` would delete now, ``{queue: {state: count}}``; deletes nothing."""
 
+    # -- flow control (#14) ------------------------------------------------------------------
+
+    async def configure_queue(
+        self,
+        queue: str,
+        *,
+        concurrency: int | None = None,
+        key_concurrency: int | None = None,
+        rate: tuple[int, float] | None = None,
+    ) -> None:
+        """Set the limits of ``queue``, durably, for every worker: each argument left None
+        removes that limit. ``concurrency``: its jobs running at once; ``key_concurrency``:
+        its jobs of one ``concurrency_key`` running at once; ``rate=(n, seconds)``: at most
+        n starts in any window of ``seconds`` (a sliding window over the latest starts)."""
+
+    async def pause_queue(self, queue: str) -> None:
+        """Start no new job of ``queue`` (durably); running ones finish, enqueues go on."""
+
+    async def resume_queue(self, queue: str) -> None:
+        """Undo :meth:`pause_queue`; its idle runners are woken."""
+
+    async def queues(self) -> list[QueueState]:
+        """Every queue with settings or live jobs, by name: settings, slots in use, queued
+        jobs and the due ones held back, by which limit."""
+
     async def pending_migrations(self) -> list[str]:
         """The migrations :meth:`migrate` would apply (``0004_name``), empty when up to date."""
 
@@ -281,11 +380,17 @@ class Backend(Protocol):
         *,
         lease: float,
         max_attempts: int,
+        caps: Mapping[str, int] | None = None,
     ) -> list[ClaimedJob]:
-        """Take up to ``limit`` due jobs, highest priority then earliest ``run_at`` first.
+        """Take up to ``limit`` due jobs, highest priority first; among equal priorities the
+        queues take turns (each queue's earliest ``run_at`` first), so a quiet queue does not
+        wait behind a busy one's backlog.
 
         Each claim uses an attempt and holds the job for ``lease`` seconds. ``max_attempts``
-        is the policy's, for jobs enqueued without their own.
+        is the policy's, for jobs enqueued without their own. ``caps`` bounds the jobs taken
+        of a queue (the runner's ``queue_concurrency`` room). A paused queue gives none; a
+        limited one only as many as its limits leave, skipping a job over a limit for the
+        next one in order.
         """
 
     async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:

@@ -28,12 +28,15 @@ import tenacity
 from batchworks import _json
 from batchworks._checks import check_queue, check_state, duration, seconds
 from batchworks.backends._base import BackendBase, payload_label
+from batchworks.backends._flow import FLOW_RECHECK, lookahead, queue_state
 from batchworks.backends._waiters import JobWaiters
 from batchworks.backends.base import (
     ClaimedJob,
     EnqueueOptions,
     Heartbeat,
+    Limits,
     QueueOverview,
+    QueueState,
     Schedules,
     ScheduleState,
     TickClaim,
@@ -120,14 +123,15 @@ class Queries:
     unregister_worker: str
     claim_one: str
     claim: str
-    claim_one_pre6: str
-    claim_pre6: str
     settle_succeeded: str
     settle: str
     heartbeat: str
     recover: str
     save_checkpoint: str
     next_due: str
+    configure_queue: str
+    pause_queue: str
+    queues: str
     schedules: str
     put_schedule: str
     claim_ticks: str
@@ -256,7 +260,6 @@ class PostgresBackend(BackendBase[str]):
         self._job_waiters = JobWaiters()
         self._listener.subscribe(self._q.finished_channel, self._on_finished)
         self._closed = False
-        self._pre6 = False  # the schema lacks migration 6: claims skip the schedule columns
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._pool else "not opened")
@@ -426,7 +429,6 @@ class PostgresBackend(BackendBase[str]):
                 applied.add(version)
         if not self._q.waited and WAIT_JOB_MIGRATION in applied:
             self._q = Queries.fill(self._schema)  # back from the statements of _before_migration_5
-        self._pre6 = False  # claims read the schedule columns again
 
     # -- enqueue (the rest is BackendBase's) -----------------------------------------------------
     # ``connection=`` enqueues in the caller's transaction: the job (and its wake-up) exists
@@ -448,6 +450,7 @@ class PostgresBackend(BackendBase[str]):
         options: EnqueueOptions,
         payloads: str,
         dedupe_keys: list[str | None],
+        concurrency_keys: list[str | None],
         connection: Any,
         trace_context: dict[str, str] | None,
     ) -> list[int]:
@@ -461,6 +464,7 @@ class PostgresBackend(BackendBase[str]):
             options.max_attempts,
             options.timeout,
             None if trace_context is None else json.dumps(trace_context),
+            None if all(key is None for key in concurrency_keys) else concurrency_keys,
         )
         if all(key is None for key in dedupe_keys):
             rows = await self._fetch(self._q.enqueue_plain, *args, connection=connection)
@@ -690,28 +694,19 @@ class PostgresBackend(BackendBase[str]):
         *,
         lease: float,
         max_attempts: int,
+        caps: Mapping[str, int] | None = None,
     ) -> list[ClaimedJob]:
         """Take up to ``limit`` due jobs for ``worker`` in one statement."""
         one = len(queues) == 1
-        names = queues[0] if one else list(queues)
-        args = (worker, names, limit, lease, max_attempts)
-        if not self._pre6:
-            try:
-                rows = await self._fetch(self._q.claim_one if one else self._q.claim, *args)
-                return [_claimed(row) for row in rows]  # in claim order
-            except SchemaNotMigrated as exc:
-                if not isinstance(exc.__cause__, asyncpg.UndefinedColumnError):
-                    raise
-                # A rolling deploy may start workers before its migrate ran: they claim
-                # without the schedule columns until the process restarts.
-                logger.warning(
-                    "schema %r lacks migration 0006_schedules; run 'batchworks migrate'",
-                    self._schema,
-                    extra={"action": "schema_behind"},
-                )
-                self._pre6 = True
-        rows = await self._fetch(self._q.claim_one_pre6 if one else self._q.claim_pre6, *args)
-        return [_claimed(row) for row in rows]
+        if one:
+            names: str | list[str] = queues[0]
+            room: int | list[int | None] | None = None if caps is None else caps.get(queues[0])
+        else:
+            names = list(queues)
+            room = [None if caps is None else caps.get(queue) for queue in queues]
+        args = (worker, names, limit, lease, max_attempts, room, lookahead(limit))
+        rows = await self._fetch(self._q.claim_one if one else self._q.claim, *args)
+        return [_claimed(row) for row in rows]  # in claim order
 
     async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:
         """Write outcomes in one statement, fenced; returns the ids no longer held."""
@@ -788,23 +783,48 @@ class PostgresBackend(BackendBase[str]):
         await self._require_pool().execute("SELECT pg_notify($1, $2)", self._q.channel, payload)
 
     async def next_due(self, queues: Sequence[str]) -> float | None:
-        """Seconds until the earliest queued job of ``queues`` is due, or None."""
+        """Seconds until the earliest queued job of ``queues`` is due, or None (a paused
+        queue's jobs are not due)."""
+        due, _ = await self._next_due(queues)
+        return due
+
+    async def _next_due(self, queues: Sequence[str]) -> tuple[float | None, float | None]:
+        """(due, free): :meth:`next_due`, and the same over the queues without flow control."""
         row = await self._fetchrow(self._q.next_due, list(queues))
-        return None if row[0] is None else max(0.0, float(row[0]))
+        return tuple(None if value is None else max(0.0, float(value)) for value in row)  # type: ignore[return-value]
 
     async def wait_for_work(self, queues: Sequence[str], max_wait: float) -> None:
         """Return on a NOTIFY for any queue, when a delayed job falls due, or after
-        ``max_wait`` seconds."""
+        ``max_wait`` seconds. Due jobs that only controlled queues hold (a limit may keep them
+        back: another worker's settle frees a slot without a NOTIFY) are looked at again
+        after ``FLOW_RECHECK`` seconds at most."""
         self._listener.start()
         wake = self._listener.event  # taken first: a NOTIFY during the query still counts
-        due = await self.next_due(queues)
+        due, free = await self._next_due(queues)
+        if free is not None:
+            max_wait = min(max_wait, free)
         if due is not None:
-            max_wait = min(max_wait, due)
+            max_wait = min(max_wait, max(due, FLOW_RECHECK))
         if max_wait <= 0:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max_wait):
                 await wake.wait()
+
+    # -- flow control ---------------------------------------------------------------------------
+
+    async def _configure(self, queue: str, limits: Limits) -> None:
+        n, window = limits.rate if limits.rate is not None else (None, None)
+        await self._fetch(
+            self._q.configure_queue, queue, limits.concurrency, limits.key_concurrency, n, window
+        )
+
+    async def _pause(self, queue: str, paused: bool) -> None:
+        await self._fetch(self._q.pause_queue, queue, paused)
+
+    async def queues(self) -> list[QueueState]:
+        """Every queue with settings or live jobs: settings and use, in one statement."""
+        return [queue_state(row) for row in await self._fetch(self._q.queues)]
 
     # -- schedules ------------------------------------------------------------------------------
 
@@ -929,6 +949,7 @@ def _record(row: asyncpg.Record) -> JobRecord:
         timeout=row["timeout"],
         schedule=row["schedule"],
         scheduled_for=row["scheduled_for"],
+        concurrency_key=row["concurrency_key"],
     )
 
 
@@ -949,7 +970,7 @@ def _claimed(row: asyncpg.Record) -> ClaimedJob:
     job_id, queue, payload, attempt, most, checkpoint, timeout, context, waited, suspect = values[
         :10
     ]
-    schedule, scheduled_for = values[10:] or (None, None)  # none before migration 6
+    schedule, scheduled_for = values[10:]
     return ClaimedJob(
         job_id,
         queue,

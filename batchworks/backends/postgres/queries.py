@@ -27,7 +27,8 @@ from typing import LiteralString
 #   only. The payload is the job id. In RETURNING rather than a CTE over it: a CTE and a UNION
 #   ALL over it cost a plain-success settle about 5% more (measured). On a schema before
 #   migration 5 (no "waited" column) Queries puts NULL in its place.
-# - the claim's UPDATE and RETURNING around the pick of due jobs: CLAIM_ONE and CLAIM.
+# - the claim's UPDATE and RETURNING around the pick of due jobs, and the record of a rate
+#   limited queue's starts after it ("rated"): CLAIM_ONE and CLAIM.
 
 NOTIFY_DONE_ITEM: LiteralString = """
 CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
@@ -56,9 +57,11 @@ RECORD_MIGRATION: LiteralString = (
 ENQUEUE_PLAIN: LiteralString = """
 WITH ins AS (
     INSERT INTO __SCHEMA__.jobs
-        (queue, payload, priority, run_at, max_attempts, timeout, trace_context)
-    SELECT $1, t.payload, $3, coalesce($4, now() + make_interval(secs => $5)), $6, $7, $8::jsonb
-    FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS t(payload, ord)
+        (queue, payload, priority, run_at, max_attempts, timeout, trace_context, concurrency_key)
+    SELECT $1, t.payload, $3, coalesce($4, now() + make_interval(secs => $5)), $6, $7, $8::jsonb,
+           t.concurrency_key
+    FROM ROWS FROM (jsonb_array_elements($2::jsonb), unnest($9::text[]))
+        WITH ORDINALITY AS t(payload, concurrency_key, ord)
     ORDER BY t.ord
     RETURNING id
 ), woke AS (
@@ -69,16 +72,19 @@ UNION ALL
 SELECT NULL FROM woke
 """
 
-# The same parameters as ENQUEUE_PLAIN, and the dedupe keys ($9) in payload order.
+# The same parameters as ENQUEUE_PLAIN (the concurrency keys are $9, NULL for none: a ROWS
+# FROM pads a shorter function with NULLs), and the dedupe keys ($10) in payload order.
 ENQUEUE: LiteralString = """
 WITH input AS (
-    SELECT * FROM ROWS FROM (jsonb_array_elements($2::jsonb), unnest($9::text[]))
-        WITH ORDINALITY AS t(payload, dedupe_key, ord)
+    SELECT * FROM ROWS FROM (jsonb_array_elements($2::jsonb), unnest($10::text[]),
+                             unnest($9::text[]))
+        WITH ORDINALITY AS t(payload, dedupe_key, concurrency_key, ord)
 ), ins AS (
     INSERT INTO __SCHEMA__.jobs
-        (queue, payload, priority, run_at, max_attempts, dedupe_key, timeout, trace_context)
+        (queue, payload, priority, run_at, max_attempts, dedupe_key, timeout, trace_context,
+         concurrency_key)
     SELECT $1, payload, $3, coalesce($4, now() + make_interval(secs => $5)), $6, dedupe_key, $7,
-           $8::jsonb
+           $8::jsonb, concurrency_key
     FROM input ORDER BY ord
     ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('queued', 'running')
     DO NOTHING
@@ -89,7 +95,7 @@ WITH input AS (
 SELECT id, dedupe_key, true AS inserted FROM ins
 UNION ALL
 SELECT id, dedupe_key, false FROM __SCHEMA__.jobs
-WHERE queue = $1 AND dedupe_key = ANY($9::text[]) AND state IN ('queued', 'running')
+WHERE queue = $1 AND dedupe_key = ANY($10::text[]) AND state IN ('queued', 'running')
 UNION ALL
 SELECT NULL, NULL, false FROM woke
 """
@@ -102,7 +108,7 @@ WHERE queue = $1 AND dedupe_key = ANY($2::text[]) AND state IN ('queued', 'runni
 GET_JOB: LiteralString = """
 SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, created_at,
        started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout,
-       schedule, scheduled_for
+       schedule, scheduled_for, concurrency_key
 FROM __SCHEMA__.jobs WHERE id = $1
 """
 
@@ -124,7 +130,7 @@ FROM __SCHEMA__.workers WHERE state = 'active' ORDER BY name
 LIST_JOBS: LiteralString = """
 SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, created_at,
        started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout,
-       schedule, scheduled_for
+       schedule, scheduled_for, concurrency_key
 FROM __SCHEMA__.jobs
 WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
 ORDER BY id DESC LIMIT $3
@@ -347,22 +353,33 @@ WITH claimed AS (
         max_attempts = coalesce(j.max_attempts, $5),
         worker_token = $1,
         worker_name = w.name,
-        started_at = now(),
+        started_at = clock_timestamp(),
         lease_until = now() + make_interval(secs => $4)
     FROM __SCHEMA__.workers AS w
-    WHERE w.token = $1 AND w.state = 'active'
+    WHERE w.token = $1 AND w.state = 'active' AND j.state = 'queued'
       AND j.id = ANY(ARRAY(
           SELECT id FROM __SCHEMA__.jobs
           WHERE state = 'queued' AND queue = $2 AND run_at <= now()
+            AND NOT EXISTS (SELECT FROM __SCHEMA__.queues WHERE name = $2 AND controlled)
           ORDER BY priority DESC, run_at, id
-          LIMIT $3
-          FOR UPDATE SKIP LOCKED))
+          LIMIT least($3, $6::int)
+          FOR UPDATE SKIP LOCKED)
+          || (SELECT __SCHEMA__.flow_pick(name, least($3, $6::int), $7)
+              FROM __SCHEMA__.queues WHERE name = $2 AND controlled))
     RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
               j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
               CASE WHEN jsonb_array_length(j.errors) < 2 THEN false
                    ELSE (SELECT count(*) >= 2 FROM jsonb_array_elements(j.errors) AS e
                          WHERE e ->> 'type' = 'WorkerLost') END AS suspect,
-              j.priority, j.run_at, j.schedule, j.scheduled_for
+              j.priority, j.run_at, j.schedule, j.scheduled_for, j.started_at
+), rated AS (
+    UPDATE __SCHEMA__.queues AS f
+    SET rate_starts = ARRAY(
+        SELECT t FROM unnest(f.rate_starts || c.starts) AS t
+        WHERE t > clock_timestamp() - make_interval(secs => f.rate_seconds)
+        ORDER BY t DESC LIMIT f.rate_n)
+    FROM (SELECT queue, array_agg(started_at) AS starts FROM claimed GROUP BY queue) AS c
+    WHERE f.name = c.queue AND f.rate_n IS NOT NULL
 )
 SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
        suspect, schedule, scheduled_for
@@ -381,99 +398,53 @@ WITH claimed AS (
         max_attempts = coalesce(j.max_attempts, $5),
         worker_token = $1,
         worker_name = w.name,
-        started_at = now(),
+        started_at = clock_timestamp(),
         lease_until = now() + make_interval(secs => $4)
     FROM __SCHEMA__.workers AS w
-    WHERE w.token = $1 AND w.state = 'active'
+    WHERE w.token = $1 AND w.state = 'active' AND j.state = 'queued'
       AND j.id = ANY(ARRAY(
-          SELECT c.id
-          FROM unnest($2::text[]) AS q(name)
-          CROSS JOIN LATERAL (
-              SELECT id, priority, run_at FROM __SCHEMA__.jobs
-              WHERE state = 'queued' AND queue = q.name AND run_at <= now()
-              ORDER BY priority DESC, run_at, id
-              LIMIT $3
-              FOR UPDATE SKIP LOCKED
-          ) AS c
-          ORDER BY c.priority DESC, c.run_at, c.id
+          SELECT m.id FROM (
+              SELECT c.id, c.priority, c.run_at, q.name
+              FROM unnest($2::text[], $6::int[]) AS q(name, cap)
+              CROSS JOIN LATERAL (
+                  SELECT id, priority, run_at FROM __SCHEMA__.jobs
+                  WHERE state = 'queued' AND queue = q.name AND run_at <= now()
+                    AND NOT EXISTS (SELECT FROM __SCHEMA__.queues AS f
+                                    WHERE f.name = q.name AND f.controlled)
+                  ORDER BY priority DESC, run_at, id
+                  LIMIT least($3, q.cap)
+                  FOR UPDATE SKIP LOCKED
+              ) AS c
+              UNION ALL
+              SELECT fj.id, fj.priority, fj.run_at, q.name
+              FROM unnest($2::text[], $6::int[]) AS q(name, cap)
+              JOIN __SCHEMA__.queues AS f ON f.name = q.name AND f.controlled
+              CROSS JOIN LATERAL unnest(__SCHEMA__.flow_pick(f.name, least($3, q.cap), $7))
+                  AS p(id)
+              JOIN __SCHEMA__.jobs AS fj ON fj.id = p.id
+          ) AS m
+          ORDER BY m.priority DESC,
+                   row_number() OVER (PARTITION BY m.name
+                                      ORDER BY m.priority DESC, m.run_at, m.id),
+                   m.run_at, m.id
           LIMIT $3))
     RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
               j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
               CASE WHEN jsonb_array_length(j.errors) < 2 THEN false
                    ELSE (SELECT count(*) >= 2 FROM jsonb_array_elements(j.errors) AS e
                          WHERE e ->> 'type' = 'WorkerLost') END AS suspect,
-              j.priority, j.run_at, j.schedule, j.scheduled_for
+              j.priority, j.run_at, j.schedule, j.scheduled_for, j.started_at
+), rated AS (
+    UPDATE __SCHEMA__.queues AS f
+    SET rate_starts = ARRAY(
+        SELECT t FROM unnest(f.rate_starts || c.starts) AS t
+        WHERE t > clock_timestamp() - make_interval(secs => f.rate_seconds)
+        ORDER BY t DESC LIMIT f.rate_n)
+    FROM (SELECT queue, array_agg(started_at) AS starts FROM claimed GROUP BY queue) AS c
+    WHERE f.name = c.queue AND f.rate_n IS NOT NULL
 )
 SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
        suspect, schedule, scheduled_for
-FROM claimed ORDER BY priority DESC, run_at, id
-"""
-
-# The claims on a schema before migration 6 (no schedule columns), for workers started before
-# the deploy's migrate: CLAIM_ONE and CLAIM without each job's schedule and tick.
-CLAIM_ONE_PRE6: LiteralString = """
-WITH claimed AS (
-    UPDATE __SCHEMA__.jobs AS j
-    SET state = 'running',
-        attempts = j.attempts + 1,
-        max_attempts = coalesce(j.max_attempts, $5),
-        worker_token = $1,
-        worker_name = w.name,
-        started_at = now(),
-        lease_until = now() + make_interval(secs => $4)
-    FROM __SCHEMA__.workers AS w
-    WHERE w.token = $1 AND w.state = 'active'
-      AND j.id = ANY(ARRAY(
-          SELECT id FROM __SCHEMA__.jobs
-          WHERE state = 'queued' AND queue = $2 AND run_at <= now()
-          ORDER BY priority DESC, run_at, id
-          LIMIT $3
-          FOR UPDATE SKIP LOCKED))
-    RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
-              j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
-              CASE WHEN jsonb_array_length(j.errors) < 2 THEN false
-                   ELSE (SELECT count(*) >= 2 FROM jsonb_array_elements(j.errors) AS e
-                         WHERE e ->> 'type' = 'WorkerLost') END AS suspect,
-              j.priority, j.run_at
-)
-SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
-       suspect
-FROM claimed ORDER BY priority DESC, run_at, id
-"""
-
-CLAIM_PRE6: LiteralString = """
-WITH claimed AS (
-    UPDATE __SCHEMA__.jobs AS j
-    SET state = 'running',
-        attempts = j.attempts + 1,
-        max_attempts = coalesce(j.max_attempts, $5),
-        worker_token = $1,
-        worker_name = w.name,
-        started_at = now(),
-        lease_until = now() + make_interval(secs => $4)
-    FROM __SCHEMA__.workers AS w
-    WHERE w.token = $1 AND w.state = 'active'
-      AND j.id = ANY(ARRAY(
-          SELECT c.id
-          FROM unnest($2::text[]) AS q(name)
-          CROSS JOIN LATERAL (
-              SELECT id, priority, run_at FROM __SCHEMA__.jobs
-              WHERE state = 'queued' AND queue = q.name AND run_at <= now()
-              ORDER BY priority DESC, run_at, id
-              LIMIT $3
-              FOR UPDATE SKIP LOCKED
-          ) AS c
-          ORDER BY c.priority DESC, c.run_at, c.id
-          LIMIT $3))
-    RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
-              j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
-              CASE WHEN jsonb_array_length(j.errors) < 2 THEN false
-                   ELSE (SELECT count(*) >= 2 FROM jsonb_array_elements(j.errors) AS e
-                         WHERE e ->> 'type' = 'WorkerLost') END AS suspect,
-              j.priority, j.run_at
-)
-SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
-       suspect
 FROM claimed ORDER BY priority DESC, run_at, id
 """
 
@@ -630,6 +601,7 @@ WITH RECURSIVE level AS (
         ORDER BY priority DESC, run_at, id
         LIMIT 1
     ) AS f
+    WHERE NOT EXISTS (SELECT FROM __SCHEMA__.queues AS s WHERE s.name = q.name AND s.paused)
     UNION ALL
     SELECT n.queue, n.priority, n.run_at
     FROM level AS l
@@ -640,7 +612,72 @@ WITH RECURSIVE level AS (
         LIMIT 1
     ) AS n
 )
-SELECT extract(epoch FROM min(run_at) - now())::float8 FROM level
+SELECT extract(epoch FROM min(run_at) - now())::float8 AS due,
+       extract(epoch FROM min(run_at) FILTER (WHERE queue NOT IN (
+           SELECT name FROM __SCHEMA__.queues WHERE controlled)) - now())::float8 AS free
+FROM level
+"""
+
+
+# -- flow control (#14) ----------------------------------------------------------------------
+
+# A queue's limits, all at once (NULL removes one); its pause and rate history stay. Wakes
+# idle runners of the queue: a limit raised or removed may let jobs start now.
+CONFIGURE_QUEUE: LiteralString = """
+WITH up AS (
+    INSERT INTO __SCHEMA__.queues AS f (name, concurrency, key_concurrency, rate_n, rate_seconds)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (name) DO UPDATE
+    SET concurrency = EXCLUDED.concurrency, key_concurrency = EXCLUDED.key_concurrency,
+        rate_n = EXCLUDED.rate_n, rate_seconds = EXCLUDED.rate_seconds, updated_at = now()
+    RETURNING name
+)
+SELECT pg_notify(__CHANNEL__, name) FROM up
+"""
+
+# Pause ($2 true) or resume a queue; a resume wakes its idle runners.
+PAUSE_QUEUE: LiteralString = """
+WITH up AS (
+    INSERT INTO __SCHEMA__.queues AS f (name, paused) VALUES ($1, $2)
+    ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()
+    RETURNING name, paused
+)
+SELECT CASE WHEN NOT paused THEN pg_notify(__CHANNEL__, name) END FROM up
+"""
+
+# Every queue with settings or live jobs: its settings and its use now. "key_held" counts the
+# due jobs whose concurrency key is at the queue's key limit; "recent" the starts within the
+# rate window. One pass over the live rows (jobs_claim and jobs_slots hold them).
+QUEUES: LiteralString = """
+WITH live AS (
+    SELECT queue,
+           count(*) FILTER (WHERE state = 'running') AS running,
+           count(*) FILTER (WHERE state = 'queued') AS queued,
+           count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS due
+    FROM __SCHEMA__.jobs WHERE state IN ('queued', 'running')
+    GROUP BY queue
+), busy AS (
+    SELECT queue, concurrency_key, count(*) AS n FROM __SCHEMA__.jobs
+    WHERE state = 'running' AND concurrency_key IS NOT NULL
+    GROUP BY queue, concurrency_key
+), key_held AS (
+    SELECT j.queue, count(*) AS n
+    FROM __SCHEMA__.jobs AS j
+    JOIN __SCHEMA__.queues AS f ON f.name = j.queue AND f.key_concurrency IS NOT NULL
+    JOIN busy AS b ON b.queue = j.queue AND b.concurrency_key = j.concurrency_key
+    WHERE j.state = 'queued' AND j.run_at <= now() AND b.n >= f.key_concurrency
+    GROUP BY j.queue
+)
+SELECT coalesce(f.name, l.queue) AS name, coalesce(f.paused, false) AS paused,
+       f.concurrency, f.key_concurrency, f.rate_n, f.rate_seconds,
+       (SELECT count(*) FROM unnest(f.rate_starts) AS t
+        WHERE t > clock_timestamp() - make_interval(secs => f.rate_seconds)) AS recent,
+       coalesce(l.running, 0) AS running, coalesce(l.queued, 0) AS queued,
+       coalesce(l.due, 0) AS due, coalesce(k.n, 0) AS key_held
+FROM __SCHEMA__.queues AS f
+FULL JOIN live AS l ON l.queue = f.name
+LEFT JOIN key_held AS k ON k.queue = coalesce(f.name, l.queue)
+ORDER BY 1
 """
 
 
