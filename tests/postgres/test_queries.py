@@ -120,3 +120,12 @@ async def test_every_statement_prepares_on_a_migrated_schema(
             await _prepare(conn, name, getattr(filled, name))
     finally:
         await conn.close()
+
+
+def test_no_statement_encodes_outcome_kinds_or_the_suspect_rule() -> None:
+    # The rules of outcome.py and Runner.SUSPECT_AFTER live once, in Python: SQL stores facts.
+    kinds = {"'retried'", "'snoozed'", "'released'"}
+    for name in _constants() - PARTS:
+        text = getattr(queries, name)
+        assert not [kind for kind in kinds if kind in text], f"{name} names an outcome kind"
+        assert ">= 2" not in text, f"{name} holds a threshold of the runner's"

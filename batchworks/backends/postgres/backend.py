@@ -651,12 +651,15 @@ class PostgresBackend(BackendBase[str]):
         ):
             rows = await self._fetch(self._q.settle_succeeded, worker, ids, attempts)
         else:
+            kinds = [o.kind for o in outcomes]
             rows = await self._fetch(
                 self._q.settle,
                 worker,
                 ids,
-                [o.kind.value for o in outcomes],
-                [o.delay for o in outcomes],
+                [kind.state.value for kind in kinds],
+                [not kind.uses_attempt for kind in kinds],
+                [o.delay if o.kind.requeues else None for o in outcomes],
+                [kind.finishes for kind in kinds],
                 [o.result_json for o in outcomes],
                 [None if o.error is None else json.dumps(o.error) for o in outcomes],
                 attempts,
@@ -873,9 +876,7 @@ def _schedule(row: asyncpg.Record) -> ScheduleState:
 
 def _claimed(row: asyncpg.Record) -> ClaimedJob:
     values = tuple(row)
-    job_id, queue, payload, attempt, most, checkpoint, timeout, context, waited, suspect = values[
-        :10
-    ]
+    job_id, queue, payload, attempt, most, checkpoint, timeout, context, waited, lost = values[:10]
     schedule, scheduled_for = values[10:]
     return ClaimedJob(
         job_id,
@@ -887,7 +888,7 @@ def _claimed(row: asyncpg.Record) -> ClaimedJob:
         timeout,
         _json.loads_optional(context),
         waited,
-        suspect,
+        lost,
         schedule,
         scheduled_for,
     )

@@ -290,9 +290,9 @@ SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS w
 # and CLAIM differ only in the pick of due jobs inside ARRAY(...) (see the top).
 # ANY(ARRAY(subquery)) keeps the plan on the primary key; "id IN (SELECT ...)" turned into a
 # sequential scan from about 100 rows a batch (measured on PostgreSQL 15). UPDATE ...
-# RETURNING has no order: the outer SELECT puts the batch in claim order. A job is a suspect
-# when two earlier attempts lost their worker; the CASE skips the look into the error history
-# of every job with fewer than two errors.
+# RETURNING has no order: the outer SELECT puts the batch in claim order. "lost" counts the
+# earlier attempts that lost their worker (the runner judges from it whether the job is a
+# suspect: Runner.SUSPECT_AFTER); the CASE skips the look into an empty error history.
 #
 # CLAIM_ONE, for one queue ($2): one index-ordered scan of jobs_claim that stops at $3 rows.
 CLAIM_ONE: LiteralString = """
@@ -315,13 +315,13 @@ WITH claimed AS (
           FOR UPDATE SKIP LOCKED))
     RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
               j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
-              CASE WHEN jsonb_array_length(j.errors) < 2 THEN false
-                   ELSE (SELECT count(*) >= 2 FROM jsonb_array_elements(j.errors) AS e
-                         WHERE e ->> 'type' = 'WorkerLost') END AS suspect,
+              CASE WHEN jsonb_array_length(j.errors) = 0 THEN 0
+                   ELSE (SELECT count(*)::int FROM jsonb_array_elements(j.errors) AS e
+                         WHERE e ->> 'type' = 'WorkerLost') END AS lost,
               j.priority, j.run_at, j.schedule, j.scheduled_for
 )
 SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
-       suspect, schedule, scheduled_for
+       lost, schedule, scheduled_for
 FROM claimed ORDER BY priority DESC, run_at, id
 """
 
@@ -355,13 +355,13 @@ WITH claimed AS (
           LIMIT $3))
     RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
               j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
-              CASE WHEN jsonb_array_length(j.errors) < 2 THEN false
-                   ELSE (SELECT count(*) >= 2 FROM jsonb_array_elements(j.errors) AS e
-                         WHERE e ->> 'type' = 'WorkerLost') END AS suspect,
+              CASE WHEN jsonb_array_length(j.errors) = 0 THEN 0
+                   ELSE (SELECT count(*)::int FROM jsonb_array_elements(j.errors) AS e
+                         WHERE e ->> 'type' = 'WorkerLost') END AS lost,
               j.priority, j.run_at, j.schedule, j.scheduled_for
 )
 SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
-       suspect, schedule, scheduled_for
+       lost, schedule, scheduled_for
 FROM claimed ORDER BY priority DESC, run_at, id
 """
 
@@ -384,24 +384,25 @@ RETURNING id,
                THEN pg_notify(__FINISHED__, j.id::text) END
 """
 
-# Any mix of outcomes, one row of the arrays $2-$7 a job, fenced by the worker's token ($1)
-# and the attempt ($7, NULL: the token alone): a job recovered meanwhile is not this worker's
-# to settle, nor is a later attempt of it this worker claimed again. Wakes idle runners for
-# the jobs that went back to the queue due now (woke, see the top).
+# Any mix of outcomes, one row of the arrays $2-$9 a job, fenced by the worker's token ($1)
+# and the attempt ($9, NULL: the token alone): a job recovered meanwhile is not this worker's
+# to settle, nor is a later attempt of it this worker claimed again. The rows carry facts, not
+# outcome kinds: the state, whether the claim's attempt is given back, the delay until the job
+# is due again (NULL: it is not queued again) and whether it is finished, each computed from
+# the kind once, in Python (outcome.py). Wakes idle runners for the jobs that went back to the
+# queue due now (woke, see the top).
 SETTLE: LiteralString = """
 WITH o AS (
-    SELECT * FROM unnest($2::bigint[], $3::text[], $4::float8[], $5::jsonb[], $6::jsonb[],
-                         $7::int[])
-        AS o(id, kind, delay, result, error, attempt)
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::bool[], $5::float8[], $6::bool[],
+                         $7::jsonb[], $8::jsonb[], $9::int[])
+        AS o(id, state, given_back, due, finished, result, error, attempt)
 ), upd AS (
     UPDATE __SCHEMA__.jobs AS j
-    SET state = CASE WHEN o.kind IN ('retried', 'snoozed', 'released') THEN 'queued'
-                     ELSE o.kind END,
-        attempts = CASE WHEN o.kind IN ('snoozed', 'released') THEN j.attempts - 1
-                        ELSE j.attempts END,
-        run_at = CASE WHEN o.kind IN ('retried', 'snoozed', 'released')
-                      THEN now() + make_interval(secs => o.delay) ELSE j.run_at END,
-        finished_at = CASE WHEN o.kind IN ('succeeded', 'failed', 'cancelled') THEN now() END,
+    SET state = o.state,
+        attempts = j.attempts - o.given_back::int,
+        run_at = CASE WHEN o.due IS NULL THEN j.run_at
+                      ELSE now() + make_interval(secs => o.due) END,
+        finished_at = CASE WHEN o.finished THEN now() END,
         result = o.result,
         errors = CASE WHEN o.error IS NULL THEN j.errors
                       ELSE j.errors || jsonb_build_array(o.error || jsonb_build_object('at', now()))
