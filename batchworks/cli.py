@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, TextIO
 
+from batchworks import _cli_queues
 from batchworks.backends.base import Backend
 from batchworks.backends.postgres import PostgresBackend
 from batchworks.backends.postgres._connect import OPEN_TIMEOUT
@@ -176,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command(name, func, text, schedule_commands).add_argument("name", metavar="NAME")
 
+    _cli_queues.register(command, backend=_backend, table=_table, duration=_duration)
     retry = command("retry", _retry, "queue failed jobs again (by id, by queue, or all)")
     retry.add_argument("ids", type=_job_id, nargs="*")
     retry.add_argument("--queue")
@@ -588,6 +590,7 @@ async def _stats(args: argparse.Namespace) -> int:
     async with _backend(args) as backend:
         queues = await backend.overview()
         workers = await backend.workers()
+        held = {state.name: state.held_back for state in await backend.queues()}
     if args.json:
         print(
             json.dumps(
@@ -598,6 +601,7 @@ async def _stats(args: argparse.Namespace) -> int:
                             "queued_later": queue.queued_later,
                             "oldest_ready_seconds": queue.oldest_ready,
                             "running_with_checkpoint": queue.running_with_checkpoint,
+                            "held_back": dict(held.get(name, {})),
                         }
                         for name, queue in queues.items()
                     },
@@ -616,7 +620,7 @@ async def _stats(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     states = [state.value for state in JobState]
-    rows = [["queue", *states, "oldest ready", "checkpointed"]]
+    rows = [["queue", *states, "oldest ready", "checkpointed", "held back"]]
     for name, queue in sorted(queues.items()):
         rows.append(
             [
@@ -624,6 +628,7 @@ async def _stats(args: argparse.Namespace) -> int:
                 *(str(queue.counts[state]) for state in states),
                 "-" if queue.oldest_ready is None else _age(queue.oldest_ready),
                 str(queue.running_with_checkpoint),
+                _cli_queues.held_back_text(held.get(name, {})) or "-",
             ]
         )
     print(_table(rows) if queues else "no jobs")
