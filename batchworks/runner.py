@@ -541,7 +541,12 @@ class Runner:
                 self._start_batch(jobs)
             if len(jobs) == asked:
                 continue
-            # The queue ran dry for now.
+            # Short: the queue ran dry for now, or a limit of it held jobs back. Outcomes
+            # waiting for their flush still hold their slots (a slot is a running job):
+            # written now, they let the next claim take their places at once.
+            if self._settle is not None and self._settle.job_ids():  # pending, or being written
+                if await self._settle.flush(deadline=self._loop_time() + self._calls.timeout):
+                    continue
             if drain:
                 if self._held:
                     await self._room.wait()

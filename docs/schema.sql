@@ -105,6 +105,7 @@ DECLARE
     cfg    record;
     room   integer := wanted;
     busy   integer;
+    held   jsonb;
     picked bigint[];
 BEGIN
     IF room <= 0 THEN
@@ -133,28 +134,42 @@ BEGIN
             ORDER BY priority DESC, run_at, id
             LIMIT room);
     ELSE
+        -- The running jobs of each key, as one object: a look-up per candidate, whatever
+        -- plan the planner would pick for a join (without statistics it re-ran the count
+        -- for every candidate).
+        SELECT coalesce(jsonb_object_agg(k, n), '{}') INTO held FROM (
+            SELECT concurrency_key AS k, count(*) AS n FROM batchworks.jobs
+            WHERE state = 'running' AND queue = q AND concurrency_key IS NOT NULL
+            GROUP BY concurrency_key
+        ) AS counted;
         picked := ARRAY(
-            WITH cand AS (
-                SELECT id, concurrency_key AS k, priority, run_at FROM batchworks.jobs
-                WHERE state = 'queued' AND queue = q AND run_at <= now()
-                ORDER BY priority DESC, run_at, id
-                LIMIT greatest(lookahead, room)
-            ), held AS (
-                SELECT concurrency_key AS k, count(*) AS n FROM batchworks.jobs
-                WHERE state = 'running' AND queue = q
-                  AND concurrency_key IN (SELECT k FROM cand)
-                GROUP BY concurrency_key
-            ), ranked AS (
-                SELECT c.id, c.k, c.priority, c.run_at,
-                       coalesce(h.n, 0) + row_number() OVER (
-                           PARTITION BY c.k ORDER BY c.priority DESC, c.run_at, c.id) AS slot
-                FROM cand AS c LEFT JOIN held AS h ON h.k = c.k
-            )
-            SELECT id FROM ranked
+            SELECT id FROM (
+                SELECT id, k, priority, run_at,
+                       coalesce((held ->> k)::integer, 0) + row_number() OVER (
+                           PARTITION BY k ORDER BY priority DESC, run_at, id) AS slot
+                FROM (
+                    SELECT id, concurrency_key AS k, priority, run_at FROM batchworks.jobs
+                    WHERE state = 'queued' AND queue = q AND run_at <= now()
+                    ORDER BY priority DESC, run_at, id
+                    LIMIT greatest(lookahead, room)
+                ) AS cand
+            ) AS ranked
             WHERE k IS NULL OR slot <= cfg.key_concurrency
             ORDER BY priority DESC, run_at, id
             LIMIT room);
     END IF;
-    RETURN picked;
+    -- Locked here, like the unlimited pick's FOR UPDATE SKIP LOCKED: the claim's UPDATE then
+    -- changes rows nothing else can change meanwhile. Only the picks are locked, never the
+    -- candidates looked at. The state is checked on the locked (latest) row, outside the
+    -- locking scan: "state = 'queued'" beside "id = ANY" in one scan let the planner walk the
+    -- whole partial index jobs_claim for the ids (40 ms at 20,000 queued) instead of the
+    -- primary key.
+    RETURN ARRAY(
+        WITH l AS MATERIALIZED (  -- MATERIALIZED: the state test must not move into the scan
+            SELECT id, state, priority, run_at FROM batchworks.jobs
+            WHERE id = ANY(picked)
+            FOR UPDATE SKIP LOCKED
+        )
+        SELECT id FROM l WHERE state = 'queued' ORDER BY priority DESC, run_at, id);
 END
 $function$;

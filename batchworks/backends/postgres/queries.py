@@ -313,7 +313,7 @@ WITH claimed AS (
         started_at = clock_timestamp(),
         lease_until = now() + make_interval(secs => $4)
     FROM __SCHEMA__.workers AS w
-    WHERE w.token = $1 AND w.state = 'active' AND j.state = 'queued'
+    WHERE w.token = $1 AND w.state = 'active'
       AND j.id = ANY(ARRAY(
           SELECT id FROM __SCHEMA__.jobs
           WHERE state = 'queued' AND queue = $2 AND run_at <= now()
@@ -358,7 +358,7 @@ WITH claimed AS (
         started_at = clock_timestamp(),
         lease_until = now() + make_interval(secs => $4)
     FROM __SCHEMA__.workers AS w
-    WHERE w.token = $1 AND w.state = 'active' AND j.state = 'queued'
+    WHERE w.token = $1 AND w.state = 'active'
       AND j.id = ANY(ARRAY(
           SELECT m.id FROM (
               SELECT c.id, c.priority, c.run_at, q.name

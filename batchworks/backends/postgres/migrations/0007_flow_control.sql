@@ -37,7 +37,7 @@ CREATE INDEX jobs_slots ON __SCHEMA__.jobs (queue, concurrency_key) WHERE state 
 -- until their transaction ends. It is VOLATILE and PL/pgSQL so that each query below takes a
 -- fresh snapshot (READ COMMITTED) after that lock: it counts the running jobs the previous
 -- holder's claim committed, which the calling statement's own snapshot, taken before it waited,
--- would not see. Rows it picks are re-checked by the claim's UPDATE (state = 'queued').
+-- would not see. It locks the rows it picks (and only those), still queued.
 --
 -- With key_concurrency it looks at the first "lookahead" due jobs in priority order and skips
 -- those whose key is at its limit (a job without a key has no key limit).
@@ -47,6 +47,7 @@ DECLARE
     cfg    record;
     room   integer := wanted;
     busy   integer;
+    held   jsonb;
     picked bigint[];
 BEGIN
     IF room <= 0 THEN
@@ -75,28 +76,42 @@ BEGIN
             ORDER BY priority DESC, run_at, id
             LIMIT room);
     ELSE
+        -- The running jobs of each key, as one object: a look-up per candidate, whatever
+        -- plan the planner would pick for a join (without statistics it re-ran the count
+        -- for every candidate).
+        SELECT coalesce(jsonb_object_agg(k, n), '{}') INTO held FROM (
+            SELECT concurrency_key AS k, count(*) AS n FROM __SCHEMA__.jobs
+            WHERE state = 'running' AND queue = q AND concurrency_key IS NOT NULL
+            GROUP BY concurrency_key
+        ) AS counted;
         picked := ARRAY(
-            WITH cand AS (
-                SELECT id, concurrency_key AS k, priority, run_at FROM __SCHEMA__.jobs
-                WHERE state = 'queued' AND queue = q AND run_at <= now()
-                ORDER BY priority DESC, run_at, id
-                LIMIT greatest(lookahead, room)
-            ), held AS (
-                SELECT concurrency_key AS k, count(*) AS n FROM __SCHEMA__.jobs
-                WHERE state = 'running' AND queue = q
-                  AND concurrency_key IN (SELECT k FROM cand)
-                GROUP BY concurrency_key
-            ), ranked AS (
-                SELECT c.id, c.k, c.priority, c.run_at,
-                       coalesce(h.n, 0) + row_number() OVER (
-                           PARTITION BY c.k ORDER BY c.priority DESC, c.run_at, c.id) AS slot
-                FROM cand AS c LEFT JOIN held AS h ON h.k = c.k
-            )
-            SELECT id FROM ranked
+            SELECT id FROM (
+                SELECT id, k, priority, run_at,
+                       coalesce((held ->> k)::integer, 0) + row_number() OVER (
+                           PARTITION BY k ORDER BY priority DESC, run_at, id) AS slot
+                FROM (
+                    SELECT id, concurrency_key AS k, priority, run_at FROM __SCHEMA__.jobs
+                    WHERE state = 'queued' AND queue = q AND run_at <= now()
+                    ORDER BY priority DESC, run_at, id
+                    LIMIT greatest(lookahead, room)
+                ) AS cand
+            ) AS ranked
             WHERE k IS NULL OR slot <= cfg.key_concurrency
             ORDER BY priority DESC, run_at, id
             LIMIT room);
     END IF;
-    RETURN picked;
+    -- Locked here, like the unlimited pick's FOR UPDATE SKIP LOCKED: the claim's UPDATE then
+    -- changes rows nothing else can change meanwhile. Only the picks are locked, never the
+    -- candidates looked at. The state is checked on the locked (latest) row, outside the
+    -- locking scan: "state = 'queued'" beside "id = ANY" in one scan let the planner walk the
+    -- whole partial index jobs_claim for the ids (40 ms at 20,000 queued) instead of the
+    -- primary key.
+    RETURN ARRAY(
+        WITH l AS MATERIALIZED (  -- MATERIALIZED: the state test must not move into the scan
+            SELECT id, state, priority, run_at FROM __SCHEMA__.jobs
+            WHERE id = ANY(picked)
+            FOR UPDATE SKIP LOCKED
+        )
+        SELECT id FROM l WHERE state = 'queued' ORDER BY priority DESC, run_at, id);
 END
 $$;
