@@ -45,6 +45,7 @@ from batchworks._checks import (
     duration,
     positive_int,
 )
+from batchworks._flow_metrics import QueueMetrics
 from batchworks._heartbeat import LeaseClock
 from batchworks._logs import log_extra
 from batchworks._queue_caps import QueueCaps
@@ -261,6 +262,7 @@ class Runner:
             raise ConfigurationError(f"worker_name must be a non-empty str, got {worker_name!r}")
         self._worker_name = worker_name or _default_worker_name()
         self._telemetry = Telemetry(self._worker_name)
+        self._queue_metrics = QueueMetrics(backend, self._queues, self._telemetry)
         self._attempts = Attempts(
             self._handlers,
             self._policy,
@@ -818,6 +820,8 @@ class Runner:
                 await self._after_beat(beat, sent, loop.time())
             except TRANSIENT as exc:
                 self._beat_failed(exc, loop.time())
+            else:
+                await self._queue_metrics.maybe_read(self._calls, loop.time())
 
     async def _send_heartbeat(self) -> Heartbeat:
         assert self._token is not None and self._settle is not None
