@@ -7,6 +7,7 @@ import asyncio
 
 from batchworks import Job, Runner
 from batchworks.backends.base import Backend
+from tests.conftest import eventually
 from tests.unit.test_tracing import Otel, otel
 
 __all__ = ["otel"]  # the fixture, shared with test_tracing
@@ -38,9 +39,10 @@ async def test_gauges_show_held_back_jobs_and_slots_in_use(backend: Backend, ote
         return held, slots
 
     async with runner:
-        async with asyncio.timeout(10):
-            while gauges()[0].get(("q", "concurrency")) != 2:
-                await asyncio.sleep(0.02)
+        await eventually(
+            lambda: gauges()[0].get(("q", "concurrency")) == 2,
+            what="the gauges to show the queue's held-back jobs",
+        )
         held, slots = gauges()
         release.set()
     assert held[("p", "paused")] == 2 and held[("p", "concurrency")] == 0
