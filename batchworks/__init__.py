@@ -6,7 +6,7 @@ a concurrency limit with allSettled semantics, and settles every job on its own.
 
 from __future__ import annotations
 
-from batchworks.backends.base import Backend
+from batchworks.backends.base import Backend, QueueState
 from batchworks.backends.memory import MemoryBackend
 from batchworks.backends.postgres import PostgresBackend
 from batchworks.errors import (
@@ -49,6 +49,7 @@ __all__ = [
     "MemoryBackend",
     "PayloadError",
     "PostgresBackend",
+    "QueueState",
     "RetryPolicy",
     "Retryable",
     "RunReport",

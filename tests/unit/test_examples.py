@@ -43,6 +43,13 @@ SUMMARY_LINES = {
         r"^heartbeat-report: next tick .*^ticks: (\d+) jobs for \1 ticks, 0 ticks twice$",
         re.MULTILINE | re.DOTALL,
     ),
+    "flow_control.py": re.compile(
+        r"^exports: at most [123] at once across 2 runners \(limit 3\)\n"
+        r"^sync: at most 1 per customer at once \(limit 1\).*\n"
+        r"^crm: at most [1-5] starts in any second \(limit 5\)\n"
+        r"^emails: 0 started while paused, 5 after$",
+        re.MULTILINE,
+    ),
     "resumable_export.py": re.compile(
         r"^job \d+ succeeded after 1 attempts.*\n^items exported: 10,000 of 10,000; done twice: 0$",
         re.MULTILINE,
