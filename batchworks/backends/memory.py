@@ -473,6 +473,13 @@ class MemoryBackend(BackendBase[list[str]]):
         if record is None or record.state is not _WorkerState.ACTIVE:
             return []
         now = self._clock()
+        if len(queues) == 1 and caps is None and not self._flow.controlled(queues[0]):
+            # One queue with nothing set (the common case): its heap order is the claim order.
+            rows = [self._rows[e[2]] for e in self._take(self._promote(queues[0], now), limit)]
+            return [
+                self._start(row, record, now, lease=lease, max_attempts=max_attempts)
+                for row in rows
+            ]
         running = list(self._running.values())
         # Each queue's picks in its own order, then merged: priority first, then the queues
         # take turns (the rank within its queue), then run_at. Picks the merge leaves out go
