@@ -298,6 +298,7 @@ class Runner:
         self._ended = asyncio.Event()
         self._counts = dict.fromkeys(OutcomeKind, 0)
         self._lost = 0
+        self._writes = 0  # settle writes done: a claim that came back short looks at it
         self._started_at = 0.0
         self._finished_at: float | None = None
         self._task: asyncio.Task[None] | None = None
@@ -538,14 +539,17 @@ class Runner:
                 await self._room.wait()  # every slot busy and no room for a real batch
                 continue
             asked = min(self._batch_size, room)
+            writes = self._writes
             jobs = await self._claim(asked, caps)
             if jobs:
                 self._start_batch(jobs)
             if len(jobs) == asked:
                 continue
             # Short: the queue ran dry for now, or a limit of it held jobs back. Outcomes
-            # waiting for their flush still hold their slots (a slot is a running job):
-            # written now, they let the next claim take their places at once.
+            # written during the claim, or waiting to be, held slots (a slot is a running
+            # job): once written, the next claim may take their places at once.
+            if self._writes != writes:
+                continue
             if self._settle is not None and self._settle.job_ids():  # pending, or being written
                 if await self._settle.flush(deadline=self._loop_time() + self._calls.timeout):
                     continue
@@ -793,6 +797,7 @@ class Runner:
             held.cancel(reason)
 
     def _on_settled(self, outcomes: Sequence[Outcome], lost: frozenset[int]) -> None:
+        self._writes += 1
         written = collections.Counter(
             (outcome.queue, outcome.kind) for outcome in outcomes if outcome.job_id not in lost
         )

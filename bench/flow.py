@@ -95,7 +95,7 @@ async def noop(job: Job) -> None:
     """The job: does nothing, so what is measured is claiming and settling it."""
 
 
-async def drain(dsn: str, mode: str, jobs: int) -> float:
+async def drain(dsn: str, mode: str, jobs: int, batch_size: int) -> float:
     """Seconds the drain of ``jobs`` took in ``mode``."""
     async with scratch_schema(dsn, "bench_flow") as schema:
         kind = TodayBackend if mode == "today" else PostgresBackend
@@ -129,17 +129,18 @@ async def main() -> None:
     parse = parser(__doc__)
     parse.add_argument("--jobs", type=int, default=20_000, help="jobs per drain")
     parse.add_argument("--rounds", type=int, default=3, help="rounds per mode; best counts")
+    parse.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="the Runner's")
     args = parse.parse_args()
     dsn = dsn_of(args)
     jobs, rounds = (1_000, 1) if args.quick else (args.jobs, args.rounds)
     print(
         f"flow: {jobs:,} no-op jobs, 1 Runner in-process, concurrency {CONCURRENCY}, "
-        f"batch_size {BATCH_SIZE}, best of {rounds}"
+        f"batch_size {args.batch_size}, best of {rounds}"
     )
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
     for round_ in range(1, rounds + 1):
         for mode in MODES:  # alternating: drift hits every mode alike
-            times[mode].append(await drain(dsn, mode, jobs))
+            times[mode].append(await drain(dsn, mode, jobs, args.batch_size))
         print(f"  round {round_}: " + ", ".join(f"{m} {t[-1]:.2f}s" for m, t in times.items()))
     rates = {mode: jobs / min(spent) for mode, spent in times.items()}
     for mode in MODES:
