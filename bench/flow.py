@@ -29,7 +29,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from _common import RESULTS, dsn_of, parser, rate, ratio_line, run, scratch_schema, write_json
+from _common import (
+    RESULTS,
+    dsn_of,
+    median,
+    parser,
+    rate,
+    ratio_line,
+    run,
+    scratch_schema,
+    write_json,
+)
 
 from batchworks import Job, PostgresBackend, Runner
 from batchworks.backends.base import ClaimedJob, WorkerToken
@@ -143,8 +153,9 @@ async def main() -> None:
             times[mode].append(await drain(dsn, mode, jobs, args.batch_size))
         print(f"  round {round_}: " + ", ".join(f"{m} {t[-1]:.2f}s" for m, t in times.items()))
     rates = {mode: jobs / min(spent) for mode, spent in times.items()}
+    medians = {mode: jobs / median(spent) for mode, spent in times.items()}
     for mode in MODES:
-        print(f"{mode:<16} {rate(rates[mode])}")
+        print(f"{mode:<16} {rate(rates[mode])} best, {rate(medians[mode])} median")
     print(
         ratio_line(
             "concurrency 100 / unlimited",
@@ -159,7 +170,18 @@ async def main() -> None:
         )
     )
     print(ratio_line("unlimited / today", rates["unlimited"], rates["today"], TARGETS["today"]))
-    figures = {"jobs": jobs, "rounds": rounds, "rates": rates}
+    print(
+        "medians: "
+        + ", ".join(
+            f"{name} {medians[mode] / medians[ref]:.2f}x"
+            for name, mode, ref in (
+                ("concurrency 100 / unlimited", "concurrency 100", "unlimited"),
+                ("1,000 keys / unlimited", "1,000 keys", "unlimited"),
+                ("unlimited / today", "unlimited", "today"),
+            )
+        )
+    )
+    figures = {"jobs": jobs, "rounds": rounds, "rates": rates, "medians": medians}
     write_json(args.json or (None if args.quick else RESULTS / "flow.json"), "flow", figures)
 
 
