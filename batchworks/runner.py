@@ -33,6 +33,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypedDict, Unpack, overload
 
@@ -41,6 +42,7 @@ from batchworks._calls import Calls, first_set
 from batchworks._checks import check_handlers, check_queues, duration, positive_int
 from batchworks._heartbeat import LeaseClock
 from batchworks._logs import log_extra
+from batchworks._retention import RETENTION, Retention, check_retention
 from batchworks._scheduler import Scheduler, check_schedules
 from batchworks._settle import TRANSIENT, SettleBuffer
 from batchworks.backends.base import Backend, ClaimedJob, Heartbeat, WorkerToken
@@ -104,6 +106,7 @@ class RunnerOptions(TypedDict, total=False):
     poll_interval: float
     queues: Iterable[str] | None
     flush_interval: float
+    retention: float | timedelta | None
 
 
 class RunnerState(enum.StrEnum):
@@ -156,6 +159,9 @@ class Runner:
         off when this worker's lease runs out by its own clock, and every call by a hard stop.
     :param schedules: :class:`Schedule` objects this runner stores at start and enqueues the
         ticks of, together with every other runner that carries schedules (each tick once).
+    :param retention: how long a finished job is kept (a timedelta or seconds; default 7 days):
+        the runner deletes older ones in small batches, one runner of a schema at a time.
+        None keeps them all (``batchworks purge`` then deletes them by hand).
     """
 
     # A type checker takes plain functions as handlers only with sync_in_thread=True; at run
@@ -209,6 +215,7 @@ class Runner:
         flush_interval: float = FLUSH_INTERVAL,
         db_timeout: float = DB_TIMEOUT,
         schedules: Iterable[Schedule] | None = None,
+        retention: float | timedelta | None = RETENTION,
     ) -> None:
         if not isinstance(backend, Backend):
             raise ConfigurationError(
@@ -268,6 +275,12 @@ class Runner:
         )
         self._scheduler = (
             Scheduler(backend, carried, self._telemetry, calls=self._calls) if carried else None
+        )
+        kept = check_retention(retention)
+        self._retention = (
+            None
+            if kept is None
+            else Retention(backend, kept, calls=self._calls, worker=self._worker_name)
         )
         self._close_by: float | None = None  # loop time the last writes must end by
         self._failure: BaseException | None = None
@@ -440,6 +453,8 @@ class Runner:
         side = [heart]  # the schedules' task too: it ends with the heartbeats
         if self._scheduler is not None:
             side.append(self._watch(self._scheduler.run(self._stop_event), "scheduler"))
+        if self._retention is not None:
+            side.append(self._watch(self._retention.run(self._stop_event), "retention"))
         try:
             if not self._stop_requested:
                 await self._fetch_loop(drain=drain, max_delay=max_delay)

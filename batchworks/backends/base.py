@@ -250,6 +250,12 @@ class Backend(Protocol):
     async def purge(self, older_than: float | timedelta) -> int:
         """Delete jobs that reached a final state more than ``older_than`` ago."""
 
+    async def purge_batch(self, older_than: float | timedelta, *, limit: int) -> int | None:
+        """Delete up to ``limit`` of the jobs :meth:`purge` would delete, those that finished
+        longest ago first, and return how many; None, deleting nothing, while another caller
+        is purging (one at a time). The Runner's retention purge calls it in small batches,
+        so that no statement holds locks for long whatever the history's size."""
+
     async def purgeable(self, older_than: float | timedelta) -> dict[str, dict[str, int]]:
         """What :meth:`purge` would delete now, ``{queue: {state: count}}``; deletes nothing."""
 

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from batchworks import _json
-from batchworks._checks import check_queue, check_state, seconds
+from batchworks._checks import check_queue, check_state, positive_int, seconds
 from batchworks.backends._base import BackendBase, payload_label
 from batchworks.backends._waiters import JobWaiters
 from batchworks.backends.base import (
@@ -386,7 +386,16 @@ class MemoryBackend(BackendBase[list[str]]):
 
     async def purge(self, older_than: float | timedelta) -> int:
         """Delete jobs that reached a final state more than ``older_than`` ago."""
+        return self._delete(self._purgeable(older_than))
+
+    async def purge_batch(self, older_than: float | timedelta, *, limit: int) -> int | None:
+        """Delete up to ``limit`` of the jobs :meth:`purge` would delete, the longest finished
+        first. Never None here: a call runs to its end before another starts."""
+        limit = positive_int(limit, "limit")
         old = self._purgeable(older_than)
+        return self._delete(heapq.nsmallest(limit, old, key=lambda row: (row.finished_at, row.id)))
+
+    def _delete(self, old: list[_Row]) -> int:
         for row in old:
             del self._rows[row.id]
             if row.schedule is not None:  # the tick guard goes with its job, as in PostgreSQL

@@ -26,7 +26,7 @@ import asyncpg
 import tenacity
 
 from batchworks import _json
-from batchworks._checks import check_queue, check_state, duration, seconds
+from batchworks._checks import check_queue, check_state, duration, positive_int, seconds
 from batchworks.backends._base import BackendBase, payload_label
 from batchworks.backends._waiters import JobWaiters
 from batchworks.backends.base import (
@@ -113,6 +113,8 @@ class Queries:
     cancel: str
     mark_waited: str
     purge: str
+    purge_batch: str
+    purge_plan: str
     purgeable: str
     policy_max_attempts: str
     register_worker: str
@@ -609,6 +611,18 @@ class PostgresBackend(BackendBase[str]):
         row = await self._fetchrow(self._q.purge, age)
         await self._fetch(self._q.purge_workers, age)
         return int(row[0])
+
+    async def purge_batch(self, older_than: float | timedelta, *, limit: int) -> int | None:
+        """Delete up to ``limit`` of the jobs :meth:`purge` would delete, the longest finished
+        first; None (deleting nothing) while another caller does so (one at a time)."""
+        age = seconds(older_than, name="older_than")
+        limit = positive_int(limit, "limit")
+        key = _lock_key(self._schema, "purge")
+        # PURGE_PLAN holds for this transaction only: the ordered scan, whatever the statistics.
+        async with self._errors(), self._require_pool().acquire() as conn, conn.transaction():
+            await conn.fetch(self._q.purge_plan)
+            row = await conn.fetchrow(self._q.purge_batch, age, limit, key)
+        return int(row["n"]) if row["got"] else None
 
     async def purgeable(self, older_than: float | timedelta) -> dict[str, dict[str, int]]:
         """What :meth:`purge` would delete now, ``{queue: {state: count}}``."""

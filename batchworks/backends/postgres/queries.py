@@ -187,6 +187,40 @@ WITH gone AS (
 SELECT count(*) FROM gone
 """
 
+# The retention purge of a runner (#18): up to $2 of the jobs PURGE would delete, the longest
+# finished first, read off jobs_finished (finished_at, partial on the final states) in index
+# order, which stops after $2 entries, so a batch costs the same however much history there
+# is. Run in a transaction after PURGE_PLAN: without statistics the planner estimates a
+# thousandth of the finished rows and takes a bitmap scan of all of them and a sort instead
+# (87 ms a batch at 300k finished, growing with the history; 1 ms with the ordered scan). One
+# purger at a time: only where it gets the advisory lock ($3), held until the transaction ends;
+# another deletes nothing (got is false). Only the rows deleted are locked, and none another
+# holds (SKIP LOCKED): a batch keeps no claim, settle or operator call waiting.
+PURGE_BATCH: LiteralString = """
+WITH lock AS (
+    SELECT pg_try_advisory_xact_lock($3) AS got
+), gone AS (
+    DELETE FROM __SCHEMA__.jobs
+    WHERE id = ANY(ARRAY(
+        SELECT id FROM __SCHEMA__.jobs
+        WHERE state IN ('succeeded', 'failed', 'cancelled')
+          AND finished_at < now() - make_interval(secs => $1)
+          AND (SELECT got FROM lock)
+        ORDER BY finished_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED))
+    RETURNING 1
+)
+SELECT (SELECT got FROM lock) AS got, (SELECT count(*) FROM gone) AS n
+"""
+
+# PURGE_BATCH's plan, for its transaction only (local): the ordered index scans, whatever the
+# statistics say.
+PURGE_PLAN: LiteralString = """
+SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true),
+       set_config('enable_seqscan', 'off', true)
+"""
+
 # What PURGE would delete: the same condition, counted.
 PURGEABLE: LiteralString = """
 SELECT queue, state, count(*) AS n FROM __SCHEMA__.jobs
