@@ -32,6 +32,7 @@ BENCHMARKS = [
     "refusal.py",
     "schedule_idle.py",
     "wal.py",
+    "retention.py",
 ]
 RATIO = re.compile(r"^ratio\b.*\d+\.\d+x", re.MULTILINE)
 
