@@ -13,8 +13,9 @@ only the partial index of queued rows). The claim's plan and time come from ``EX
 Then the purge, on the history schema: ``purge_batch(limit=1000)`` as the retention loop runs
 it, ``--batches`` times: milliseconds a batch (p50, p99, max: how long its row locks last) and
 jobs deleted a second, first and last batches apart (the cost must not grow as the history's
-oldest end moves). Last, one more drain of the history case with the purge running beside it,
-batch after batch, against the reference.
+oldest end moves). Last, one more drain of the history case with the purge running beside it
+at the pace of the steady state (as many jobs purged as the reference drain finishes: a batch
+every 1,000 / rate seconds), against the reference.
 
 No ANALYZE runs (autovacuum is off here; the worst case for the plans) unless ``--analyze``.
 Exits non-zero only if no job ran or a batch deleted nothing.
@@ -127,8 +128,11 @@ async def main() -> int:
             f"p99 {purge['p99_ms']:.1f} ms, max {purge['max_ms']:.1f} ms"
         )
         print(ratio_line("last/first purge batches (ms)", purge["last_ms"], purge["first_ms"]))
-        beside = await drain_while_purging(dsn, schemas[1], args)
-        print(f"  drain beside the purge: {rate(beside['rate'])} ({beside['purged']:,} purged)")
+        beside = await drain_while_purging(dsn, schemas[1], args, pace=BATCH / base)
+        print(
+            f"  drain beside the purge: {rate(beside['rate'])} ({beside['purged']:,} purged, a "
+            f"batch every {BATCH / base * 1e3:.0f} ms)"
+        )
         print(ratio_line("drain beside the purge/without history", beside["rate"], base, ">= 0.8"))
     if not args.quick:
         for got in found.values():
@@ -180,8 +184,9 @@ async def purge_batches(dsn: str, schema: str, batches: int) -> dict[str, float]
     }
 
 
-async def drain_while_purging(dsn: str, schema: str, args: Any) -> dict[str, float]:
-    """One drain of ``args.drain`` jobs with purge batches running beside it until it ends."""
+async def drain_while_purging(dsn: str, schema: str, args: Any, *, pace: float) -> dict[str, float]:
+    """One drain of ``args.drain`` jobs with a purge batch every ``pace`` seconds beside it
+    until it ends."""
     conn = await asyncpg.connect(dsn)
     try:
         async with PostgresBackend(dsn, schema=schema, min_size=1) as backend:
@@ -191,8 +196,14 @@ async def drain_while_purging(dsn: str, schema: str, args: Any) -> dict[str, flo
 
             async def purge() -> None:
                 nonlocal purged
+                loop = asyncio.get_running_loop()
+                due = loop.time()
                 while not stop.is_set():
                     purged += await backend.purge_batch(7 * 86400, limit=BATCH) or 0
+                    due += pace
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.0, due - loop.time())):
+                            await stop.wait()
 
             purger = asyncio.create_task(purge())
             command = worker_command(
