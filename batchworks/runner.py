@@ -524,8 +524,11 @@ class Runner:
             if self._suspect is not None:
                 await self._run_suspect()
                 continue
-            room = capacity - len(self._held)
-            if room < claim_min and len(self._held) >= self._concurrency:
+            # Outcomes not written yet count against the room (#18): claims, which commit
+            # asynchronously, must not outrun the settles, or the outcomes pile up unbounded.
+            unsettled = len(self._settle) if self._settle is not None else 0
+            room = capacity - len(self._held) - unsettled
+            if room < claim_min and (len(self._held) >= self._concurrency or unsettled):
                 await self._room.wait()  # every slot busy and no room for a real batch
                 continue
             asked = min(self._batch_size, room)
@@ -769,6 +772,7 @@ class Runner:
             held.cancel(reason)
 
     def _on_settled(self, outcomes: Sequence[Outcome], lost: frozenset[int]) -> None:
+        self._room.set()  # the unsettled outcomes, which count against the room, are fewer
         written = collections.Counter(
             (outcome.queue, outcome.kind) for outcome in outcomes if outcome.job_id not in lost
         )
