@@ -33,6 +33,7 @@ BENCHMARKS = [
     "schedule_idle.py",
     "wal.py",
     "retention.py",
+    "server_bound.py",
 ]
 RATIO = re.compile(r"^ratio\b.*\d+\.\d+x", re.MULTILINE)
 
