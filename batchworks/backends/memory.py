@@ -26,19 +26,30 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from batchworks import _json
-from batchworks._checks import check_queue, check_state, seconds
+from batchworks._checks import (
+    check_before,
+    check_filters,
+    check_queue,
+    check_throughput,
+    seconds,
+)
 from batchworks.backends._base import BackendBase, payload_label
 from batchworks.backends._waiters import JobWaiters
 from batchworks.backends.base import (
+    AHEAD_CAP,
     ClaimedJob,
     EnqueueOptions,
     Heartbeat,
+    JobFilter,
     QueueOverview,
+    QueuePosition,
     Schedules,
     ScheduleState,
+    Throughput,
     TickClaim,
     WorkerRecord,
     WorkerToken,
+    empty_buckets,
 )
 from batchworks.errors import ConfigurationError, LeaseLost, LifecycleError
 from batchworks.job import ErrorEntry, JobRecord, JobState
@@ -276,6 +287,8 @@ class MemoryBackend(BackendBase[list[str]]):
             timeout=row.timeout,
             schedule=row.schedule,
             scheduled_for=row.scheduled_for,
+            lease_until=_dt(row.lease_until) if row.state is JobState.RUNNING else None,
+            cancel_requested=row.cancel_requested,
         )
 
     async def wait_job(self, job_id: int, timeout: float | None = None) -> JobRecord:
@@ -331,20 +344,75 @@ class MemoryBackend(BackendBase[list[str]]):
         ]
 
     async def list_jobs(
-        self, *, queue: str | None = None, state: str | None = None, limit: int = 50
+        self,
+        *,
+        queue: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+        schedule: str | None = None,
+        error_type: str | None = None,
+        before: int | None = None,
     ) -> list[JobRecord]:
-        """The newest jobs first, filtered by queue and state."""
-        wanted = check_state(state)
-        found = []
-        for job_id in sorted(self._rows, reverse=True):
-            row = self._rows[job_id]
-            if (queue is None or row.queue == queue) and (wanted is None or row.state == wanted):
-                record = await self.get_job(job_id)
-                assert record is not None
-                found.append(record)
-                if len(found) >= limit:
-                    break
+        """The newest jobs first, filtered, paged by keyset (see :meth:`Backend.list_jobs`)."""
+        matches = self._matching(*check_filters(queue, state, schedule, error_type))
+        cursor = check_before(before)
+        found: list[JobRecord] = []
+        for row in sorted(matches, key=lambda row: row.id, reverse=True):
+            if cursor is not None and row.id >= cursor:
+                continue
+            if len(found) >= limit:
+                break
+            record = await self.get_job(row.id)
+            assert record is not None
+            found.append(record)
         return found
+
+    def _matching(
+        self, queue: str | None, state: str | None, schedule: str | None, error: str | None
+    ) -> list[_Row]:
+        """The rows checked filters of ``list_jobs`` select (each None: no filter)."""
+        return [row for row in self._rows.values() if _matches(row, queue, state, schedule, error)]
+
+    async def count_jobs(self, where: JobFilter) -> int:
+        """How many jobs match the filters of :meth:`list_jobs`."""
+        return len(self._matching(*where.checked()))
+
+    async def cancel_jobs(self, where: JobFilter) -> int:
+        """Cancel every queued or running job matching ``where``."""
+        return sum([await self.cancel(row.id) for row in self._matching(*where.checked())])
+
+    async def queue_position(self, job_id: int) -> QueuePosition | None:
+        """Where the job stands in its queue."""
+        job = self._rows.get(job_id)
+        if job is None:
+            return None
+        now = self._clock()
+        ahead = 0
+        if job.state is JobState.QUEUED:
+            first = (-job.priority, job.run_at, job.id)
+            ahead = sum(
+                1
+                for row in self._rows.values()
+                if row.state is JobState.QUEUED
+                and row.queue == job.queue
+                and row.run_at <= now
+                and (-row.priority, row.run_at, row.id) < first
+            )
+        return QueuePosition(
+            state=job.state, due_in=job.run_at - now, ahead=min(ahead, AHEAD_CAP), now=_dt(now)
+        )
+
+    async def throughput(self, *, window: float = 3600.0, buckets: int = 60) -> Throughput:
+        """Jobs that ended in each bucket of the last ``window`` seconds, per queue."""
+        span, count = check_throughput(window, buckets)
+        now = self._clock()
+        start = now - span
+        queues: dict[str, dict[str, list[int]]] = {}
+        for row in self._rows.values():
+            if row.state.is_final and row.finished_at is not None and row.finished_at > start:
+                bucket = min(count - 1, int((row.finished_at - start) / (span / count)))
+                queues.setdefault(row.queue, empty_buckets(count))[row.state.value][bucket] += 1
+        return Throughput(now=_dt(now), bucket=span / count, queues=queues)
 
     async def retry_failed(
         self, *, queue: str | None = None, ids: Sequence[int] | None = None
@@ -759,6 +827,17 @@ class MemoryBackend(BackendBase[list[str]]):
             max_attempts=fields["max_attempts"],
         )
         return options, self._encode(fields["payload"], f"payload of schedule {stored.name!r}")
+
+
+def _matches(
+    row: _Row, queue: str | None, state: str | None, schedule: str | None, error: str | None
+) -> bool:
+    return (
+        (queue is None or row.queue == queue)
+        and (state is None or row.state.value == state)
+        and (schedule is None or row.schedule == schedule)
+        and (error is None or (bool(row.errors) and row.errors[-1].get("type") == error))
+    )
 
 
 def _suspect(row: _Row) -> bool:

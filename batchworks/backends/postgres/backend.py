@@ -26,19 +26,31 @@ import asyncpg
 import tenacity
 
 from batchworks import _json
-from batchworks._checks import check_queue, check_state, duration, seconds
+from batchworks._checks import (
+    check_before,
+    check_filters,
+    check_queue,
+    check_throughput,
+    duration,
+    seconds,
+)
 from batchworks.backends._base import BackendBase, payload_label
 from batchworks.backends._waiters import JobWaiters
 from batchworks.backends.base import (
+    AHEAD_CAP,
     ClaimedJob,
     EnqueueOptions,
     Heartbeat,
+    JobFilter,
     QueueOverview,
+    QueuePosition,
     Schedules,
     ScheduleState,
+    Throughput,
     TickClaim,
     WorkerRecord,
     WorkerToken,
+    empty_buckets,
 )
 from batchworks.backends.postgres import queries
 from batchworks.backends.postgres._connect import (
@@ -107,6 +119,10 @@ class Queries:
     overview: str
     workers: str
     list_jobs: str
+    count_jobs: str
+    cancel_jobs: str
+    queue_position: str
+    throughput: str
     purge_workers: str
     stats: str
     retry_failed: str
@@ -576,11 +592,48 @@ class PostgresBackend(BackendBase[str]):
         ]
 
     async def list_jobs(
-        self, *, queue: str | None = None, state: str | None = None, limit: int = 50
+        self,
+        *,
+        queue: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+        schedule: str | None = None,
+        error_type: str | None = None,
+        before: int | None = None,
     ) -> list[JobRecord]:
-        """The newest jobs first, filtered by queue and state."""
-        rows = await self._fetch(self._q.list_jobs, queue, check_state(state), limit)
+        """The newest jobs first, filtered, paged by keyset (see :meth:`Backend.list_jobs`)."""
+        filters = check_filters(queue, state, schedule, error_type)
+        rows = await self._fetch(self._q.list_jobs, *filters, check_before(before), limit)
         return [_record(row) for row in rows]
+
+    async def count_jobs(self, where: JobFilter) -> int:
+        """How many jobs match the filters of :meth:`list_jobs`."""
+        return int((await self._fetchrow(self._q.count_jobs, *where.checked()))[0])
+
+    async def cancel_jobs(self, where: JobFilter) -> int:
+        """Cancel every queued or running job matching ``where``, in one statement."""
+        return int((await self._fetchrow(self._q.cancel_jobs, *where.checked()))[0])
+
+    async def queue_position(self, job_id: int) -> QueuePosition | None:
+        """Where the job stands in its queue, on the database's clock."""
+        rows = await self._fetch(self._q.queue_position, job_id, AHEAD_CAP)
+        if not rows:
+            return None
+        row = rows[0]
+        return QueuePosition(
+            state=JobState(row["state"]), due_in=row["due_in"], ahead=row["ahead"], now=row["now"]
+        )
+
+    async def throughput(self, *, window: float = 3600.0, buckets: int = 60) -> Throughput:
+        """Jobs that ended in each bucket of the last ``window`` seconds, per queue."""
+        span, count = check_throughput(window, buckets)
+        rows = await self._fetch(self._q.throughput, span, count)
+        queues: dict[str, dict[str, list[int]]] = {}
+        for row in rows:
+            if row["queue"] is not None:
+                per_state = queues.setdefault(row["queue"], empty_buckets(count))
+                per_state[row["state"]][max(0, row["bucket"])] += row["n"]
+        return Throughput(now=rows[-1]["now"], bucket=span / count, queues=queues)
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: count}}``, every state present."""
@@ -929,6 +982,8 @@ def _record(row: asyncpg.Record) -> JobRecord:
         timeout=row["timeout"],
         schedule=row["schedule"],
         scheduled_for=row["scheduled_for"],
+        lease_until=row["lease_until"],
+        cancel_requested=row["cancel_requested"],
     )
 
 
