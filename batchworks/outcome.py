@@ -40,6 +40,16 @@ class OutcomeKind(enum.StrEnum):
         """False where the claim's attempt is given back."""
         return self not in (OutcomeKind.SNOOZED, OutcomeKind.RELEASED)
 
+    @property
+    def requeues(self) -> bool:
+        """True where the job goes back to the queue, due after the outcome's delay."""
+        return self.state is JobState.QUEUED
+
+    @property
+    def finishes(self) -> bool:
+        """True where the job reaches a final state (it gets its finished_at)."""
+        return self.state.is_final
+
 
 _STATE = {
     OutcomeKind.SUCCEEDED: JobState.SUCCEEDED,

@@ -71,6 +71,9 @@ CLOSE_GRACE = 5.0  # seconds for the last writes once the jobs are done (or canc
 HARD_STOP_GRACE = 2.0  # seconds for everything left after a hard stop (a second signal)
 SLOW_CALL = 5.0  # seconds a backend call may take before a warning says so
 ABANDONED_GRACE = 1.0  # seconds a claim cut off by a stop gets to return its jobs to put back
+#: A job whose earlier attempts lost their worker this many times runs alone: it may be what
+#: killed them (a segfault, the OOM killer), and alone it costs no other job an attempt.
+SUSPECT_AFTER = 2
 
 
 class Handler(Protocol[PayloadT]):
@@ -650,10 +653,11 @@ class Runner:
         # id, and the earlier attempt's outcome is fenced out by its attempt number.
         normal = []
         for claim in claimed:
-            if claim.id in self._held or (claim.suspect and self._suspect is not None):
+            suspect = claim.lost >= SUSPECT_AFTER
+            if claim.id in self._held or (suspect and self._suspect is not None):
                 if self._settle is not None:
                     self._settle.add(released(claim))
-            elif claim.suspect:
+            elif suspect:
                 self._suspect = self._hold(claim)
             else:
                 normal.append(claim)

@@ -18,15 +18,13 @@ from typing import Any
 from batchworks._text import age as _age
 from batchworks.backends.base import AHEAD_CAP, Backend, QueuePosition, ScheduleState, WorkerRecord
 from batchworks.job import JobRecord, JobState
+from batchworks.runner import SUSPECT_AFTER
 
 __all__ = ["LIVE_SILENCE", "REASONS", "SUSPECT_AFTER", "WaitFacts", "WaitReason", "why_waiting"]
 
 #: seconds of heartbeat silence after which a registered worker no longer counts as serving
 #: its queues (the default ``prune_after``: other runners presume it dead from then on)
 LIVE_SILENCE = 30.0
-#: lost workers after which a claim isolates a job as a suspect (runs it alone): the runner's
-#: rule, see ``Runner`` and the claim statements
-SUSPECT_AFTER = 2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

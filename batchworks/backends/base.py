@@ -72,8 +72,9 @@ class ClaimedJob:
     trace_context: Mapping[str, str] | None = None
     #: seconds from the job being due to this claim (on the backend's clock)
     waited: float = 0.0
-    #: its previous attempt ended with its worker lost: it may be what killed the worker
-    suspect: bool = False
+    #: how many earlier attempts lost their worker (the runner isolates a job that lost it
+    #: ``SUSPECT_AFTER`` times: it may be what killed them)
+    lost: int = 0
     #: the schedule that enqueued it, and the tick it stands for (None: a manual run)
     schedule: str | None = None
     scheduled_for: datetime | None = None

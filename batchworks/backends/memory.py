@@ -554,7 +554,7 @@ class MemoryBackend(BackendBase[list[str]]):
                     row.timeout,
                     row.trace_context,
                     now - row.run_at,
-                    _suspect(row),
+                    _lost(row),
                     row.schedule,
                     row.scheduled_for,
                 )
@@ -583,7 +583,7 @@ class MemoryBackend(BackendBase[list[str]]):
             row.errors.append({**outcome.error, "at": _dt(now).isoformat()})
         if not kind.uses_attempt:
             row.attempts -= 1
-        if kind.state is JobState.QUEUED:
+        if kind.requeues:
             del self._running[row.id]
             row.state, row.worker, row.run_at = JobState.QUEUED, None, now + outcome.delay
             row.cancel_requested = False
@@ -840,9 +840,9 @@ def _matches(
     )
 
 
-def _suspect(row: _Row) -> bool:
-    """Lost its worker twice or more: it may be what killed them (see Runner)."""
-    return sum(1 for entry in row.errors if entry["type"] == "WorkerLost") >= 2
+def _lost(row: _Row) -> int:
+    """How many earlier attempts lost their worker (the runner judges suspects by it)."""
+    return sum(1 for entry in row.errors if entry["type"] == "WorkerLost")
 
 
 def _dt(timestamp: float | None) -> Any:

@@ -17,7 +17,7 @@ from batchworks.backends.postgres.backend import STATEMENTS, PostgresBackend, Qu
 PARTS = {"NOTIFY_DONE_ITEM"}
 
 # The copies queries.py's header comment lists, by statement.
-RECOVERING = ("REGISTER_WORKER", "REGISTER_WORKER_V3", "UNREGISTER_WORKER", "RECOVER")
+RECOVERING = ("REGISTER_WORKER", "UNREGISTER_WORKER", "RECOVER")
 WAKING = ("RETRY_FAILED", "SETTLE", *RECOVERING)
 CLAIMING = ("CLAIM_ONE", "CLAIM")
 
@@ -92,9 +92,6 @@ def test_every_statement_that_ends_a_job_notifies_waiters_with_the_same_item() -
         assert len(starts) == words.count("pg_notify(__FINISHED__,") == 1, (
             f"{name} notifies wait_job() waiters other than by NOTIFY_DONE_ITEM"
         )
-    # Before migration 5 the item gives way to NULL everywhere: no statement names the channel.
-    before_5 = Queries.fill("s", waited=False)
-    assert not [name for name in STATEMENTS if "bw_done_" in getattr(before_5, name)]
 
 
 def test_the_two_claims_differ_only_in_how_they_pick_due_jobs() -> None:
@@ -121,14 +118,14 @@ async def test_every_statement_prepares_on_a_migrated_schema(
         filled = Queries.fill(pg_backend.schema)
         for name in STATEMENTS:
             await _prepare(conn, name, getattr(filled, name))
-        # And those a worker runs on a schema before migration 5 (no jobs.waited), but the
-        # one that sets it, which the backend then never runs.
-        await conn.execute(f'ALTER TABLE "{pg_backend.schema}".jobs DROP COLUMN waited')
-        before_5 = Queries.fill(pg_backend.schema, waited=False)
-        for name in STATEMENTS:
-            if name != "mark_waited":
-                await _prepare(conn, f"{name} (before migration 5)", getattr(before_5, name))
-        with pytest.raises(asyncpg.UndefinedColumnError):
-            await conn.prepare(before_5.mark_waited)  # the drop took: the others were tested
     finally:
         await conn.close()
+
+
+def test_no_statement_encodes_outcome_kinds_or_the_suspect_rule() -> None:
+    # The rules of outcome.py and Runner.SUSPECT_AFTER live once, in Python: SQL stores facts.
+    kinds = {"'retried'", "'snoozed'", "'released'"}
+    for name in _constants() - PARTS:
+        text = getattr(queries, name)
+        assert not [kind for kind in kinds if kind in text], f"{name} names an outcome kind"
+        assert ">= 2" not in text, f"{name} holds a threshold of the runner's"

@@ -65,14 +65,17 @@ async def test_of_many_claimers_on_separate_connections_exactly_one_wins_each_ti
     ]
 
 
-async def test_a_worker_on_a_schema_before_migration_6_still_claims(
-    pg_backend: PostgresBackend, pg_dsn: str, caplog: pytest.LogCaptureFixture
+async def test_a_worker_refuses_a_schema_before_migration_6_until_it_is_migrated(
+    pg_backend: PostgresBackend, pg_dsn: str
 ) -> None:
-    # A rolling deploy may start this version's workers before its migrate ran.
+    # A deploy that starts this version's workers before its migrate: they refuse to start,
+    # saying what to run, rather than fail at a claim with jobs in hand. Nothing is claimed.
     import asyncpg
 
     from batchworks import Job, Runner
+    from batchworks.errors import SchemaNotMigrated
 
+    job_id = await pg_backend.enqueue("q", "before")
     conn = await asyncpg.connect(pg_dsn)
     try:
         schema = pg_backend.schema
@@ -88,11 +91,15 @@ async def test_a_worker_on_a_schema_before_migration_6_still_claims(
     async def handler(job: Job) -> None:
         seen.append(job.payload)
 
-    await pg_backend.enqueue("q", "before")
+    with pytest.raises(
+        SchemaNotMigrated, match=r"lacks migrations 0006_schedules, .*'batchworks migrate'"
+    ):
+        await Runner(pg_backend, {"q": handler}).run_until_empty()
+    await pg_backend.migrate()
+    record = await pg_backend.get_job(job_id)
+    assert seen == [] and record is not None and (record.state, record.attempts) == ("queued", 0)
     await Runner(pg_backend, {"q": handler}).run_until_empty()
     assert seen == ["before"]
-    assert "lacks migration 0006_schedules" in caplog.text
-    await pg_backend.migrate()
     await pg_backend.put_schedule("s", Schedule("s", "0 * * * *", "q").definition(), next_tick=T0)
     await pg_backend.claim_ticks(
         "s", revision=1, due=T0, next_tick=T0 + timedelta(hours=1), ticks=[T0], skipped=0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -198,3 +199,81 @@ class TestMemoryOnlyCheckpoint:
         await backend.enqueue("q", None)
         await Runner(backend, {"q": handler}).run_until_empty()
         assert len(errors) == 1 and "over the limit of 100" in errors[0]
+
+
+async def test_a_runner_puts_back_a_job_it_claims_again_while_its_earlier_attempt_runs() -> None:
+    # The lease of a job still running here ran out (a paused process, a clock jump) and the
+    # recovery put it back; this runner, with free slots, claims it again before its heartbeat
+    # says the first attempt is lost. The second claim goes back without running: never two
+    # attempts of one job in one runner; the first attempt's outcome is fenced out; the job then
+    # runs again and succeeds.
+    from tests.conftest import eventually
+
+    claims: list[int] = []  # the attempt of each claim of the job
+
+    class Recording(MemoryBackend):
+        async def claim(self, *args: Any, **kwargs: Any) -> Any:
+            claimed = await super().claim(*args, **kwargs)
+            claims.extend(job.attempt for job in claimed)
+            return claimed
+
+    backend = Recording()
+    job_id = await backend.enqueue("q", "x", max_attempts=5)
+    first_started = asyncio.Event()
+    release_first = asyncio.Event()
+    attempts: list[int] = []
+    running = 0
+    peak = 0
+
+    async def handler(job: Job) -> str:
+        nonlocal running, peak
+        attempts.append(job.attempt)
+        running += 1
+        peak = max(peak, running)
+        try:
+            if job.attempt == 1:
+                first_started.set()
+                await release_first.wait()
+            return "done"
+        finally:
+            running -= 1
+
+    # A heartbeat far away: the runner learns of nothing before the test releases the handler.
+    runner = Runner(
+        backend,
+        {"q": handler},
+        concurrency=4,
+        heartbeat_interval=30.0,
+        prune_after=120.0,
+        poll_interval=0.02,
+        flush_interval=0.01,
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        async with asyncio.timeout(15):
+            await first_started.wait()
+        backend._running[job_id].lease_until = 0.0  # the lease ran out
+        assert await backend.recover(prune_after=120.0) == 1
+
+        async def claimed_again_twice() -> bool:
+            # claimed as attempt 2 and put back without using it, so claimed as 2 again
+            return claims.count(2) >= 2
+
+        await eventually(claimed_again_twice, what="the job to be claimed again, twice")
+        assert attempts == [1], "a second attempt started while the first still ran"
+        release_first.set()
+
+        async def succeeded() -> bool:
+            record = await backend.get_job(job_id)
+            return record is not None and record.state is JobState.SUCCEEDED
+
+        await eventually(succeeded, within=15.0, what="the job to succeed after the release")
+    finally:
+        runner.stop()
+        async with asyncio.timeout(15):
+            await task
+    record = await backend.get_job(job_id)
+    assert record is not None
+    assert peak == 1
+    assert attempts == [1, 2], attempts  # the first (fenced out), then one more that settled
+    assert [entry["type"] for entry in record.errors] == ["WorkerLost"]

@@ -80,7 +80,6 @@ COMMAND_TIMEOUT = 60.0  # seconds: asyncpg's default time limit on a statement o
 CLOSE_TIMEOUT = 2.0  # seconds closing the pool may wait for its connections, then they are cut
 
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,49}")
-WAIT_JOB_MIGRATION = 5  # the migration that adds jobs.waited
 WAIT_RECHECK = 30.0  # seconds between reads of a waited job while notifications are heard
 WAIT_RECHECK_UNHEARD = 1.0  # seconds between reads while the LISTEN connection is down
 _SUCCEEDED = OutcomeKind.SUCCEEDED
@@ -106,8 +105,6 @@ class Queries:
 
     channel: str
     finished_channel: str
-    waited: bool
-    names: Mapping[str, str]  # statement text -> its field name, for _before_migration_5
 
     migrations_table: str
     applied_migrations: str
@@ -132,12 +129,9 @@ class Queries:
     purgeable: str
     policy_max_attempts: str
     register_worker: str
-    register_worker_v3: str
     unregister_worker: str
     claim_one: str
     claim: str
-    claim_one_pre6: str
-    claim_pre6: str
     settle_succeeded: str
     settle: str
     heartbeat: str
@@ -152,11 +146,8 @@ class Queries:
     run_schedule: str
 
     @classmethod
-    def fill(cls, schema: str, *, waited: bool = True) -> Queries:
-        """The statements for ``schema``, a name :func:`_check_schema` accepted.
-
-        :param waited: False for a schema before migration 5: statements that end a job
-            then notify no wait_job() waiter (there is no ``waited`` column to say whom)."""
+    def fill(cls, schema: str) -> Queries:
+        """The statements for ``schema``, a name :func:`_check_schema` accepted."""
         quoted = f'"{schema}"'
         channel = f"batchworks_{schema}"
         # wait_job()'s wake-ups, apart from the runners' so that they wake no idle runner.
@@ -164,31 +155,21 @@ class Queries:
         finished_channel = f"bw_done_{schema}"
         texts: dict[str, str] = {}
         for name in STATEMENTS:
-            text = getattr(queries, name.upper())
-            if not waited:
-                text = _NOTIFY_DONE.sub("NULL", text)
             texts[name] = (
-                text.replace("__SCHEMA__", quoted)
+                getattr(queries, name.upper())
+                .replace("__SCHEMA__", quoted)
                 .replace("__CHANNEL__", f"'{channel}'")
                 .replace("__FINISHED__", f"'{finished_channel}'")
             )
         return cls(
             channel=channel,
             finished_channel=finished_channel,
-            waited=waited,
-            names={text: name for name, text in texts.items()},
             **texts,
         )
 
 
-#: The names of the statement fields of Queries: all but the first four.
-STATEMENTS = tuple(
-    f.name
-    for f in fields(Queries)
-    if f.name not in {"channel", "finished_channel", "waited", "names"}
-)
-# queries.NOTIFY_DONE_ITEM wherever a statement has it, whatever its indentation there.
-_NOTIFY_DONE = re.compile(r"\s+".join(map(re.escape, queries.NOTIFY_DONE_ITEM.split())))
+#: The names of the statement fields of Queries: all but the two channels.
+STATEMENTS = tuple(f.name for f in fields(Queries) if f.name not in {"channel", "finished_channel"})
 
 
 def _check_schema(schema: object) -> str:
@@ -272,7 +253,6 @@ class PostgresBackend(BackendBase[str]):
         self._job_waiters = JobWaiters()
         self._listener.subscribe(self._q.finished_channel, self._on_finished)
         self._closed = False
-        self._pre6 = False  # the schema lacks migration 6: claims skip the schedule columns
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._pool else "not opened")
@@ -368,43 +348,10 @@ class PostgresBackend(BackendBase[str]):
             raise BackendError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
     async def _fetch(self, query: str, *args: Any, connection: Any = None) -> list[asyncpg.Record]:
-        try:
-            return await self._fetch_once(query, *args, connection=connection)
-        except SchemaNotMigrated as exc:
-            before_5 = self._before_migration_5(exc, query)
-            if before_5 is None:
-                raise
-            return await self._fetch_once(before_5, *args, connection=connection)
-
-    async def _fetch_once(
-        self, query: str, *args: Any, connection: Any = None
-    ) -> list[asyncpg.Record]:
         async with self._errors():
             if connection is not None:
                 return cast(list[asyncpg.Record], await connection.fetch(query, *args))
             return cast(list[asyncpg.Record], await self._require_pool().fetch(query, *args))
-
-    def _before_migration_5(self, exc: SchemaNotMigrated, query: str) -> str | None:
-        """On a schema without ``jobs.waited`` (a rolling deploy may start workers before its
-        migrate ran), switch to the statements that do without it, once, and return the one
-        to run instead of ``query``; None when that is not what failed."""
-        cause = exc.__cause__
-        if not isinstance(cause, asyncpg.UndefinedColumnError) or "waited" not in str(cause):
-            return None
-        name = self._q.names.get(query)
-        if name is None:
-            return None
-        if self._q.waited:
-            logger.warning(
-                "schema %r lacks migration 0005_wait_job; run 'batchworks migrate' (until "
-                "then wait_job() reads its job every %.0fs instead of being notified)",
-                self._schema,
-                WAIT_RECHECK_UNHEARD,
-                extra={"action": "schema_behind"},
-            )
-            self._q = Queries.fill(self._schema, waited=False)
-        text: str = getattr(self._q, name)
-        return text
 
     async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record:
         rows = await self._fetch(query, *args)
@@ -440,9 +387,6 @@ class PostgresBackend(BackendBase[str]):
                     extra={"action": "migrated", "version": version},
                 )
                 applied.add(version)
-        if not self._q.waited and WAIT_JOB_MIGRATION in applied:
-            self._q = Queries.fill(self._schema)  # back from the statements of _before_migration_5
-        self._pre6 = False  # claims read the schedule columns again
 
     # -- enqueue (the rest is BackendBase's) -----------------------------------------------------
     # ``connection=`` enqueues in the caller's transaction: the job (and its wake-up) exists
@@ -529,19 +473,11 @@ class PostgresBackend(BackendBase[str]):
         )
 
     async def _mark_and_get(self, job_id: int) -> JobRecord | None:
-        # In this order: see MARK_WAITED.
-        if self._q.waited:
-            try:
-                await self._fetch(self._q.mark_waited, job_id)
-            except SchemaNotMigrated:
-                if self._q.waited:
-                    raise
-                # the schema lacks migration 5 (see _before_migration_5): nothing to mark
+        await self._fetch(self._q.mark_waited, job_id)  # first: see MARK_WAITED
         return await self.get_job(job_id)
 
     def _wait_recheck(self) -> float:
-        heard = self._listener.listening and self._q.waited
-        return WAIT_RECHECK if heard else WAIT_RECHECK_UNHEARD
+        return WAIT_RECHECK if self._listener.listening else WAIT_RECHECK_UNHEARD
 
     def _on_finished(self, payload: str | None) -> None:
         if payload is None:  # (re)connected: what ended meanwhile was not heard
@@ -684,6 +620,23 @@ class PostgresBackend(BackendBase[str]):
             if version not in applied
         ]
 
+    async def _check_migrated(self) -> None:
+        """Refuse to start a worker on a schema older than its code: it would fail later, at a
+        claim or a settle, with jobs in hand. Migrations only add, so workers of the previous
+        version keep running on a migrated schema: migrate first, then roll the workers."""
+        missing = await self.pending_migrations()
+        if len(missing) == len(_migration_files()):
+            raise SchemaNotMigrated(
+                f"schema {self._schema!r} has no batchworks tables; run 'batchworks migrate' "
+                "(or 'await backend.migrate()') first"
+            )
+        if missing:
+            raise SchemaNotMigrated(
+                f"schema {self._schema!r} lacks migrations {', '.join(missing)}, which this "
+                "version of batchworks needs; run 'batchworks migrate' (or "
+                "'await backend.migrate()') before starting its workers"
+            )
+
     async def policy_max_attempts(self, queues: Sequence[str]) -> dict[str, int]:
         """The ``max_attempts`` the latest worker of each queue (a live one first) recorded."""
         rows = await self._fetch(self._q.policy_max_attempts, list(queues))
@@ -697,19 +650,8 @@ class PostgresBackend(BackendBase[str]):
         """A new incarnation of ``name``; earlier live ones are replaced, their jobs recovered."""
         token = uuid.uuid4()
         args = (token, name, socket.gethostname(), os.getpid(), list(queues))
-        try:
-            row = await self._fetchrow(self._q.register_worker, *args, max_attempts)
-        except SchemaNotMigrated as exc:
-            if not isinstance(exc.__cause__, asyncpg.UndefinedColumnError):
-                raise
-            # A schema before migration 4: a rolling deploy may start workers before its
-            # migrate ran. They run; only `jobs list` lacks their policy's max_attempts.
-            logger.warning(
-                "schema %r lacks migration 0004_worker_max_attempts; run 'batchworks migrate'",
-                self._schema,
-                extra={"action": "schema_behind", "worker": name},
-            )
-            row = await self._fetchrow(self._q.register_worker_v3, *args)
+        await self._check_migrated()
+        row = await self._fetchrow(self._q.register_worker, *args, max_attempts)
         if row["recovered"]:
             logger.warning(
                 "worker %r restarted: recovered %d jobs of its earlier incarnation",
@@ -748,22 +690,7 @@ class PostgresBackend(BackendBase[str]):
         one = len(queues) == 1
         names = queues[0] if one else list(queues)
         args = (worker, names, limit, lease, max_attempts)
-        if not self._pre6:
-            try:
-                rows = await self._fetch(self._q.claim_one if one else self._q.claim, *args)
-                return [_claimed(row) for row in rows]  # in claim order
-            except SchemaNotMigrated as exc:
-                if not isinstance(exc.__cause__, asyncpg.UndefinedColumnError):
-                    raise
-                # A rolling deploy may start workers before its migrate ran: they claim
-                # without the schedule columns until the process restarts.
-                logger.warning(
-                    "schema %r lacks migration 0006_schedules; run 'batchworks migrate'",
-                    self._schema,
-                    extra={"action": "schema_behind"},
-                )
-                self._pre6 = True
-        rows = await self._fetch(self._q.claim_one_pre6 if one else self._q.claim_pre6, *args)
+        rows = await self._fetch(self._q.claim_one if one else self._q.claim, *args)
         return [_claimed(row) for row in rows]
 
     async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:
@@ -777,12 +704,15 @@ class PostgresBackend(BackendBase[str]):
         ):
             rows = await self._fetch(self._q.settle_succeeded, worker, ids, attempts)
         else:
+            kinds = [o.kind for o in outcomes]
             rows = await self._fetch(
                 self._q.settle,
                 worker,
                 ids,
-                [o.kind.value for o in outcomes],
-                [o.delay for o in outcomes],
+                [kind.state.value for kind in kinds],
+                [not kind.uses_attempt for kind in kinds],
+                [o.delay if o.kind.requeues else None for o in outcomes],
+                [kind.finishes for kind in kinds],
                 [o.result_json for o in outcomes],
                 [None if o.error is None else json.dumps(o.error) for o in outcomes],
                 attempts,
@@ -1001,10 +931,8 @@ def _schedule(row: asyncpg.Record) -> ScheduleState:
 
 def _claimed(row: asyncpg.Record) -> ClaimedJob:
     values = tuple(row)
-    job_id, queue, payload, attempt, most, checkpoint, timeout, context, waited, suspect = values[
-        :10
-    ]
-    schedule, scheduled_for = values[10:] or (None, None)  # none before migration 6
+    job_id, queue, payload, attempt, most, checkpoint, timeout, context, waited, lost = values[:10]
+    schedule, scheduled_for = values[10:]
     return ClaimedJob(
         job_id,
         queue,
@@ -1015,7 +943,7 @@ def _claimed(row: asyncpg.Record) -> ClaimedJob:
         timeout,
         _json.loads_optional(context),
         waited,
-        suspect,
+        lost,
         schedule,
         scheduled_for,
     )

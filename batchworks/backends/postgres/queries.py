@@ -16,17 +16,16 @@ from typing import LiteralString
 # copies agree, word for word):
 #
 # - the recovery of a job whose worker is gone (the CTEs "upd" and "woke" over a CTE "lost" of
-#   (id, why)): REGISTER_WORKER, REGISTER_WORKER_V3, UNREGISTER_WORKER and RECOVER. The attempt
+#   (id, why)): REGISTER_WORKER, UNREGISTER_WORKER and RECOVER. The attempt
 #   its claim used stays used, so a job that kills its worker every time ends failed instead of
 #   looping; a job an operator asked to cancel is cancelled rather than run again.
 # - the wake-up of idle runners for rows that went back to the queue due now (the CTE "woke"
-#   over "upd"): RETRY_FAILED, SETTLE and the four statements above.
+#   over "upd"): RETRY_FAILED, SETTLE and the three statements above.
 # - the wake-up of wait_job() waiters (NOTIFY_DONE_ITEM, a RETURNING item, alias j): every
 #   statement that can end a job. A NOTIFY takes PostgreSQL's global notify lock at commit, and
 #   a statement that calls no pg_notify takes none; the CASE calls it for rows a waiter marked
 #   only. The payload is the job id. In RETURNING rather than a CTE over it: a CTE and a UNION
-#   ALL over it cost a plain-success settle about 5% more (measured). On a schema before
-#   migration 5 (no "waited" column) Queries puts NULL in its place.
+#   ALL over it cost a plain-success settle about 5% more (measured).
 # - the claim's UPDATE and RETURNING around the pick of due jobs: CLAIM_ONE and CLAIM.
 
 NOTIFY_DONE_ITEM: LiteralString = """
@@ -312,49 +311,6 @@ WITH old AS (
 SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS woke
 """
 
-# REGISTER_WORKER on a schema before migration 4, which has no workers.max_attempts: a worker of
-# this version started before the deploy's migrate still runs (see register_worker).
-REGISTER_WORKER_V3: LiteralString = """
-WITH old AS (
-    UPDATE __SCHEMA__.workers SET state = 'replaced'
-    WHERE name = $2 AND state = 'active'
-    RETURNING token
-), new AS (
-    INSERT INTO __SCHEMA__.workers (token, name, host, pid, queues)
-    VALUES ($1, $2, $3, $4, $5)
-), lost AS (
-    SELECT j.id, 'was replaced by a restart of the same name'::text AS why
-    FROM __SCHEMA__.jobs AS j
-    WHERE j.state = 'running' AND j.worker_token IN (SELECT token FROM old)
-    FOR UPDATE OF j
-), upd AS (
-    UPDATE __SCHEMA__.jobs AS j
-    SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
-                     WHEN j.attempts >= coalesce(j.max_attempts, 1) THEN 'failed'
-                     ELSE 'queued' END,
-        finished_at = CASE WHEN j.cancel_requested OR j.attempts >= coalesce(j.max_attempts, 1)
-                           THEN now() END,
-        run_at = now(),
-        errors = j.errors || jsonb_build_array(jsonb_build_object(
-            'attempt', j.attempts,
-            'type', 'WorkerLost',
-            'message', 'worker ' || quote_literal(coalesce(j.worker_name, '?')) || ' ' || lost.why,
-            'traceback', NULL,
-            'at', now())),
-        worker_token = NULL,
-        lease_until = NULL,
-        cancel_requested = false
-    FROM lost WHERE j.id = lost.id
-    RETURNING j.id, j.queue, j.state, j.run_at,
-              CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
-                   THEN pg_notify(__FINISHED__, j.id::text) END
-), woke AS (
-    SELECT pg_notify(__CHANNEL__, q.queue)
-    FROM (SELECT DISTINCT queue FROM upd WHERE state = 'queued' AND run_at <= now()) AS q
-)
-SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS woke
-"""
-
 # A clean stop: the jobs the worker still holds are lost (see the top) at once, rather than
 # when their leases expire.
 UNREGISTER_WORKER: LiteralString = """
@@ -399,9 +355,9 @@ SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS w
 # and CLAIM differ only in the pick of due jobs inside ARRAY(...) (see the top).
 # ANY(ARRAY(subquery)) keeps the plan on the primary key; "id IN (SELECT ...)" turned into a
 # sequential scan from about 100 rows a batch (measured on PostgreSQL 15). UPDATE ...
-# RETURNING has no order: the outer SELECT puts the batch in claim order. A job is a suspect
-# when two earlier attempts lost their worker; the CASE skips the look into the error history
-# of every job with fewer than two errors.
+# RETURNING has no order: the outer SELECT puts the batch in claim order. "lost" counts the
+# earlier attempts that lost their worker (the runner judges from it whether the job is a
+# suspect: Runner.SUSPECT_AFTER); the CASE skips the look into an empty error history.
 #
 # CLAIM_ONE, for one queue ($2): one index-ordered scan of jobs_claim that stops at $3 rows.
 CLAIM_ONE: LiteralString = """
@@ -424,13 +380,13 @@ WITH claimed AS (
           FOR UPDATE SKIP LOCKED))
     RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
               j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
-              CASE WHEN jsonb_array_length(j.errors) < 2 THEN false
-                   ELSE (SELECT count(*) >= 2 FROM jsonb_array_elements(j.errors) AS e
-                         WHERE e ->> 'type' = 'WorkerLost') END AS suspect,
+              CASE WHEN jsonb_array_length(j.errors) = 0 THEN 0
+                   ELSE (SELECT count(*)::int FROM jsonb_array_elements(j.errors) AS e
+                         WHERE e ->> 'type' = 'WorkerLost') END AS lost,
               j.priority, j.run_at, j.schedule, j.scheduled_for
 )
 SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
-       suspect, schedule, scheduled_for
+       lost, schedule, scheduled_for
 FROM claimed ORDER BY priority DESC, run_at, id
 """
 
@@ -464,81 +420,13 @@ WITH claimed AS (
           LIMIT $3))
     RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
               j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
-              CASE WHEN jsonb_array_length(j.errors) < 2 THEN false
-                   ELSE (SELECT count(*) >= 2 FROM jsonb_array_elements(j.errors) AS e
-                         WHERE e ->> 'type' = 'WorkerLost') END AS suspect,
+              CASE WHEN jsonb_array_length(j.errors) = 0 THEN 0
+                   ELSE (SELECT count(*)::int FROM jsonb_array_elements(j.errors) AS e
+                         WHERE e ->> 'type' = 'WorkerLost') END AS lost,
               j.priority, j.run_at, j.schedule, j.scheduled_for
 )
 SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
-       suspect, schedule, scheduled_for
-FROM claimed ORDER BY priority DESC, run_at, id
-"""
-
-# The claims on a schema before migration 6 (no schedule columns), for workers started before
-# the deploy's migrate: CLAIM_ONE and CLAIM without each job's schedule and tick.
-CLAIM_ONE_PRE6: LiteralString = """
-WITH claimed AS (
-    UPDATE __SCHEMA__.jobs AS j
-    SET state = 'running',
-        attempts = j.attempts + 1,
-        max_attempts = coalesce(j.max_attempts, $5),
-        worker_token = $1,
-        worker_name = w.name,
-        started_at = now(),
-        lease_until = now() + make_interval(secs => $4)
-    FROM __SCHEMA__.workers AS w
-    WHERE w.token = $1 AND w.state = 'active'
-      AND j.id = ANY(ARRAY(
-          SELECT id FROM __SCHEMA__.jobs
-          WHERE state = 'queued' AND queue = $2 AND run_at <= now()
-          ORDER BY priority DESC, run_at, id
-          LIMIT $3
-          FOR UPDATE SKIP LOCKED))
-    RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
-              j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
-              CASE WHEN jsonb_array_length(j.errors) < 2 THEN false
-                   ELSE (SELECT count(*) >= 2 FROM jsonb_array_elements(j.errors) AS e
-                         WHERE e ->> 'type' = 'WorkerLost') END AS suspect,
-              j.priority, j.run_at
-)
-SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
-       suspect
-FROM claimed ORDER BY priority DESC, run_at, id
-"""
-
-CLAIM_PRE6: LiteralString = """
-WITH claimed AS (
-    UPDATE __SCHEMA__.jobs AS j
-    SET state = 'running',
-        attempts = j.attempts + 1,
-        max_attempts = coalesce(j.max_attempts, $5),
-        worker_token = $1,
-        worker_name = w.name,
-        started_at = now(),
-        lease_until = now() + make_interval(secs => $4)
-    FROM __SCHEMA__.workers AS w
-    WHERE w.token = $1 AND w.state = 'active'
-      AND j.id = ANY(ARRAY(
-          SELECT c.id
-          FROM unnest($2::text[]) AS q(name)
-          CROSS JOIN LATERAL (
-              SELECT id, priority, run_at FROM __SCHEMA__.jobs
-              WHERE state = 'queued' AND queue = q.name AND run_at <= now()
-              ORDER BY priority DESC, run_at, id
-              LIMIT $3
-              FOR UPDATE SKIP LOCKED
-          ) AS c
-          ORDER BY c.priority DESC, c.run_at, c.id
-          LIMIT $3))
-    RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
-              j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
-              CASE WHEN jsonb_array_length(j.errors) < 2 THEN false
-                   ELSE (SELECT count(*) >= 2 FROM jsonb_array_elements(j.errors) AS e
-                         WHERE e ->> 'type' = 'WorkerLost') END AS suspect,
-              j.priority, j.run_at
-)
-SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
-       suspect
+       lost, schedule, scheduled_for
 FROM claimed ORDER BY priority DESC, run_at, id
 """
 
@@ -561,24 +449,25 @@ RETURNING id,
                THEN pg_notify(__FINISHED__, j.id::text) END
 """
 
-# Any mix of outcomes, one row of the arrays $2-$7 a job, fenced by the worker's token ($1)
-# and the attempt ($7, NULL: the token alone): a job recovered meanwhile is not this worker's
-# to settle, nor is a later attempt of it this worker claimed again. Wakes idle runners for
-# the jobs that went back to the queue due now (woke, see the top).
+# Any mix of outcomes, one row of the arrays $2-$9 a job, fenced by the worker's token ($1)
+# and the attempt ($9, NULL: the token alone): a job recovered meanwhile is not this worker's
+# to settle, nor is a later attempt of it this worker claimed again. The rows carry facts, not
+# outcome kinds: the state, whether the claim's attempt is given back, the delay until the job
+# is due again (NULL: it is not queued again) and whether it is finished, each computed from
+# the kind once, in Python (outcome.py). Wakes idle runners for the jobs that went back to the
+# queue due now (woke, see the top).
 SETTLE: LiteralString = """
 WITH o AS (
-    SELECT * FROM unnest($2::bigint[], $3::text[], $4::float8[], $5::jsonb[], $6::jsonb[],
-                         $7::int[])
-        AS o(id, kind, delay, result, error, attempt)
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::bool[], $5::float8[], $6::bool[],
+                         $7::jsonb[], $8::jsonb[], $9::int[])
+        AS o(id, state, given_back, due, finished, result, error, attempt)
 ), upd AS (
     UPDATE __SCHEMA__.jobs AS j
-    SET state = CASE WHEN o.kind IN ('retried', 'snoozed', 'released') THEN 'queued'
-                     ELSE o.kind END,
-        attempts = CASE WHEN o.kind IN ('snoozed', 'released') THEN j.attempts - 1
-                        ELSE j.attempts END,
-        run_at = CASE WHEN o.kind IN ('retried', 'snoozed', 'released')
-                      THEN now() + make_interval(secs => o.delay) ELSE j.run_at END,
-        finished_at = CASE WHEN o.kind IN ('succeeded', 'failed', 'cancelled') THEN now() END,
+    SET state = o.state,
+        attempts = j.attempts - o.given_back::int,
+        run_at = CASE WHEN o.due IS NULL THEN j.run_at
+                      ELSE now() + make_interval(secs => o.due) END,
+        finished_at = CASE WHEN o.finished THEN now() END,
         result = o.result,
         errors = CASE WHEN o.error IS NULL THEN j.errors
                       ELSE j.errors || jsonb_build_array(o.error || jsonb_build_object('at', now()))
