@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, TextIO
 
+from batchworks import _cli_web
 from batchworks._text import age as _age
 from batchworks.backends.base import Backend
 from batchworks.backends.postgres import PostgresBackend
@@ -147,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     stats = command("stats", _stats, "queues by state, oldest ready job, live workers")
     stats.add_argument("--json", action="store_true", help="print JSON")
 
-    jobs = command("jobs", _no_subcommand, "list and show jobs")
+    jobs = command("jobs", _no_subcommand, "list and show jobs, and say why one waits")
     job_commands = jobs.add_subparsers(title="jobs commands", required=True, metavar="COMMAND")
     listing = command("list", _jobs_list, "the newest jobs, filtered", job_commands)
     listing.add_argument("--queue")
@@ -161,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("id", type=_job_id)
     show.add_argument("--json", action="store_true")
+    _cli_web.add(command, job_commands, _job_id)  # jobs why, web
 
     schedules = command(
         "schedules", _schedules_list, "periodic jobs: list them (or run, pause, resume, remove one)"
@@ -269,7 +271,7 @@ _job_id = _number("a job id", 1, MAX_JOB_ID)
 
 
 async def _no_subcommand(args: argparse.Namespace) -> int:  # pragma: no cover - argparse
-    raise UsageError("name a jobs command: list or show")
+    raise UsageError("name a jobs command: list, show or why")
 
 
 @contextlib.asynccontextmanager
