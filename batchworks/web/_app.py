@@ -46,7 +46,7 @@ __all__ = ["create_app"]
 logger = logging.getLogger("batchworks.web")
 
 PAGE_SIZE = 50  # jobs a page of the list shows
-REFRESH = 5.0  # seconds between the pages' live updates
+REFRESH = 10.0  # seconds between the pages' live updates
 MAX_FORM_BYTES = 16_384  # a POST body larger than this is refused
 _FILTERS = ("queue", "state", "schedule", "error_type")
 _DONE = {
