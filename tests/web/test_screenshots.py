@@ -26,7 +26,7 @@ def test_the_screenshot_script_writes_each_page(
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=100,  # under the suite's 120 s per test
     )
     assert result.returncode == 0, result.stderr
     names = sorted(path.name for path in tmp_path.iterdir())
