@@ -60,15 +60,18 @@ def check_filters(
     return names[0], names[1], names[2], names[3]
 
 
+def check_job_id(value: object, name: str) -> int | None:
+    """A job id (a keyset cursor, a bound of a filter), or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**63 - 1:
+        raise ConfigurationError(f"{name} must be a job id (a positive int) or None, got {value!r}")
+    return value
+
+
 def check_before(before: object) -> int | None:
     """A keyset cursor: a job id (``list_jobs`` returns the jobs below it), or None."""
-    if before is None:
-        return None
-    if isinstance(before, bool) or not isinstance(before, int) or not 1 <= before <= 2**63 - 1:
-        raise ConfigurationError(
-            f"before must be a job id (a positive int) or None, got {before!r}"
-        )
-    return before
+    return check_job_id(before, "before")
 
 
 def check_throughput(window: object, buckets: object) -> tuple[float, int]:

@@ -24,6 +24,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 from batchworks._checks import (
     check_due,
     check_filters,
+    check_job_id,
     check_max_attempts,
     check_priority,
     check_queue,
@@ -134,10 +135,14 @@ class JobFilter:
     schedule: str | None = None
     #: the type of the latest entry of their error history (``"ValueError"``)
     error_type: str | None = None
+    #: only jobs whose id is at most this: a cancel confirmed for the jobs that were there
+    #: when its count was shown leaves alone the jobs enqueued since
+    up_to: int | None = None
 
-    def checked(self) -> tuple[str | None, str | None, str | None, str | None]:
+    def checked(self) -> tuple[str | None, str | None, str | None, str | None, int | None]:
         """The filters, checked, in the order the backends bind them."""
-        return check_filters(self.queue, self.state, self.schedule, self.error_type)
+        filters = check_filters(self.queue, self.state, self.schedule, self.error_type)
+        return (*filters, check_job_id(self.up_to, "up_to"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -368,18 +368,30 @@ class MemoryBackend(BackendBase[list[str]]):
         return found
 
     def _matching(
-        self, queue: str | None, state: str | None, schedule: str | None, error: str | None
+        self,
+        queue: str | None,
+        state: str | None,
+        schedule: str | None,
+        error: str | None,
+        *,
+        up_to: int | None = None,
     ) -> list[_Row]:
         """The rows checked filters of ``list_jobs`` select (each None: no filter)."""
-        return [row for row in self._rows.values() if _matches(row, queue, state, schedule, error)]
+        return [
+            row
+            for row in self._rows.values()
+            if (up_to is None or row.id <= up_to) and _matches(row, queue, state, schedule, error)
+        ]
 
     async def count_jobs(self, where: JobFilter) -> int:
         """How many jobs match the filters of :meth:`list_jobs`."""
-        return len(self._matching(*where.checked()))
+        *filters, up_to = where.checked()
+        return len(self._matching(*filters, up_to=up_to))
 
     async def cancel_jobs(self, where: JobFilter) -> int:
         """Cancel every queued or running job matching ``where``."""
-        return sum([await self.cancel(row.id) for row in self._matching(*where.checked())])
+        *filters, up_to = where.checked()
+        return sum([await self.cancel(row.id) for row in self._matching(*filters, up_to=up_to)])
 
     async def queue_position(self, job_id: int) -> QueuePosition | None:
         """Where the job stands in its queue."""

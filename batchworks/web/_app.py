@@ -320,7 +320,18 @@ class _Dashboard:
 
     async def confirm_cancel(self, request: Request) -> Response:
         where, error = _filter_of(request.query_params)
-        count = 0 if where is None else await self._cancellable(where)
+        count = 0
+        if where is not None:
+            # The cancel takes the jobs counted here, not those enqueued before it is confirmed.
+            newest = await self._backend.list_jobs(
+                queue=where.queue,
+                state=where.state,
+                schedule=where.schedule,
+                error_type=where.error_type,
+                limit=1,
+            )
+            where = dataclasses.replace(where, up_to=newest[0].id if newest else 1)
+            count = await self._cancellable(where)
         return self._render(
             request,
             "confirm_cancel.html",
@@ -366,7 +377,8 @@ class _Dashboard:
         self._log(
             request,
             "cancel_jobs",
-            f"cancelled {count} jobs matching {_params_of(where)} (confirmed {expected})",
+            f"cancelled {count} jobs matching {_params_of(where)} up to id {where.up_to} "
+            f"(confirmed {expected})",
             count=count,
         )
         return self._message(
@@ -414,7 +426,8 @@ def _filter_of(values: Any) -> tuple[JobFilter | None, str | None]:
     """The JobFilter of a query string or form, or None and why not."""
     chosen = [values.get(name) or None for name in _FILTERS]
     try:
-        return JobFilter(**dict(zip(_FILTERS, check_filters(*chosen), strict=True))), None
+        checked = dict(zip(_FILTERS, check_filters(*chosen), strict=True))
+        return JobFilter(**checked, up_to=_int(values.get("up_to"), "up_to")), None
     except ConfigurationError as exc:
         return None, str(exc)
 

@@ -105,6 +105,18 @@ class TestCancelJobs:
         assert (await backend.get_job(other)).state is JobState.QUEUED  # type: ignore[union-attr]
         assert (await backend.heartbeat(worker, [running], lease=LEASE)).cancel == (running,)
 
+    async def test_up_to_leaves_jobs_enqueued_after_the_count_alone(self, backend: Backend) -> None:
+        counted = await backend.enqueue_many("q", ["a", "b"])
+        where = JobFilter(queue="q", up_to=max(counted))
+        later = await backend.enqueue("q", "enqueued after the count was shown")
+        assert await backend.count_jobs(where) == 2
+        assert await backend.cancel_jobs(where) == 2
+        assert (await backend.get_job(later)).state is JobState.QUEUED  # type: ignore[union-attr]
+        with pytest.raises(ConfigurationError, match="up_to"):
+            await backend.count_jobs(JobFilter(up_to=0))
+        with pytest.raises(ConfigurationError, match="state"):
+            await backend.cancel_jobs(JobFilter(state="done"))
+
 
 class TestQueuePosition:
     async def test_counts_due_jobs_a_claim_takes_first(self, backend: Backend) -> None:

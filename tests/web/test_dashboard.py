@@ -169,6 +169,9 @@ class TestActions:
         async def bulk(backend: PostgresBackend) -> list[int]:
             return await backend.enqueue_many("bulk", ["a", "b", "c"])
 
+        async def bulk_one(backend: PostgresBackend) -> list[int]:
+            return await backend.enqueue_many("bulk", ["d"])
+
         ids = dashboard.call(bulk)
         operator.goto(dashboard.url + "/jobs?queue=bulk")
         operator.click("#cancel-matching")
@@ -176,11 +179,13 @@ class TestActions:
             "This cancels 3 queued or running jobs"
             in operator.locator("#cancel-count").inner_text()
         )
+        [late] = dashboard.call(bulk_one)  # enqueued while the operator reads the count
         operator.click("#confirm-cancel")
         assert operator.locator("#message").inner_text() == (
             "Cancelled 3 jobs (the confirmation showed 3)."
         )
         assert [state_of(dashboard, job_id) for job_id in ids] == [JobState.CANCELLED] * 3
+        assert state_of(dashboard, late) is JobState.QUEUED
 
     def test_run_a_schedule_now(self, operator: Any, dashboard: DashboardServer):
         operator.goto(dashboard.url + "/schedules")

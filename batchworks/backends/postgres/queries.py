@@ -137,14 +137,16 @@ WHERE id < coalesce($5::bigint, 9223372036854775807)
 ORDER BY id DESC LIMIT $6
 """
 
-# LIST_JOBS's filters, counted (the count the dashboard shows before a cancel of them all).
+# LIST_JOBS's filters, counted up to id $5 (the count the dashboard shows before a cancel of
+# them all).
 COUNT_JOBS: LiteralString = """
 SELECT count(*) FROM __SCHEMA__.jobs
 WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
   AND ($3::text IS NULL OR schedule = $3) AND ($4::text IS NULL OR errors -> -1 ->> 'type' = $4)
+  AND id <= coalesce($5::bigint, 9223372036854775807)
 """
 
-# CANCEL for every queued or running job matching LIST_JOBS's filters.
+# CANCEL for every queued or running job matching LIST_JOBS's filters, up to id $5.
 CANCEL_JOBS: LiteralString = """
 WITH upd AS (
     UPDATE __SCHEMA__.jobs AS j
@@ -155,6 +157,7 @@ WITH upd AS (
       AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
       AND ($3::text IS NULL OR schedule = $3)
       AND ($4::text IS NULL OR errors -> -1 ->> 'type' = $4)
+      AND id <= coalesce($5::bigint, 9223372036854775807)
     RETURNING j.id,
               CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
                    THEN pg_notify(__FINISHED__, j.id::text) END
