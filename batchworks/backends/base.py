@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
@@ -40,6 +40,7 @@ __all__ = [
     "EnqueueOptions",
     "Heartbeat",
     "JobFilter",
+    "JobSummary",
     "QueueOverview",
     "QueuePosition",
     "ScheduleState",
@@ -124,9 +125,53 @@ class QueueOverview:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class JobSummary:
+    """A job as a list shows it (:meth:`Backend.list_job_summaries`): no payload, result or
+    checkpoint, and of its error history the latest entry's type and the start of its
+    message, so that a page of 50 costs the same whatever its jobs carry."""
+
+    id: int
+    queue: str
+    state: JobState
+    attempts: int
+    #: 0: none of its own yet (the policy of the worker that claims it decides)
+    max_attempts: int
+    priority: int
+    run_at: datetime
+    created_at: datetime
+    finished_at: datetime | None = None
+    schedule: str | None = None
+    #: the worker that holds (or last held) it
+    worker: str | None = None
+    #: the type of the latest entry of its error history, and its message's first
+    #: :data:`SUMMARY_MESSAGE` characters
+    error_type: str | None = None
+    error_message: str | None = None
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobSummary:
+        """The summary of a whole job (what :meth:`Backend.list_job_summaries` returns)."""
+        last = record.errors[-1] if record.errors else {}
+        message = last.get("message")
+        shared = {f.name: getattr(record, f.name) for f in fields(cls) if f.name in _FROM_RECORD}
+        return cls(
+            **shared,
+            error_type=last.get("type"),
+            error_message=None if message is None else str(message)[:SUMMARY_MESSAGE],
+        )
+
+
+#: characters of the latest error's message a :class:`JobSummary` keeps
+SUMMARY_MESSAGE = 200
+#: the fields a JobSummary copies from a JobRecord as they are
+_FROM_RECORD = frozenset(f.name for f in fields(JobRecord)) - {"errors"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobFilter:
-    """Which jobs :meth:`Backend.count_jobs` and :meth:`Backend.cancel_jobs` take (the
-    filters of :meth:`Backend.list_jobs`); each None matches every job."""
+    """Which jobs :meth:`Backend.list_job_summaries`, :meth:`Backend.count_jobs` and
+    :meth:`Backend.cancel_jobs` take (the filters of :meth:`Backend.list_jobs`); each None
+    matches every job."""
 
     queue: str | None = None
     #: a :class:`JobState` value
@@ -312,6 +357,12 @@ class Backend(Protocol):
         """The newest jobs first, filtered by queue, state, schedule and the type of the
         latest error; ``before`` pages on: only jobs whose id is below it (keyset paging,
         as fast on the last page as on the first)."""
+
+    async def list_job_summaries(
+        self, where: JobFilter | None = None, *, before: int | None = None, limit: int = 50
+    ) -> list[JobSummary]:
+        """The newest jobs ``where`` selects (below id ``before``: keyset paging), as
+        :class:`JobSummary` rows: what the dashboard lists."""
 
     async def count_jobs(self, where: JobFilter) -> int:
         """How many jobs :meth:`list_jobs` would page through with these filters."""

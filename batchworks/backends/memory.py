@@ -41,6 +41,7 @@ from batchworks.backends.base import (
     EnqueueOptions,
     Heartbeat,
     JobFilter,
+    JobSummary,
     QueueOverview,
     QueuePosition,
     Schedules,
@@ -354,18 +355,14 @@ class MemoryBackend(BackendBase[list[str]]):
         before: int | None = None,
     ) -> list[JobRecord]:
         """The newest jobs first, filtered, paged by keyset (see :meth:`Backend.list_jobs`)."""
-        matches = self._matching(*check_filters(queue, state, schedule, error_type))
-        cursor = check_before(before)
-        found: list[JobRecord] = []
-        for row in sorted(matches, key=lambda row: row.id, reverse=True):
-            if cursor is not None and row.id >= cursor:
-                continue
-            if len(found) >= limit:
-                break
-            record = await self.get_job(row.id)
-            assert record is not None
-            found.append(record)
-        return found
+        filters = check_filters(queue, state, schedule, error_type)
+        return await self._page(self._matching(*filters), check_before(before), limit)
+
+    async def _page(self, rows: list[_Row], before: int | None, limit: int) -> list[JobRecord]:
+        """The records of the newest ``limit`` of ``rows`` below id ``before``."""
+        ids = sorted((row.id for row in rows if before is None or row.id < before), reverse=True)
+        records = [await self.get_job(job_id) for job_id in ids[:limit]]
+        return [record for record in records if record is not None]
 
     def _matching(
         self,
@@ -382,6 +379,14 @@ class MemoryBackend(BackendBase[list[str]]):
             for row in self._rows.values()
             if (up_to is None or row.id <= up_to) and _matches(row, queue, state, schedule, error)
         ]
+
+    async def list_job_summaries(
+        self, where: JobFilter | None = None, *, before: int | None = None, limit: int = 50
+    ) -> list[JobSummary]:
+        """A page of :class:`JobSummary` rows, newest first."""
+        *filters, up_to = (where or JobFilter()).checked()
+        rows = self._matching(*filters, up_to=up_to)
+        return [JobSummary.of(r) for r in await self._page(rows, check_before(before), limit)]
 
     async def count_jobs(self, where: JobFilter) -> int:
         """How many jobs match the filters of :meth:`list_jobs`."""

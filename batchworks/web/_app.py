@@ -26,9 +26,10 @@ from starlette.staticfiles import StaticFiles
 
 from batchworks._checks import check_before, check_filters
 from batchworks._text import age
-from batchworks.backends.base import Backend, JobFilter
+from batchworks.backends.base import Backend, JobFilter, JobSummary
 from batchworks.errors import ConfigurationError
-from batchworks.job import JobRecord, JobState
+from batchworks.job import JobState
+from batchworks.schedule import Schedule
 from batchworks.web._chart import chart
 from batchworks.web._security import (
     CSRF_COOKIE,
@@ -55,6 +56,8 @@ _DONE = {
     "cancelled": "Cancelled (a running job: at its worker's next heartbeat).",
     "not-cancelled": "Nothing to cancel: the job is no longer queued or running.",
     "ran": "Enqueued a manual run of the schedule.",
+    "paused": "Paused: its ticks are skipped (and counted) until it is resumed.",
+    "resumed": "Resumed: it goes on from its next tick after now.",
 }
 _HEADERS = {
     "content-security-policy": (
@@ -158,6 +161,18 @@ class _Dashboard:
                 self._guard(self.run_schedule, operate),
                 methods=["POST"],
                 name="run_schedule",
+            ),
+            Route(
+                "/schedules/{name:str}/pause",
+                self._guard(self.pause_schedule, operate),
+                methods=["POST"],
+                name="pause_schedule",
+            ),
+            Route(
+                "/schedules/{name:str}/resume",
+                self._guard(self.resume_schedule, operate),
+                methods=["POST"],
+                name="resume_schedule",
             ),
             Mount("/static", StaticFiles(packages=[("batchworks.web", "static")]), name="static"),
         ]
@@ -263,7 +278,7 @@ class _Dashboard:
     async def jobs(self, request: Request) -> Response:
         params = request.query_params
         chosen = {name: params.get(name) or None for name in _FILTERS}
-        records: list[JobRecord] = []
+        records: list[JobSummary] = []
         error = None
         more = False
         try:
@@ -272,13 +287,10 @@ class _Dashboard:
             job_id = _int(params.get("id"), "id")
             if job_id is not None:
                 found = await self._backend.get_job(job_id)
-                records = [found] if found is not None else []
+                records = [JobSummary.of(found)] if found is not None else []
             else:
-                records = await self._backend.list_jobs(
-                    queue=queue,
-                    state=state,
-                    schedule=schedule,
-                    error_type=error_type,
+                records = await self._backend.list_job_summaries(
+                    JobFilter(queue=queue, state=state, schedule=schedule, error_type=error_type),
                     before=before,
                     limit=self._page_size + 1,
                 )
@@ -323,13 +335,7 @@ class _Dashboard:
         count = 0
         if where is not None:
             # The cancel takes the jobs counted here, not those enqueued before it is confirmed.
-            newest = await self._backend.list_jobs(
-                queue=where.queue,
-                state=where.state,
-                schedule=where.schedule,
-                error_type=where.error_type,
-                limit=1,
-            )
+            newest = await self._backend.list_job_summaries(where, limit=1)
             where = dataclasses.replace(where, up_to=newest[0].id if newest else 1)
             count = await self._cancellable(where)
         return self._render(
@@ -392,6 +398,25 @@ class _Dashboard:
             return self._message(request, f"No schedule {name!r}.", 404)
         self._log(request, "run_schedule", f"schedule {name!r} run as job {job_id}", job_id=job_id)
         return self._redirect(request, "job", "ran", job_id=job_id)
+
+    async def pause_schedule(self, request: Request) -> Response:
+        return await self._set_paused(request, paused=True)
+
+    async def resume_schedule(self, request: Request) -> Response:
+        return await self._set_paused(request, paused=False)
+
+    async def _set_paused(self, request: Request, *, paused: bool) -> Response:
+        name = request.path_params["name"]
+        listing = await self._backend.schedules()
+        state = next((s for s in listing.schedules if s.name == name), None)
+        if state is None:
+            return self._message(request, f"No schedule {name!r}.", 404)
+        # A resume goes on from the first tick after now, on the backend's clock (as the CLI's).
+        next_tick = Schedule.from_definition(state.name, state.definition).next_after(listing.now)
+        await self._backend.pause_schedule(name, paused, next_tick=next_tick)
+        done = "paused" if paused else "resumed"
+        self._log(request, f"{done[:-1]}_schedule", f"schedule {name!r} {done}")
+        return self._redirect(request, "schedules", done)
 
 
 _TOO_LARGE: dict[str, str] = {}

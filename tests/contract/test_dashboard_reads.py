@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 
 from batchworks import JobState
-from batchworks.backends.base import AHEAD_CAP, Backend, JobFilter
+from batchworks.backends.base import (
+    AHEAD_CAP,
+    SUMMARY_MESSAGE,
+    Backend,
+    JobFilter,
+    JobSummary,
+)
 from batchworks.errors import ConfigurationError
 from batchworks.outcome import Outcome, OutcomeKind
 from tests.support.calls import LEASE, POLICY_MAX_ATTEMPTS
@@ -79,6 +85,37 @@ class TestListJobsPaging:
     ) -> None:
         with pytest.raises(ConfigurationError, match=argument if argument != "state" else "state"):
             await backend.list_jobs(**{argument: value})  # type: ignore[arg-type]
+
+
+class TestJobSummaries:
+    async def test_the_same_page_as_list_jobs_without_what_jobs_carry(
+        self, backend: Backend
+    ) -> None:
+        await fail(backend, "q", ["ValueError", "KeyError"])
+        await backend.enqueue("q", {"big": "x" * 1000})
+        long = await backend.enqueue("r", "long message")
+        worker = await backend.register_worker("w-r", ["r"])
+        await backend.claim(worker, ["r"], 1, lease=LEASE, max_attempts=1)
+        message = {"attempt": 1, "type": "OSError", "message": "m" * 500}
+        await backend.settle(worker, [Outcome(long, OutcomeKind.FAILED, error=message)])
+
+        for where, before in (
+            (JobFilter(), None),
+            (JobFilter(queue="q"), None),
+            (JobFilter(error_type="KeyError"), None),
+            (JobFilter(), long),
+        ):
+            summaries = await backend.list_job_summaries(where, before=before, limit=3)
+            records = await backend.list_jobs(
+                queue=where.queue, error_type=where.error_type, before=before, limit=3
+            )
+            assert summaries == [JobSummary.of(record) for record in records], where
+        assert [s.id for s in await backend.list_job_summaries(JobFilter(up_to=long - 1))] == [
+            r.id for r in await backend.list_jobs(before=long)
+        ]
+        [summary] = await backend.list_job_summaries(JobFilter(queue="r"))
+        assert (summary.error_type, summary.error_message) == ("OSError", "m" * SUMMARY_MESSAGE)
+        assert summary.state is JobState.FAILED and summary.worker == "w-r"
 
 
 class TestCancelJobs:

@@ -189,7 +189,7 @@ class TestActions:
 
     def test_run_a_schedule_now(self, operator: Any, dashboard: DashboardServer):
         operator.goto(dashboard.url + "/schedules")
-        operator.click('tr[data-schedule="nightly-report"] button')
+        operator.click('tr[data-schedule="nightly-report"] button[data-action=run]')
         assert operator.locator("#done").inner_text() == "Enqueued a manual run of the schedule."
         job_id = int(operator.url.rsplit("/", 1)[1].split("?")[0])
 
@@ -199,6 +199,22 @@ class TestActions:
             return job.schedule, job.scheduled_for
 
         assert dashboard.call(record) == ("nightly-report", None)
+
+    def test_pause_and_resume_a_schedule(self, operator: Any, dashboard: DashboardServer):
+        async def paused(backend: PostgresBackend) -> bool:
+            listing = await backend.schedules()
+            [state] = [s for s in listing.schedules if s.name == "nightly-report"]
+            return state.paused
+
+        row = 'tr[data-schedule="nightly-report"]'
+        operator.goto(dashboard.url + "/schedules")
+        operator.click(f"{row} button[data-action=pause]")
+        assert operator.locator("#done").inner_text().startswith("Paused")
+        assert "paused" in operator.locator(row).inner_text()
+        assert dashboard.call(paused) is True
+        operator.click(f"{row} button[data-action=resume]")
+        assert operator.locator("#done").inner_text().startswith("Resumed")
+        assert dashboard.call(paused) is False
 
 
 class TestUntrustedText:

@@ -42,6 +42,7 @@ from batchworks.backends.base import (
     EnqueueOptions,
     Heartbeat,
     JobFilter,
+    JobSummary,
     QueueOverview,
     QueuePosition,
     Schedules,
@@ -116,6 +117,7 @@ class Queries:
     overview: str
     workers: str
     list_jobs: str
+    list_job_summaries: str
     count_jobs: str
     cancel_jobs: str
     queue_position: str
@@ -542,6 +544,14 @@ class PostgresBackend(BackendBase[str]):
         rows = await self._fetch(self._q.list_jobs, *filters, check_before(before), limit)
         return [_record(row) for row in rows]
 
+    async def list_job_summaries(
+        self, where: JobFilter | None = None, *, before: int | None = None, limit: int = 50
+    ) -> list[JobSummary]:
+        """A page of :class:`JobSummary` rows, newest first, in one statement."""
+        filters = (where or JobFilter()).checked()
+        rows = await self._fetch(self._q.list_job_summaries, *filters, check_before(before), limit)
+        return [_summary(row) for row in rows]
+
     async def count_jobs(self, where: JobFilter) -> int:
         """How many jobs match the filters of :meth:`list_jobs`."""
         return int((await self._fetchrow(self._q.count_jobs, *where.checked()))[0])
@@ -891,29 +901,42 @@ def _connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, BackendError) and transient(exc.__cause__)
 
 
+def _listed(row: asyncpg.Record) -> dict[str, Any]:
+    """The columns a JobRecord and a JobSummary share, as their fields."""
+    return {
+        "id": row["id"],
+        "queue": row["queue"],
+        "state": JobState(row["state"]),
+        "attempts": row["attempts"],
+        "max_attempts": row["max_attempts"] or 0,
+        "priority": row["priority"],
+        "run_at": row["run_at"],
+        "created_at": row["created_at"],
+        "finished_at": row["finished_at"],
+        "schedule": row["schedule"],
+        "worker": row["worker_name"],
+    }
+
+
 def _record(row: asyncpg.Record) -> JobRecord:
     return JobRecord(
-        id=row["id"],
-        queue=row["queue"],
+        **_listed(row),
         payload=_json.loads(row["payload"]),
-        state=JobState(row["state"]),
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"] or 0,
-        priority=row["priority"],
-        run_at=row["run_at"],
-        created_at=row["created_at"],
         started_at=row["started_at"],
-        finished_at=row["finished_at"],
         errors=tuple(json.loads(row["errors"])),
         result=_json.loads_optional(row["result"]),
         dedupe_key=row["dedupe_key"],
         checkpoint=_json.loads_optional(row["checkpoint"]),
-        worker=row["worker_name"],
         timeout=row["timeout"],
-        schedule=row["schedule"],
         scheduled_for=row["scheduled_for"],
         lease_until=row["lease_until"],
         cancel_requested=row["cancel_requested"],
+    )
+
+
+def _summary(row: asyncpg.Record) -> JobSummary:
+    return JobSummary(
+        **_listed(row), error_type=row["error_type"], error_message=row["error_message"]
     )
 
 

@@ -137,6 +137,21 @@ WHERE id < coalesce($5::bigint, 9223372036854775807)
 ORDER BY id DESC LIMIT $6
 """
 
+# LIST_JOBS's page without what a job carries (payload, result, checkpoint, the error history
+# but its latest entry's type and the start of its message): the rows the dashboard lists.
+# $1-$5 are COUNT_JOBS' filters (a JobFilter), $6 the keyset cursor, $7 the limit.
+LIST_JOB_SUMMARIES: LiteralString = """
+SELECT id, queue, state, attempts, max_attempts, priority, run_at, created_at, finished_at,
+       schedule, worker_name, errors -> -1 ->> 'type' AS error_type,
+       left(errors -> -1 ->> 'message', 200) AS error_message
+FROM __SCHEMA__.jobs
+WHERE id < coalesce($6::bigint, 9223372036854775807)
+  AND id <= coalesce($5::bigint, 9223372036854775807)
+  AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
+  AND ($3::text IS NULL OR schedule = $3) AND ($4::text IS NULL OR errors -> -1 ->> 'type' = $4)
+ORDER BY id DESC LIMIT $7
+"""
+
 # LIST_JOBS's filters, counted up to id $5 (the count the dashboard shows before a cancel of
 # them all).
 COUNT_JOBS: LiteralString = """
