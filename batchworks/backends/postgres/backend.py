@@ -27,31 +27,22 @@ import tenacity
 
 from batchworks import _json
 from batchworks._checks import (
-    check_before,
-    check_filters,
     check_queue,
-    check_throughput,
     duration,
     seconds,
 )
 from batchworks.backends._base import BackendBase, payload_label
 from batchworks.backends._waiters import JobWaiters
 from batchworks.backends.base import (
-    AHEAD_CAP,
     ClaimedJob,
     EnqueueOptions,
     Heartbeat,
-    JobFilter,
-    JobSummary,
     QueueOverview,
-    QueuePosition,
     Schedules,
     ScheduleState,
-    Throughput,
     TickClaim,
     WorkerRecord,
     WorkerToken,
-    empty_buckets,
 )
 from batchworks.backends.postgres import queries
 from batchworks.backends.postgres._connect import (
@@ -63,6 +54,7 @@ from batchworks.backends.postgres._connect import (
     transient,
 )
 from batchworks.backends.postgres._listener import Listener
+from batchworks.backends.postgres._reads import OperatorReads, record
 from batchworks.errors import (
     BackendError,
     ConfigurationError,
@@ -188,7 +180,7 @@ def _lock_key(schema: str, purpose: str) -> int:
     return zlib.crc32(f"batchworks:{schema}:{purpose}".encode()) - 2**31
 
 
-class PostgresBackend(BackendBase[str]):
+class PostgresBackend(BackendBase[str], OperatorReads):
     """Jobs in PostgreSQL.
 
     :param dsn: a libpq connection string or URL; the backend opens its own pool.
@@ -458,7 +450,7 @@ class PostgresBackend(BackendBase[str]):
     async def get_job(self, job_id: int) -> JobRecord | None:
         """The job as stored, or None."""
         rows = await self._fetch(self._q.get_job, job_id)
-        return _record(rows[0]) if rows else None
+        return record(rows[0]) if rows else None
 
     async def wait_job(self, job_id: int, timeout: float | None = None) -> JobRecord:
         """Return the job once it is succeeded, failed or cancelled; see
@@ -528,58 +520,6 @@ class PostgresBackend(BackendBase[str]):
             )
             for row in await self._fetch(self._q.workers)
         ]
-
-    async def list_jobs(
-        self,
-        *,
-        queue: str | None = None,
-        state: str | None = None,
-        limit: int = 50,
-        schedule: str | None = None,
-        error_type: str | None = None,
-        before: int | None = None,
-    ) -> list[JobRecord]:
-        """The newest jobs first, filtered, paged by keyset (see :meth:`Backend.list_jobs`)."""
-        filters = check_filters(queue, state, schedule, error_type)
-        rows = await self._fetch(self._q.list_jobs, *filters, check_before(before), limit)
-        return [_record(row) for row in rows]
-
-    async def list_job_summaries(
-        self, where: JobFilter | None = None, *, before: int | None = None, limit: int = 50
-    ) -> list[JobSummary]:
-        """A page of :class:`JobSummary` rows, newest first, in one statement."""
-        filters = (where or JobFilter()).checked()
-        rows = await self._fetch(self._q.list_job_summaries, *filters, check_before(before), limit)
-        return [_summary(row) for row in rows]
-
-    async def count_jobs(self, where: JobFilter) -> int:
-        """How many jobs match the filters of :meth:`list_jobs`."""
-        return int((await self._fetchrow(self._q.count_jobs, *where.checked()))[0])
-
-    async def cancel_jobs(self, where: JobFilter) -> int:
-        """Cancel every queued or running job matching ``where``, in one statement."""
-        return int((await self._fetchrow(self._q.cancel_jobs, *where.checked()))[0])
-
-    async def queue_position(self, job_id: int) -> QueuePosition | None:
-        """Where the job stands in its queue, on the database's clock."""
-        rows = await self._fetch(self._q.queue_position, job_id, AHEAD_CAP)
-        if not rows:
-            return None
-        row = rows[0]
-        return QueuePosition(
-            state=JobState(row["state"]), due_in=row["due_in"], ahead=row["ahead"], now=row["now"]
-        )
-
-    async def throughput(self, *, window: float = 3600.0, buckets: int = 60) -> Throughput:
-        """Jobs that ended in each bucket of the last ``window`` seconds, per queue."""
-        span, count = check_throughput(window, buckets)
-        rows = await self._fetch(self._q.throughput, span, count)
-        queues: dict[str, dict[str, list[int]]] = {}
-        for row in rows:
-            if row["queue"] is not None:
-                per_state = queues.setdefault(row["queue"], empty_buckets(count))
-                per_state[row["state"]][max(0, row["bucket"])] += row["n"]
-        return Throughput(now=rows[-1]["now"], bucket=span / count, queues=queues)
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: count}}``, every state present."""
@@ -899,45 +839,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 def _connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, BackendError) and transient(exc.__cause__)
-
-
-def _listed(row: asyncpg.Record) -> dict[str, Any]:
-    """The columns a JobRecord and a JobSummary share, as their fields."""
-    return {
-        "id": row["id"],
-        "queue": row["queue"],
-        "state": JobState(row["state"]),
-        "attempts": row["attempts"],
-        "max_attempts": row["max_attempts"] or 0,
-        "priority": row["priority"],
-        "run_at": row["run_at"],
-        "created_at": row["created_at"],
-        "finished_at": row["finished_at"],
-        "schedule": row["schedule"],
-        "worker": row["worker_name"],
-    }
-
-
-def _record(row: asyncpg.Record) -> JobRecord:
-    return JobRecord(
-        **_listed(row),
-        payload=_json.loads(row["payload"]),
-        started_at=row["started_at"],
-        errors=tuple(json.loads(row["errors"])),
-        result=_json.loads_optional(row["result"]),
-        dedupe_key=row["dedupe_key"],
-        checkpoint=_json.loads_optional(row["checkpoint"]),
-        timeout=row["timeout"],
-        scheduled_for=row["scheduled_for"],
-        lease_until=row["lease_until"],
-        cancel_requested=row["cancel_requested"],
-    )
-
-
-def _summary(row: asyncpg.Record) -> JobSummary:
-    return JobSummary(
-        **_listed(row), error_type=row["error_type"], error_message=row["error_message"]
-    )
 
 
 def _schedule(row: asyncpg.Record) -> ScheduleState:
