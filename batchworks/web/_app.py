@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 
 import jinja2
 from starlette.applications import Starlette
+from starlette.datastructures import URL
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -27,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from batchworks._checks import check_before, check_filters
 from batchworks._text import age
 from batchworks.backends.base import Backend, JobFilter, JobSummary
-from batchworks.errors import ConfigurationError
+from batchworks.errors import BackendError, ConfigurationError
 from batchworks.job import JobState
 from batchworks.schedule import Schedule
 from batchworks.web._chart import chart
@@ -127,6 +128,7 @@ class _Dashboard:
         )
         self._templates.filters["age"] = age
         self._templates.filters["pretty"] = _pretty
+        self._templates.filters["path"] = _path
 
     def routes(self) -> list[Route | Mount]:
         read: Access = "read"
@@ -202,7 +204,17 @@ class _Dashboard:
                     )
                     return self._message(request, f"Refused: {problem}.", 403)
                 request.state.form = form
-            return await handler(request)
+            try:
+                return await handler(request)
+            except BackendError as exc:  # SchemaNotMigrated too
+                # The database is down, or not migrated: say so (the live poll tries again).
+                logger.warning(
+                    "dashboard page %s failed: %s",
+                    request.url.path,
+                    exc,
+                    extra={"action": "web_backend_error"},
+                )
+                return self._message(request, f"The backend did not answer: {exc}", 503)
 
         return endpoint
 
@@ -246,7 +258,7 @@ class _Dashboard:
 
     def _redirect(self, request: Request, name: str, done: str, **params: Any) -> Response:
         url = request.url_for(name, **params).include_query_params(done=done)
-        return RedirectResponse(str(url), status_code=303)
+        return RedirectResponse(_path(url), status_code=303)
 
     def _log(self, request: Request, action: str, text: str, **extra: Any) -> None:
         user = who(request)
@@ -309,9 +321,9 @@ class _Dashboard:
             job_id=params.get("id") or "",
             error=error,
             states=[state.value for state in JobState],
-            next_url=str(base.include_query_params(before=records[-1].id)) if more else None,
-            first_url=str(base) if params.get("before") else None,
-            cancel_url=str(request.url_for("confirm_cancel").include_query_params(**filtered)),
+            next_url=_path(base.include_query_params(before=records[-1].id)) if more else None,
+            first_url=_path(base) if params.get("before") else None,
+            cancel_url=_path(request.url_for("confirm_cancel").include_query_params(**filtered)),
         )
 
     async def job(self, request: Request) -> Response:
@@ -345,7 +357,7 @@ class _Dashboard:
             where=where,
             error=error,
             count=count,
-            back=str(request.url_for("jobs").include_query_params(**_params_of(where))),
+            back=_path(request.url_for("jobs").include_query_params(**_params_of(where))),
         )
 
     async def _cancellable(self, where: JobFilter) -> int:
@@ -461,6 +473,12 @@ def _params_of(where: JobFilter | None) -> dict[str, str]:
     if where is None:
         return {}
     return {name: value for name in _FILTERS if (value := getattr(where, name))}
+
+
+def _path(url: URL) -> str:
+    """``url`` without its scheme and host (``/ops/jobs?queue=q``): links and redirects keep
+    working behind a proxy that passes on another Host than the browser's."""
+    return url.path + (f"?{url.query}" if url.query else "")
 
 
 def _pretty(value: Any) -> str:

@@ -43,7 +43,7 @@ SUMMARY_LINES = {
         r"^GET /ops/ without a token: 403\n"
         r"^GET /ops/jobs\?state=failed as a viewer: 200, jobs \['(\d+)'\]\n"
         r"^POST retry as a viewer: 403\n"
-        r"^POST retry as an operator: 303 -> http://service/ops/jobs/\1\?done=retried\n"
+        r"^POST retry as an operator: 303 -> /ops/jobs/\1\?done=retried\n"
         r"^job \1 is queued again, attempts 0$",
         re.MULTILINE,
     ),

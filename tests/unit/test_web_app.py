@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Mount
 
-from batchworks import JobState, MemoryBackend
+from batchworks import BackendError, JobState, MemoryBackend
 from batchworks.web import PasswordAuth, create_app
 from batchworks.web._security import CSRF_COOKIE, Csrf
 
@@ -44,13 +44,27 @@ class TestAccess:
             assert (await http.get("/ops/", headers={"x-who": "x"})).status_code == 403
             assert (await http.get("/ops/jobs/cancel", headers={"x-who": "r"})).status_code == 403
             page = await http.get("/ops/", headers={"x-who": "a"})
-            assert 'href="http://t/ops/jobs"' in page.text  # links carry the mount's prefix
+            assert 'href="/ops/jobs"' in page.text  # links carry the mount's prefix, no host
+            assert 'href="http' not in page.text and 'action="http' not in page.text
 
     def test_password_auth_refuses_empty_or_equal_passwords(self) -> None:
         with pytest.raises(ValueError, match="non-empty operate password"):
             PasswordAuth("")
         with pytest.raises(ValueError, match="differ from the operate one"):
             PasswordAuth("same", "same")
+
+
+class TestBackendErrors:
+    async def test_a_backend_that_does_not_answer_is_a_503_saying_so(self) -> None:
+        class Down(MemoryBackend):
+            async def overview(self) -> Any:
+                raise BackendError("PostgreSQL: ConnectionRefusedError: [Errno 111]")
+
+        app = create_app(Down(), authorize=lambda request: "read")
+        async with client(app) as http:
+            page = await http.get("/")
+        assert page.status_code == 503
+        assert "The backend did not answer: PostgreSQL: ConnectionRefusedError" in page.text
 
 
 class TestActions:
@@ -83,7 +97,7 @@ class TestActions:
             with caplog.at_level(logging.INFO, logger="batchworks.web"):
                 done = await http.post(f"/jobs/{job_id}/cancel", data={"csrf": token})
             assert done.status_code == 303
-            assert done.headers["location"] == f"http://t/jobs/{job_id}?done=cancelled"
+            assert done.headers["location"] == f"/jobs/{job_id}?done=cancelled"
         record = await memory_backend.get_job(job_id)
         assert record is not None and record.state is JobState.CANCELLED
         [entry] = [r for r in caplog.records if getattr(r, "action", "") == "web_cancel"]
