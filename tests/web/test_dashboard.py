@@ -26,6 +26,13 @@ def state_of(dashboard: DashboardServer, job_id: int) -> JobState:
     return dashboard.call(get)
 
 
+def navigate(page: Any, selector: str) -> None:
+    """Click what loads another page (a link, a form's button), and wait until it has loaded:
+    only then are its elements the new page's."""
+    with page.expect_navigation(wait_until="load"):
+        page.click(selector)
+
+
 def listed_ids(page: Any) -> list[int]:
     return [int(i) for i in page.locator("#job-list tr[data-job]").evaluate_all(
         "rows => rows.map(row => row.dataset.job)"
@@ -52,7 +59,7 @@ class TestPages:
         hrefs = operator.locator("a").evaluate_all("links => links.map(a => a.pathname)")
         assert hrefs and all(href.startswith(PREFIX + "/") for href in hrefs), hrefs
 
-        operator.click("header nav >> text=Jobs")
+        navigate(operator, "header nav >> text=Jobs")
         assert operator.title() == "Jobs · batchworks"
         assert len(listed_ids(operator)) == PAGE_SIZE
 
@@ -71,9 +78,9 @@ class TestPages:
         assert '"offset": 4000' in operator.locator("#checkpoint").inner_text()
         assert "running on worker reports-1" in operator.locator("#why").inner_text()
 
-        operator.click("header nav >> text=Workers")
+        navigate(operator, "header nav >> text=Workers")
         assert "reports-1" in operator.locator("#workers").inner_text()
-        operator.click("header nav >> text=Schedules")
+        navigate(operator, "header nav >> text=Schedules")
         row = operator.locator('tr[data-schedule="nightly-report"]')
         assert "30 2 * * *" in row.inner_text()
         assert operator.errors == []
@@ -114,31 +121,31 @@ class TestFiltersAndPaging:
         operator.goto(dashboard.url + "/jobs")
         operator.fill("#filters input[name=queue]", "emails")
         operator.select_option("#filters select[name=state]", "succeeded")
-        operator.click("#filters button[type=submit]")
+        navigate(operator, "#filters button[type=submit]")
         first = listed_ids(operator)
         assert len(first) == PAGE_SIZE
-        operator.click("#next-page")
+        navigate(operator, "#next-page")
         second = listed_ids(operator)
         seen = first + second
         while operator.locator("#next-page").count():
-            operator.click("#next-page")
+            navigate(operator, "#next-page")
             seen += listed_ids(operator)
         assert seen == sorted(seeded.succeeded, reverse=True)  # newest first, each once
         assert set(operator.locator("#job-list td.state").all_inner_texts()) == {"succeeded"}
-        operator.click("#first-page")
+        navigate(operator, "#first-page")
         assert listed_ids(operator) == first
 
     def test_filter_by_error_type_and_by_id(self, operator: Any, dashboard: DashboardServer):
         operator.goto(dashboard.url + "/jobs")
         operator.fill("#filters input[name=error_type]", "KeyError")
-        operator.click("#filters button[type=submit]")
+        navigate(operator, "#filters button[type=submit]")
         ids = listed_ids(operator)
         assert len(ids) == 6
         errors = operator.locator("#job-list td.error-text").all_inner_texts()
         assert all(text.startswith("KeyError") for text in errors)
         operator.goto(dashboard.url + "/jobs")
         operator.fill("#filters input[name=id]", str(ids[0]))
-        operator.click("#filters button[type=submit]")
+        navigate(operator, "#filters button[type=submit]")
         assert listed_ids(operator) == [ids[0]]
 
     def test_a_bad_filter_says_what_to_change(self, operator: Any, dashboard: DashboardServer):
@@ -151,7 +158,7 @@ class TestActions:
     def test_retry_a_failed_job(self, operator: Any, dashboard: DashboardServer):
         job_id = dashboard.seeded.failed[1]
         operator.goto(f"{dashboard.url}/jobs/{job_id}")
-        operator.click("#retry")
+        navigate(operator, "#retry")
         assert operator.locator("#done").inner_text() == "Queued again with fresh attempts."
         assert operator.locator("#job-state").inner_text() == "queued"
         assert state_of(dashboard, job_id) is JobState.QUEUED
@@ -159,7 +166,7 @@ class TestActions:
     def test_cancel_a_queued_job(self, operator: Any, dashboard: DashboardServer):
         job_id = dashboard.seeded.queued[0]
         operator.goto(f"{dashboard.url}/jobs/{job_id}")
-        operator.click("#cancel")
+        navigate(operator, "#cancel")
         assert operator.locator("#job-state").inner_text() == "cancelled"
         assert state_of(dashboard, job_id) is JobState.CANCELLED
 
@@ -174,13 +181,13 @@ class TestActions:
 
         ids = dashboard.call(bulk)
         operator.goto(dashboard.url + "/jobs?queue=bulk")
-        operator.click("#cancel-matching")
+        navigate(operator, "#cancel-matching")
         assert (
             "This cancels 3 queued or running jobs"
             in operator.locator("#cancel-count").inner_text()
         )
         [late] = dashboard.call(bulk_one)  # enqueued while the operator reads the count
-        operator.click("#confirm-cancel")
+        navigate(operator, "#confirm-cancel")
         assert operator.locator("#message").inner_text() == (
             "Cancelled 3 jobs (the confirmation showed 3)."
         )
@@ -189,7 +196,7 @@ class TestActions:
 
     def test_run_a_schedule_now(self, operator: Any, dashboard: DashboardServer):
         operator.goto(dashboard.url + "/schedules")
-        operator.click('tr[data-schedule="nightly-report"] button[data-action=run]')
+        navigate(operator, 'tr[data-schedule="nightly-report"] button[data-action=run]')
         assert operator.locator("#done").inner_text() == "Enqueued a manual run of the schedule."
         job_id = int(operator.url.rsplit("/", 1)[1].split("?")[0])
 
@@ -208,11 +215,11 @@ class TestActions:
 
         row = 'tr[data-schedule="nightly-report"]'
         operator.goto(dashboard.url + "/schedules")
-        operator.click(f"{row} button[data-action=pause]")
+        navigate(operator, f"{row} button[data-action=pause]")
         assert operator.locator("#done").inner_text().startswith("Paused")
         assert "paused" in operator.locator(row).inner_text()
         assert dashboard.call(paused) is True
-        operator.click(f"{row} button[data-action=resume]")
+        navigate(operator, f"{row} button[data-action=resume]")
         assert operator.locator("#done").inner_text().startswith("Resumed")
         assert dashboard.call(paused) is False
 
