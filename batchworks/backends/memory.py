@@ -26,8 +26,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from batchworks import _json
-from batchworks._checks import check_queue, check_state, positive_int, seconds
+from batchworks._checks import (
+    check_queue,
+    positive_int,
+    seconds,
+)
 from batchworks.backends._base import BackendBase, payload_label
+from batchworks.backends._memory_reads import MemoryReads
 from batchworks.backends._waiters import JobWaiters
 from batchworks.backends.base import (
     ClaimedJob,
@@ -104,7 +109,7 @@ class _Worker:
     max_attempts: int | None = None
 
 
-class MemoryBackend(BackendBase[list[str]]):
+class MemoryBackend(BackendBase[list[str]], MemoryReads):
     """Jobs in this process's memory: for in-process batches, tests and the demo.
 
     :param clock: seconds since the epoch; tests pass a fake one to move time.
@@ -276,6 +281,8 @@ class MemoryBackend(BackendBase[list[str]]):
             timeout=row.timeout,
             schedule=row.schedule,
             scheduled_for=row.scheduled_for,
+            lease_until=_dt(row.lease_until) if row.state is JobState.RUNNING else None,
+            cancel_requested=row.cancel_requested,
         )
 
     async def wait_job(self, job_id: int, timeout: float | None = None) -> JobRecord:
@@ -329,22 +336,6 @@ class MemoryBackend(BackendBase[list[str]]):
             for worker in sorted(self._workers.values(), key=lambda w: w.name)
             if worker.state is _WorkerState.ACTIVE
         ]
-
-    async def list_jobs(
-        self, *, queue: str | None = None, state: str | None = None, limit: int = 50
-    ) -> list[JobRecord]:
-        """The newest jobs first, filtered by queue and state."""
-        wanted = check_state(state)
-        found = []
-        for job_id in sorted(self._rows, reverse=True):
-            row = self._rows[job_id]
-            if (queue is None or row.queue == queue) and (wanted is None or row.state == wanted):
-                record = await self.get_job(job_id)
-                assert record is not None
-                found.append(record)
-                if len(found) >= limit:
-                    break
-        return found
 
     async def retry_failed(
         self, *, queue: str | None = None, ids: Sequence[int] | None = None

@@ -26,7 +26,12 @@ import asyncpg
 import tenacity
 
 from batchworks import _json
-from batchworks._checks import check_queue, check_state, duration, positive_int, seconds
+from batchworks._checks import (
+    check_queue,
+    duration,
+    positive_int,
+    seconds,
+)
 from batchworks.backends._base import BackendBase, payload_label
 from batchworks.backends._waiters import JobWaiters
 from batchworks.backends.base import (
@@ -50,6 +55,7 @@ from batchworks.backends.postgres._connect import (
     transient,
 )
 from batchworks.backends.postgres._listener import Listener
+from batchworks.backends.postgres._reads import OperatorReads, record
 from batchworks.errors import (
     BackendError,
     ConfigurationError,
@@ -104,6 +110,11 @@ class Queries:
     overview: str
     workers: str
     list_jobs: str
+    list_job_summaries: str
+    count_jobs: str
+    cancel_jobs: str
+    queue_position: str
+    throughput: str
     purge_workers: str
     stats: str
     retry_failed: str
@@ -172,7 +183,7 @@ def _lock_key(schema: str, purpose: str) -> int:
     return zlib.crc32(f"batchworks:{schema}:{purpose}".encode()) - 2**31
 
 
-class PostgresBackend(BackendBase[str]):
+class PostgresBackend(BackendBase[str], OperatorReads):
     """Jobs in PostgreSQL.
 
     :param dsn: a libpq connection string or URL; the backend opens its own pool.
@@ -442,7 +453,7 @@ class PostgresBackend(BackendBase[str]):
     async def get_job(self, job_id: int) -> JobRecord | None:
         """The job as stored, or None."""
         rows = await self._fetch(self._q.get_job, job_id)
-        return _record(rows[0]) if rows else None
+        return record(rows[0]) if rows else None
 
     async def wait_job(self, job_id: int, timeout: float | None = None) -> JobRecord:
         """Return the job once it is succeeded, failed or cancelled; see
@@ -512,13 +523,6 @@ class PostgresBackend(BackendBase[str]):
             )
             for row in await self._fetch(self._q.workers)
         ]
-
-    async def list_jobs(
-        self, *, queue: str | None = None, state: str | None = None, limit: int = 50
-    ) -> list[JobRecord]:
-        """The newest jobs first, filtered by queue and state."""
-        rows = await self._fetch(self._q.list_jobs, queue, check_state(state), limit)
-        return [_record(row) for row in rows]
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: count}}``, every state present."""
@@ -850,30 +854,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 def _connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, BackendError) and transient(exc.__cause__)
-
-
-def _record(row: asyncpg.Record) -> JobRecord:
-    return JobRecord(
-        id=row["id"],
-        queue=row["queue"],
-        payload=_json.loads(row["payload"]),
-        state=JobState(row["state"]),
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"] or 0,
-        priority=row["priority"],
-        run_at=row["run_at"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        errors=tuple(json.loads(row["errors"])),
-        result=_json.loads_optional(row["result"]),
-        dedupe_key=row["dedupe_key"],
-        checkpoint=_json.loads_optional(row["checkpoint"]),
-        worker=row["worker_name"],
-        timeout=row["timeout"],
-        schedule=row["schedule"],
-        scheduled_for=row["scheduled_for"],
-    )
 
 
 def _schedule(row: asyncpg.Record) -> ScheduleState:

@@ -101,7 +101,7 @@ WHERE queue = $1 AND dedupe_key = ANY($2::text[]) AND state IN ('queued', 'runni
 GET_JOB: LiteralString = """
 SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, created_at,
        started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout,
-       schedule, scheduled_for
+       schedule, scheduled_for, lease_until, cancel_requested
 FROM __SCHEMA__.jobs WHERE id = $1
 """
 
@@ -120,13 +120,96 @@ SELECT name, host, pid, queues, started_at, heartbeat_at,
 FROM __SCHEMA__.workers WHERE state = 'active' ORDER BY name
 """
 
+# The newest jobs first, by filters that may each be NULL (no filter), paged by keyset: $5 is
+# the lowest id of the page before (NULL: the first page). The cursor is written as "id <
+# coalesce(...)" rather than "($5 IS NULL OR id < $5)" so that it stays an index condition of
+# the backward scan of the primary key in a generic plan too: a deep page then starts at its
+# cursor instead of filtering every newer row (bench/web_list.py measures both at 1M jobs).
+# The error type is that of the latest entry of the job's history.
 LIST_JOBS: LiteralString = """
 SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, created_at,
        started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout,
-       schedule, scheduled_for
+       schedule, scheduled_for, lease_until, cancel_requested
 FROM __SCHEMA__.jobs
+WHERE id < coalesce($5::bigint, 9223372036854775807)
+  AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
+  AND ($3::text IS NULL OR schedule = $3) AND ($4::text IS NULL OR errors -> -1 ->> 'type' = $4)
+ORDER BY id DESC LIMIT $6
+"""
+
+# LIST_JOBS's page without what a job carries (payload, result, checkpoint, the error history
+# but its latest entry's type and the start of its message): the rows the dashboard lists.
+# $1-$5 are COUNT_JOBS' filters (a JobFilter), $6 the keyset cursor, $7 the limit.
+LIST_JOB_SUMMARIES: LiteralString = """
+SELECT id, queue, state, attempts, max_attempts, priority, run_at, created_at, finished_at,
+       schedule, worker_name, errors -> -1 ->> 'type' AS error_type,
+       left(errors -> -1 ->> 'message', 200) AS error_message
+FROM __SCHEMA__.jobs
+WHERE id < coalesce($6::bigint, 9223372036854775807)
+  AND id <= coalesce($5::bigint, 9223372036854775807)
+  AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
+  AND ($3::text IS NULL OR schedule = $3) AND ($4::text IS NULL OR errors -> -1 ->> 'type' = $4)
+ORDER BY id DESC LIMIT $7
+"""
+
+# LIST_JOBS's filters, counted up to id $5 (the count the dashboard shows before a cancel of
+# them all).
+COUNT_JOBS: LiteralString = """
+SELECT count(*) FROM __SCHEMA__.jobs
 WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
-ORDER BY id DESC LIMIT $3
+  AND ($3::text IS NULL OR schedule = $3) AND ($4::text IS NULL OR errors -> -1 ->> 'type' = $4)
+  AND id <= coalesce($5::bigint, 9223372036854775807)
+"""
+
+# CANCEL for every queued or running job matching LIST_JOBS's filters, up to id $5.
+CANCEL_JOBS: LiteralString = """
+WITH upd AS (
+    UPDATE __SCHEMA__.jobs AS j
+    SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
+        finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
+        cancel_requested = (state = 'running')
+    WHERE state IN ('queued', 'running')
+      AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
+      AND ($3::text IS NULL OR schedule = $3)
+      AND ($4::text IS NULL OR errors -> -1 ->> 'type' = $4)
+      AND id <= coalesce($5::bigint, 9223372036854775807)
+    RETURNING j.id,
+              CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+                   THEN pg_notify(__FINISHED__, j.id::text) END
+)
+SELECT count(*) FROM upd
+"""
+
+# Where a job stands: seconds until due, and the due queued jobs of its queue a claim takes
+# first (CLAIM_ONE's order: priority DESC, run_at, id), counted up to $2 along jobs_claim.
+QUEUE_POSITION: LiteralString = """
+SELECT j.state, extract(epoch FROM j.run_at - now())::float8 AS due_in, now() AS now,
+       CASE WHEN j.state <> 'queued' THEN 0 ELSE (
+           SELECT count(*) FROM (
+               SELECT 1 FROM __SCHEMA__.jobs AS a
+               WHERE a.state = 'queued' AND a.queue = j.queue AND a.run_at <= now()
+                 AND a.id <> j.id
+                 AND (a.priority > j.priority
+                      OR (a.priority = j.priority AND (a.run_at, a.id) < (j.run_at, j.id)))
+               LIMIT $2
+           ) AS ahead
+       ) END AS ahead
+FROM __SCHEMA__.jobs AS j WHERE j.id = $1
+"""
+
+# Jobs that ended in each of $2 buckets of the last $1 seconds, along jobs_finished. Bucket
+# 0 is the oldest; a job that ended exactly now falls in the last.
+THROUGHPUT: LiteralString = """
+SELECT now() AS now, queue, state,
+       least($2 - 1, floor(extract(epoch FROM finished_at - (now() - make_interval(secs => $1)))
+                           / ($1 / $2))::int) AS bucket,
+       count(*) AS n
+FROM __SCHEMA__.jobs
+WHERE state IN ('succeeded', 'failed', 'cancelled')
+  AND finished_at > now() - make_interval(secs => $1)
+GROUP BY queue, state, bucket
+UNION ALL
+SELECT now(), NULL, NULL, NULL, NULL
 """
 
 PURGE_WORKERS: LiteralString = """
