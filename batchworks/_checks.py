@@ -48,6 +48,42 @@ def check_state(state: object) -> str | None:
         ) from None
 
 
+def check_filters(
+    queue: object, state: object, schedule: object, error_type: object
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """The filters of ``list_jobs``/``count_jobs``/``cancel_jobs``, checked."""
+    names = [None if queue is None else check_queue(queue), check_state(state)]
+    for name, value in (("schedule", schedule), ("error_type", error_type)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigurationError(f"{name} must be a non-empty str or None, got {value!r}")
+        names.append(value if isinstance(value, str) else None)
+    return names[0], names[1], names[2], names[3]
+
+
+def check_job_id(value: object, name: str) -> int | None:
+    """A job id (a keyset cursor, a bound of a filter), or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**63 - 1:
+        raise ConfigurationError(f"{name} must be a job id (a positive int) or None, got {value!r}")
+    return value
+
+
+def check_before(before: object) -> int | None:
+    """A keyset cursor: a job id (``list_jobs`` returns the jobs below it), or None."""
+    return check_job_id(before, "before")
+
+
+def check_throughput(window: object, buckets: object) -> tuple[float, int]:
+    """``throughput``'s window (seconds, above 0, at most a week) and bucket count (1-1440)."""
+    span = duration(window, "window")
+    if span > 7 * 86400:
+        raise ConfigurationError(f"window must be at most a week (604800 s), got {window!r}")
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= 1440:
+        raise ConfigurationError(f"buckets must be an int from 1 to 1440, got {buckets!r}")
+    return span, buckets
+
+
 def seconds(value: float | timedelta, *, name: str) -> float:
     """A non-negative, finite duration in seconds from a number or a timedelta (what the
     public calls take: ``delay``, ``older_than``, ``timeout``)."""

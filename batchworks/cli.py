@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, TextIO
 
-from batchworks import _cli_queues
+from batchworks import _cli_queues, _cli_web
+from batchworks._text import age as _age
 from batchworks.backends.base import Backend
 from batchworks.backends.postgres import PostgresBackend
 from batchworks.backends.postgres._connect import OPEN_TIMEOUT
@@ -147,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     stats = command("stats", _stats, "queues by state, oldest ready job, live workers")
     stats.add_argument("--json", action="store_true", help="print JSON")
 
-    jobs = command("jobs", _no_subcommand, "list and show jobs")
+    jobs = command("jobs", _no_subcommand, "list and show jobs, and say why one waits")
     job_commands = jobs.add_subparsers(title="jobs commands", required=True, metavar="COMMAND")
     listing = command("list", _jobs_list, "the newest jobs, filtered", job_commands)
     listing.add_argument("--queue")
@@ -161,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("id", type=_job_id)
     show.add_argument("--json", action="store_true")
+    _cli_web.add(command, job_commands, _job_id)  # jobs why, web
 
     schedules = command(
         "schedules", _schedules_list, "periodic jobs: list them (or run, pause, resume, remove one)"
@@ -270,7 +272,7 @@ _job_id = _number("a job id", 1, MAX_JOB_ID)
 
 
 async def _no_subcommand(args: argparse.Namespace) -> int:  # pragma: no cover - argparse
-    raise UsageError("name a jobs command: list or show")
+    raise UsageError("name a jobs command: list, show or why")
 
 
 @contextlib.asynccontextmanager
@@ -1034,16 +1036,6 @@ def _table(rows: list[list[str]]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
-
-
-def _age(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f}m"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
 
 
 def _when(moment: datetime | None) -> str:

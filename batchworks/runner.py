@@ -33,6 +33,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypedDict, Unpack, overload
 
@@ -49,6 +50,7 @@ from batchworks._flow_metrics import QueueMetrics
 from batchworks._heartbeat import LeaseClock
 from batchworks._logs import log_extra
 from batchworks._queue_caps import QueueCaps
+from batchworks._retention import RETENTION, Retention, check_retention
 from batchworks._scheduler import Scheduler, check_schedules
 from batchworks._settle import TRANSIENT, SettleBuffer
 from batchworks.backends.base import Backend, ClaimedJob, Heartbeat, WorkerToken
@@ -116,6 +118,7 @@ class RunnerOptions(TypedDict, total=False):
     queues: Iterable[str] | None
     flush_interval: float
     queue_concurrency: Mapping[str, int] | None
+    retention: float | timedelta | None
 
 
 class RunnerState(enum.StrEnum):
@@ -170,6 +173,9 @@ class Runner:
         ticks of, together with every other runner that carries schedules (each tick once).
     :param queue_concurrency: ``{queue: n}``: this runner holds at most n jobs of that queue
         at once, within ``concurrency`` (fleet-wide limits: ``backend.configure_queue``).
+    :param retention: how long a finished job is kept (a timedelta or seconds; default 7 days):
+        the runner deletes older ones in small batches, one runner of a schema at a time.
+        None keeps them all (``batchworks purge`` then deletes them by hand).
     """
 
     # A type checker takes plain functions as handlers only with sync_in_thread=True; at run
@@ -224,6 +230,7 @@ class Runner:
         db_timeout: float = DB_TIMEOUT,
         schedules: Iterable[Schedule] | None = None,
         queue_concurrency: Mapping[str, int] | None = None,
+        retention: float | timedelta | None = RETENTION,
     ) -> None:
         if not isinstance(backend, Backend):
             raise ConfigurationError(
@@ -287,6 +294,12 @@ class Runner:
         )
         self._scheduler = (
             Scheduler(backend, carried, self._telemetry, calls=self._calls) if carried else None
+        )
+        kept = check_retention(retention)
+        self._retention = (
+            None
+            if kept is None
+            else Retention(backend, kept, calls=self._calls, worker=self._worker_name)
         )
         self._close_by: float | None = None  # loop time the last writes must end by
         self._failure: BaseException | None = None
@@ -464,6 +477,8 @@ class Runner:
         side = [heart]  # the schedules' task too: it ends with the heartbeats
         if self._scheduler is not None:
             side.append(self._watch(self._scheduler.run(self._stop_event), "scheduler"))
+        if self._retention is not None:
+            side.append(self._watch(self._retention.run(self._stop_event), "retention"))
         try:
             if not self._stop_requested:
                 await self._fetch_loop(drain=drain, max_delay=max_delay)
@@ -531,9 +546,12 @@ class Runner:
             if self._suspect is not None:
                 await self._run_suspect()
                 continue
-            room = capacity - len(self._held)
+            # Outcomes not written yet count against the room (#18): claims, which commit
+            # asynchronously, must not outrun the settles, or the outcomes pile up unbounded.
+            unsettled = len(self._settle) if self._settle is not None else 0
+            room = capacity - len(self._held) - unsettled
             caps = self._caps.room(held.job.queue for held in self._held.values())
-            if (room < claim_min and len(self._held) >= self._concurrency) or (
+            if (room < claim_min and (len(self._held) >= self._concurrency or unsettled)) or (
                 self._caps.full(caps, self._queues)
             ):
                 await self._room.wait()  # every slot busy and no room for a real batch
@@ -798,6 +816,7 @@ class Runner:
 
     def _on_settled(self, outcomes: Sequence[Outcome], lost: frozenset[int]) -> None:
         self._writes += 1
+        self._room.set()  # the unsettled outcomes, which count against the room, are fewer
         written = collections.Counter(
             (outcome.queue, outcome.kind) for outcome in outcomes if outcome.job_id not in lost
         )

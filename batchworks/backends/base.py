@@ -16,20 +16,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 from batchworks._checks import (
     check_due,
+    check_filters,
+    check_job_id,
     check_max_attempts,
     check_priority,
     check_queue,
     check_timeout,
     seconds,
 )
-from batchworks.job import JobRecord
+from batchworks.job import JobRecord, JobState
 from batchworks.outcome import Outcome
 
 __all__ = [
@@ -37,15 +39,20 @@ __all__ = [
     "ClaimedJob",
     "EnqueueOptions",
     "Heartbeat",
+    "JobFilter",
+    "JobSummary",
     "Limits",
     "QueueOverview",
+    "QueuePosition",
     "QueueState",
     "ScheduleState",
     "Schedules",
+    "Throughput",
     "TickClaim",
     "WorkerRecord",
     "WorkerToken",
     "check_queue",
+    "empty_buckets",
     "seconds",
 ]
 
@@ -188,6 +195,108 @@ def held_back(
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class JobSummary:
+    """A job as a list shows it (:meth:`Backend.list_job_summaries`): no payload, result or
+    checkpoint, and of its error history the latest entry's type and the start of its
+    message, so that a page of 50 costs the same whatever its jobs carry."""
+
+    id: int
+    queue: str
+    state: JobState
+    attempts: int
+    #: 0: none of its own yet (the policy of the worker that claims it decides)
+    max_attempts: int
+    priority: int
+    run_at: datetime
+    created_at: datetime
+    finished_at: datetime | None = None
+    schedule: str | None = None
+    #: the worker that holds (or last held) it
+    worker: str | None = None
+    #: the type of the latest entry of its error history, and its message's first
+    #: :data:`SUMMARY_MESSAGE` characters
+    error_type: str | None = None
+    error_message: str | None = None
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobSummary:
+        """The summary of a whole job (what :meth:`Backend.list_job_summaries` returns)."""
+        last = record.errors[-1] if record.errors else {}
+        message = last.get("message")
+        shared = {f.name: getattr(record, f.name) for f in fields(cls) if f.name in _FROM_RECORD}
+        return cls(
+            **shared,
+            error_type=last.get("type"),
+            error_message=None if message is None else str(message)[:SUMMARY_MESSAGE],
+        )
+
+
+#: characters of the latest error's message a :class:`JobSummary` keeps
+SUMMARY_MESSAGE = 200
+#: the fields a JobSummary copies from a JobRecord as they are
+_FROM_RECORD = frozenset(f.name for f in fields(JobRecord)) - {"errors"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobFilter:
+    """Which jobs :meth:`Backend.list_job_summaries`, :meth:`Backend.count_jobs` and
+    :meth:`Backend.cancel_jobs` take (the filters of :meth:`Backend.list_jobs`); each None
+    matches every job."""
+
+    queue: str | None = None
+    #: a :class:`JobState` value
+    state: str | None = None
+    #: the name of the schedule that enqueued them
+    schedule: str | None = None
+    #: the type of the latest entry of their error history (``"ValueError"``)
+    error_type: str | None = None
+    #: only jobs whose id is at most this: a cancel confirmed for the jobs that were there
+    #: when its count was shown leaves alone the jobs enqueued since
+    up_to: int | None = None
+
+    def checked(self) -> tuple[str | None, str | None, str | None, str | None, int | None]:
+        """The filters, checked, in the order the backends bind them."""
+        filters = check_filters(self.queue, self.state, self.schedule, self.error_type)
+        return (*filters, check_job_id(self.up_to, "up_to"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuePosition:
+    """Where a job stands in its queue, on the backend's clock (for "why is it waiting")."""
+
+    state: JobState
+    #: seconds until it is due (0 or less: due now), from its ``run_at``
+    due_in: float
+    #: due queued jobs of its queue that a claim takes before it (higher priority, or the same
+    #: priority and due earlier), counted up to :data:`AHEAD_CAP`; 0 unless it is queued
+    ahead: int
+    #: the backend's clock when it looked
+    now: datetime
+
+
+def empty_buckets(count: int) -> dict[str, list[int]]:
+    """A queue's entry of :attr:`Throughput.queues` before any job is counted."""
+    return {state.value: [0] * count for state in JobState if state.is_final}
+
+
+#: :meth:`Backend.queue_position` stops counting the jobs ahead at this many.
+AHEAD_CAP = 10_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Throughput:
+    """Jobs that ended in each bucket of the last ``window`` seconds, per queue."""
+
+    #: the backend's clock at the end of the last bucket
+    now: datetime
+    #: seconds a bucket spans
+    bucket: float
+    #: ``{queue: {state: [count per bucket, oldest first]}}`` for succeeded, failed and
+    #: cancelled; only queues in which a job ended within the window
+    queues: dict[str, dict[str, list[int]]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ScheduleState:
     """A schedule as the backend keeps it (see :class:`batchworks.Schedule`)."""
 
@@ -310,9 +419,37 @@ class Backend(Protocol):
         """The live worker incarnations, by name."""
 
     async def list_jobs(
-        self, *, queue: str | None = None, state: str | None = None, limit: int = 50
+        self,
+        *,
+        queue: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+        schedule: str | None = None,
+        error_type: str | None = None,
+        before: int | None = None,
     ) -> list[JobRecord]:
-        """The newest jobs first, filtered by queue and state."""
+        """The newest jobs first, filtered by queue, state, schedule and the type of the
+        latest error; ``before`` pages on: only jobs whose id is below it (keyset paging,
+        as fast on the last page as on the first)."""
+
+    async def list_job_summaries(
+        self, where: JobFilter | None = None, *, before: int | None = None, limit: int = 50
+    ) -> list[JobSummary]:
+        """The newest jobs ``where`` selects (below id ``before``: keyset paging), as
+        :class:`JobSummary` rows: what the dashboard lists."""
+
+    async def count_jobs(self, where: JobFilter) -> int:
+        """How many jobs :meth:`list_jobs` would page through with these filters."""
+
+    async def cancel_jobs(self, where: JobFilter) -> int:
+        """:meth:`cancel` every queued or running job matching ``where``; returns how many
+        were cancelled (queued) or marked for their worker's next heartbeat (running)."""
+
+    async def queue_position(self, job_id: int) -> QueuePosition | None:
+        """Where the job stands in its queue (None: no such job)."""
+
+    async def throughput(self, *, window: float = 3600.0, buckets: int = 60) -> Throughput:
+        """Jobs that ended in each of ``buckets`` equal parts of the last ``window`` seconds."""
 
     async def retry_failed(
         self, *, queue: str | None = None, ids: Sequence[int] | None = None
@@ -324,6 +461,12 @@ class Backend(Protocol):
 
     async def purge(self, older_than: float | timedelta) -> int:
         """Delete jobs that reached a final state more than ``older_than`` ago."""
+
+    async def purge_batch(self, older_than: float | timedelta, *, limit: int) -> int | None:
+        """Delete up to ``limit`` of the jobs :meth:`purge` would delete, those that finished
+        longest ago first, and return how many; None, deleting nothing, while another caller
+        is purging (one at a time). The Runner's retention purge calls it in small batches,
+        so that no statement holds locks for long whatever the history's size."""
 
     async def purgeable(self, older_than: float | timedelta) -> dict[str, dict[str, int]]:
         """What :meth:`purge` would delete now, ``{queue: {state: count}}``; deletes nothing."""

@@ -27,10 +27,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from batchworks import _json
-from batchworks._checks import check_queue, check_state, seconds
+from batchworks._checks import (
+    check_queue,
+    positive_int,
+    seconds,
+)
 from batchworks.backends._base import BackendBase, payload_label
 from batchworks.backends._flow import FLOW_RECHECK
 from batchworks.backends._memory_flow import Entry, QueueFlow
+from batchworks.backends._memory_reads import MemoryReads
 from batchworks.backends._waiters import JobWaiters
 from batchworks.backends.base import (
     ClaimedJob,
@@ -110,7 +115,7 @@ class _Worker:
     max_attempts: int | None = None
 
 
-class MemoryBackend(BackendBase[list[str]]):
+class MemoryBackend(BackendBase[list[str]], MemoryReads):
     """Jobs in this process's memory: for in-process batches, tests and the demo.
 
     :param clock: seconds since the epoch; tests pass a fake one to move time.
@@ -286,6 +291,8 @@ class MemoryBackend(BackendBase[list[str]]):
             timeout=row.timeout,
             schedule=row.schedule,
             scheduled_for=row.scheduled_for,
+            lease_until=_dt(row.lease_until) if row.state is JobState.RUNNING else None,
+            cancel_requested=row.cancel_requested,
             concurrency_key=row.concurrency_key,
         )
 
@@ -341,22 +348,6 @@ class MemoryBackend(BackendBase[list[str]]):
             if worker.state is _WorkerState.ACTIVE
         ]
 
-    async def list_jobs(
-        self, *, queue: str | None = None, state: str | None = None, limit: int = 50
-    ) -> list[JobRecord]:
-        """The newest jobs first, filtered by queue and state."""
-        wanted = check_state(state)
-        found = []
-        for job_id in sorted(self._rows, reverse=True):
-            row = self._rows[job_id]
-            if (queue is None or row.queue == queue) and (wanted is None or row.state == wanted):
-                record = await self.get_job(job_id)
-                assert record is not None
-                found.append(record)
-                if len(found) >= limit:
-                    break
-        return found
-
     async def retry_failed(
         self, *, queue: str | None = None, ids: Sequence[int] | None = None
     ) -> int:
@@ -397,7 +388,16 @@ class MemoryBackend(BackendBase[list[str]]):
 
     async def purge(self, older_than: float | timedelta) -> int:
         """Delete jobs that reached a final state more than ``older_than`` ago."""
+        return self._delete(self._purgeable(older_than))
+
+    async def purge_batch(self, older_than: float | timedelta, *, limit: int) -> int | None:
+        """Delete up to ``limit`` of the jobs :meth:`purge` would delete, the longest finished
+        first. Never None here: a call runs to its end before another starts."""
+        limit = positive_int(limit, "limit")
         old = self._purgeable(older_than)
+        return self._delete(heapq.nsmallest(limit, old, key=lambda row: (row.finished_at, row.id)))
+
+    def _delete(self, old: list[_Row]) -> int:
         for row in old:
             del self._rows[row.id]
             if row.schedule is not None:  # the tick guard goes with its job, as in PostgreSQL

@@ -1,4 +1,4 @@
-"""Scenario 18: flow control holds across a fleet under faults (#14). Four worker processes
+"""Scenario 19: flow control holds across a fleet under faults (#14). Four worker processes
 serve a queue limited by ``concurrency`` and ``key_concurrency``, a rate-limited queue and a
 paused one, while one of them is killed with ``kill -9`` (and restarted) in a loop and one is
 SIGSTOPped past its prune period. From the slots every claim opened and its settle or
@@ -107,7 +107,7 @@ async def test_limits_hold_across_workers_under_kills_and_stops(
     spans, past_lease = slots.clipped(held, effects)
     handlers = slots.most_at_once(spans)
     record_figures(
-        "18 flow limits under kill -9 and SIGSTOP",
+        "19 flow limits under kill -9 and SIGSTOP",
         **verdict.figures(),
         kills=kills,
         most_running_q=per_queue.get("q"),

@@ -31,6 +31,10 @@ BENCHMARKS = [
     "tracing_cost.py",
     "refusal.py",
     "schedule_idle.py",
+    "web_list.py",
+    "wal.py",
+    "retention.py",
+    "server_bound.py",
     "flow.py",
 ]
 RATIO = re.compile(r"^ratio\b.*\d+\.\d+x", re.MULTILINE)

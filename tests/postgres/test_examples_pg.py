@@ -44,6 +44,7 @@ def test_resumable_export_survives_sigkill_on_postgres(pg_dsn: str, pg_schema: s
         ("service.py", "receipts sent: 30 of 30 orders"),
         ("cron_batch.py", "invoices: succeeded 200, failed 0"),
         ("fastapi_service.py", "after shutdown: healthy=False"),
+        ("dashboard.py", "is queued again, attempts 0"),
     ],
 )
 def test_examples_run_on_postgres(pg_dsn: str, pg_schema: str, example: str, expected: str) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from batchworks.backends.postgres import backend as backend_module
 from batchworks.backends.postgres import queries
+from batchworks.backends.postgres._reads import OperatorReads
 from batchworks.backends.postgres.backend import STATEMENTS, PostgresBackend, Queries
 
 # The constants of queries.py that are a part of statements, not a statement.
@@ -53,7 +54,8 @@ def test_every_statement_of_queries_py_has_its_field_and_no_field_lacks_one() ->
 
 
 def test_the_backend_uses_every_statement_and_only_statements_it_has() -> None:
-    source = inspect.getsource(backend_module.PostgresBackend)
+    # the class and its mixin of operators' reads (_reads.py)
+    source = inspect.getsource(backend_module.PostgresBackend) + inspect.getsource(OperatorReads)
     used = set(re.findall(r"self\._q\.(\w+)", source))
     fields = set(STATEMENTS) | {"channel", "finished_channel", "waited", "names"}
     assert used <= fields, f"self._q has no {sorted(used - fields)}"

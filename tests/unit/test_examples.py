@@ -39,6 +39,14 @@ SUMMARY_LINES = {
         r"^after shutdown: healthy=False, succeeded 2$",
         re.MULTILINE,
     ),
+    "dashboard.py": re.compile(
+        r"^GET /ops/ without a token: 403\n"
+        r"^GET /ops/jobs\?state=failed as a viewer: 200, jobs \['(\d+)'\]\n"
+        r"^POST retry as a viewer: 403\n"
+        r"^POST retry as an operator: 303 -> /ops/jobs/\1\?done=retried\n"
+        r"^job \1 is queued again, attempts 0$",
+        re.MULTILINE,
+    ),
     "periodic.py": re.compile(
         r"^heartbeat-report: next tick .*^ticks: (\d+) jobs for \1 ticks, 0 ticks twice$",
         re.MULTILINE | re.DOTALL,

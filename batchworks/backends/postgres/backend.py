@@ -26,7 +26,12 @@ import asyncpg
 import tenacity
 
 from batchworks import _json
-from batchworks._checks import check_queue, check_state, duration, seconds
+from batchworks._checks import (
+    check_queue,
+    duration,
+    positive_int,
+    seconds,
+)
 from batchworks.backends._base import BackendBase, payload_label
 from batchworks.backends._flow import FLOW_RECHECK, lookahead, queue_state
 from batchworks.backends._waiters import JobWaiters
@@ -53,6 +58,7 @@ from batchworks.backends.postgres._connect import (
     transient,
 )
 from batchworks.backends.postgres._listener import Listener
+from batchworks.backends.postgres._reads import OperatorReads, record
 from batchworks.errors import (
     BackendError,
     ConfigurationError,
@@ -107,12 +113,19 @@ class Queries:
     overview: str
     workers: str
     list_jobs: str
+    list_job_summaries: str
+    count_jobs: str
+    cancel_jobs: str
+    queue_position: str
+    throughput: str
     purge_workers: str
     stats: str
     retry_failed: str
     cancel: str
     mark_waited: str
     purge: str
+    purge_batch: str
+    purge_plan: str
     purgeable: str
     policy_max_attempts: str
     register_worker: str
@@ -176,7 +189,7 @@ def _lock_key(schema: str, purpose: str) -> int:
     return zlib.crc32(f"batchworks:{schema}:{purpose}".encode()) - 2**31
 
 
-class PostgresBackend(BackendBase[str]):
+class PostgresBackend(BackendBase[str], OperatorReads):
     """Jobs in PostgreSQL.
 
     :param dsn: a libpq connection string or URL; the backend opens its own pool.
@@ -449,7 +462,7 @@ class PostgresBackend(BackendBase[str]):
     async def get_job(self, job_id: int) -> JobRecord | None:
         """The job as stored, or None."""
         rows = await self._fetch(self._q.get_job, job_id)
-        return _record(rows[0]) if rows else None
+        return record(rows[0]) if rows else None
 
     async def wait_job(self, job_id: int, timeout: float | None = None) -> JobRecord:
         """Return the job once it is succeeded, failed or cancelled; see
@@ -520,13 +533,6 @@ class PostgresBackend(BackendBase[str]):
             for row in await self._fetch(self._q.workers)
         ]
 
-    async def list_jobs(
-        self, *, queue: str | None = None, state: str | None = None, limit: int = 50
-    ) -> list[JobRecord]:
-        """The newest jobs first, filtered by queue and state."""
-        rows = await self._fetch(self._q.list_jobs, queue, check_state(state), limit)
-        return [_record(row) for row in rows]
-
     async def stats(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: count}}``, every state present."""
         counts: dict[str, dict[str, int]] = {}
@@ -554,6 +560,18 @@ class PostgresBackend(BackendBase[str]):
         row = await self._fetchrow(self._q.purge, age)
         await self._fetch(self._q.purge_workers, age)
         return int(row[0])
+
+    async def purge_batch(self, older_than: float | timedelta, *, limit: int) -> int | None:
+        """Delete up to ``limit`` of the jobs :meth:`purge` would delete, the longest finished
+        first; None (deleting nothing) while another caller does so (one at a time)."""
+        age = seconds(older_than, name="older_than")
+        limit = positive_int(limit, "limit")
+        key = _lock_key(self._schema, "purge")
+        # PURGE_PLAN holds for this transaction only: the ordered scan, whatever the statistics.
+        async with self._errors(), self._require_pool().acquire() as conn, conn.transaction():
+            await conn.fetch(self._q.purge_plan)
+            row = await conn.fetchrow(self._q.purge_batch, age, limit, key)
+        return int(row["n"]) if row["got"] else None
 
     async def purgeable(self, older_than: float | timedelta) -> dict[str, dict[str, int]]:
         """What :meth:`purge` would delete now, ``{queue: {state: count}}``."""
@@ -876,31 +894,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 def _connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, BackendError) and transient(exc.__cause__)
-
-
-def _record(row: asyncpg.Record) -> JobRecord:
-    return JobRecord(
-        id=row["id"],
-        queue=row["queue"],
-        payload=_json.loads(row["payload"]),
-        state=JobState(row["state"]),
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"] or 0,
-        priority=row["priority"],
-        run_at=row["run_at"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        errors=tuple(json.loads(row["errors"])),
-        result=_json.loads_optional(row["result"]),
-        dedupe_key=row["dedupe_key"],
-        checkpoint=_json.loads_optional(row["checkpoint"]),
-        worker=row["worker_name"],
-        timeout=row["timeout"],
-        schedule=row["schedule"],
-        scheduled_for=row["scheduled_for"],
-        concurrency_key=row["concurrency_key"],
-    )
 
 
 def _schedule(row: asyncpg.Record) -> ScheduleState:

@@ -108,7 +108,7 @@ WHERE queue = $1 AND dedupe_key = ANY($2::text[]) AND state IN ('queued', 'runni
 GET_JOB: LiteralString = """
 SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, created_at,
        started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout,
-       schedule, scheduled_for, concurrency_key
+       schedule, scheduled_for, lease_until, cancel_requested, concurrency_key
 FROM __SCHEMA__.jobs WHERE id = $1
 """
 
@@ -127,13 +127,96 @@ SELECT name, host, pid, queues, started_at, heartbeat_at,
 FROM __SCHEMA__.workers WHERE state = 'active' ORDER BY name
 """
 
+# The newest jobs first, by filters that may each be NULL (no filter), paged by keyset: $5 is
+# the lowest id of the page before (NULL: the first page). The cursor is written as "id <
+# coalesce(...)" rather than "($5 IS NULL OR id < $5)" so that it stays an index condition of
+# the backward scan of the primary key in a generic plan too: a deep page then starts at its
+# cursor instead of filtering every newer row (bench/web_list.py measures both at 1M jobs).
+# The error type is that of the latest entry of the job's history.
 LIST_JOBS: LiteralString = """
 SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, created_at,
        started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout,
-       schedule, scheduled_for, concurrency_key
+       schedule, scheduled_for, lease_until, cancel_requested, concurrency_key
 FROM __SCHEMA__.jobs
+WHERE id < coalesce($5::bigint, 9223372036854775807)
+  AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
+  AND ($3::text IS NULL OR schedule = $3) AND ($4::text IS NULL OR errors -> -1 ->> 'type' = $4)
+ORDER BY id DESC LIMIT $6
+"""
+
+# LIST_JOBS's page without what a job carries (payload, result, checkpoint, the error history
+# but its latest entry's type and the start of its message): the rows the dashboard lists.
+# $1-$5 are COUNT_JOBS' filters (a JobFilter), $6 the keyset cursor, $7 the limit.
+LIST_JOB_SUMMARIES: LiteralString = """
+SELECT id, queue, state, attempts, max_attempts, priority, run_at, created_at, finished_at,
+       schedule, worker_name, errors -> -1 ->> 'type' AS error_type,
+       left(errors -> -1 ->> 'message', 200) AS error_message
+FROM __SCHEMA__.jobs
+WHERE id < coalesce($6::bigint, 9223372036854775807)
+  AND id <= coalesce($5::bigint, 9223372036854775807)
+  AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
+  AND ($3::text IS NULL OR schedule = $3) AND ($4::text IS NULL OR errors -> -1 ->> 'type' = $4)
+ORDER BY id DESC LIMIT $7
+"""
+
+# LIST_JOBS's filters, counted up to id $5 (the count the dashboard shows before a cancel of
+# them all).
+COUNT_JOBS: LiteralString = """
+SELECT count(*) FROM __SCHEMA__.jobs
 WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
-ORDER BY id DESC LIMIT $3
+  AND ($3::text IS NULL OR schedule = $3) AND ($4::text IS NULL OR errors -> -1 ->> 'type' = $4)
+  AND id <= coalesce($5::bigint, 9223372036854775807)
+"""
+
+# CANCEL for every queued or running job matching LIST_JOBS's filters, up to id $5.
+CANCEL_JOBS: LiteralString = """
+WITH upd AS (
+    UPDATE __SCHEMA__.jobs AS j
+    SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
+        finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
+        cancel_requested = (state = 'running')
+    WHERE state IN ('queued', 'running')
+      AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
+      AND ($3::text IS NULL OR schedule = $3)
+      AND ($4::text IS NULL OR errors -> -1 ->> 'type' = $4)
+      AND id <= coalesce($5::bigint, 9223372036854775807)
+    RETURNING j.id,
+              CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+                   THEN pg_notify(__FINISHED__, j.id::text) END
+)
+SELECT count(*) FROM upd
+"""
+
+# Where a job stands: seconds until due, and the due queued jobs of its queue a claim takes
+# first (CLAIM_ONE's order: priority DESC, run_at, id), counted up to $2 along jobs_claim.
+QUEUE_POSITION: LiteralString = """
+SELECT j.state, extract(epoch FROM j.run_at - now())::float8 AS due_in, now() AS now,
+       CASE WHEN j.state <> 'queued' THEN 0 ELSE (
+           SELECT count(*) FROM (
+               SELECT 1 FROM __SCHEMA__.jobs AS a
+               WHERE a.state = 'queued' AND a.queue = j.queue AND a.run_at <= now()
+                 AND a.id <> j.id
+                 AND (a.priority > j.priority
+                      OR (a.priority = j.priority AND (a.run_at, a.id) < (j.run_at, j.id)))
+               LIMIT $2
+           ) AS ahead
+       ) END AS ahead
+FROM __SCHEMA__.jobs AS j WHERE j.id = $1
+"""
+
+# Jobs that ended in each of $2 buckets of the last $1 seconds, along jobs_finished. Bucket
+# 0 is the oldest; a job that ended exactly now falls in the last.
+THROUGHPUT: LiteralString = """
+SELECT now() AS now, queue, state,
+       least($2 - 1, floor(extract(epoch FROM finished_at - (now() - make_interval(secs => $1)))
+                           / ($1 / $2))::int) AS bucket,
+       count(*) AS n
+FROM __SCHEMA__.jobs
+WHERE state IN ('succeeded', 'failed', 'cancelled')
+  AND finished_at > now() - make_interval(secs => $1)
+GROUP BY queue, state, bucket
+UNION ALL
+SELECT now(), NULL, NULL, NULL, NULL
 """
 
 PURGE_WORKERS: LiteralString = """
@@ -191,6 +274,40 @@ WITH gone AS (
     RETURNING 1
 )
 SELECT count(*) FROM gone
+"""
+
+# The retention purge of a runner (#18): up to $2 of the jobs PURGE would delete, the longest
+# finished first, read off jobs_finished (finished_at, partial on the final states) in index
+# order, which stops after $2 entries, so a batch costs the same however much history there
+# is. Run in a transaction after PURGE_PLAN: without statistics the planner estimates a
+# thousandth of the finished rows and takes a bitmap scan of all of them and a sort instead
+# (87 ms a batch at 300k finished, growing with the history; 1 ms with the ordered scan). One
+# purger at a time: only where it gets the advisory lock ($3), held until the transaction ends;
+# another deletes nothing (got is false). Only the rows deleted are locked, and none another
+# holds (SKIP LOCKED): a batch keeps no claim, settle or operator call waiting.
+PURGE_BATCH: LiteralString = """
+WITH lock AS (
+    SELECT pg_try_advisory_xact_lock($3) AS got
+), gone AS (
+    DELETE FROM __SCHEMA__.jobs
+    WHERE id = ANY(ARRAY(
+        SELECT id FROM __SCHEMA__.jobs
+        WHERE state IN ('succeeded', 'failed', 'cancelled')
+          AND finished_at < now() - make_interval(secs => $1)
+          AND (SELECT got FROM lock)
+        ORDER BY finished_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED))
+    RETURNING 1
+)
+SELECT (SELECT got FROM lock) AS got, (SELECT count(*) FROM gone) AS n
+"""
+
+# PURGE_BATCH's plan, for its transaction only (local): the ordered index scans, whatever the
+# statistics say.
+PURGE_PLAN: LiteralString = """
+SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true),
+       set_config('enable_seqscan', 'off', true)
 """
 
 # What PURGE would delete: the same condition, counted.
@@ -301,6 +418,12 @@ SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS w
 # earlier attempts that lost their worker (the runner judges from it whether the job is a
 # suspect: Runner.SUSPECT_AFTER); the CASE skips the look into an empty error history.
 #
+# A claim commits asynchronously: the set_config (an InitPlan, evaluated once, before any row)
+# turns synchronous_commit off for the statement's own transaction only, so an idle runner's
+# wake-up does not wait for a WAL flush of its claim (0.2-0.4 ms here). A claim a server crash
+# loses is simply not claimed: the job is queued with its attempt unused, and the late settle of
+# the worker that ran it is fenced out (docs/durability.md).
+#
 # CLAIM_ONE, for one queue ($2): one index-ordered scan of jobs_claim that stops at $3 rows.
 CLAIM_ONE: LiteralString = """
 WITH claimed AS (
@@ -314,6 +437,7 @@ WITH claimed AS (
         lease_until = now() + make_interval(secs => $4)
     FROM __SCHEMA__.workers AS w
     WHERE w.token = $1 AND w.state = 'active'
+      AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
       AND j.id = ANY(ARRAY(
           SELECT id FROM __SCHEMA__.jobs
           WHERE state = 'queued' AND queue = $2 AND run_at <= now()
@@ -359,6 +483,7 @@ WITH claimed AS (
         lease_until = now() + make_interval(secs => $4)
     FROM __SCHEMA__.workers AS w
     WHERE w.token = $1 AND w.state = 'active'
+      AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
       AND j.id = ANY(ARRAY(
           SELECT m.id FROM (
               SELECT c.id, c.priority, c.run_at, q.name
