@@ -3,9 +3,9 @@ jobs why ID``.
 
 :func:`gather` reads what the backend knows about a job once (:class:`WaitFacts`); each reason
 is one small function of those facts that returns a :class:`WaitReason` or None, and
-:data:`REASONS` lists them in the order they are shown. A new reason (a paused queue, a full
-concurrency limit, a rate window, a batch's progress) is a fact more in :class:`WaitFacts`,
-read in :func:`gather`, and one function more in :data:`REASONS`.
+:data:`REASONS` lists them in the order they are shown. A new reason (a batch's progress) is a
+fact more in :class:`WaitFacts`, read in :func:`gather`, and one function more in
+:data:`REASONS`; flow control (#14: a paused queue, a full limit, a rate window) is one.
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchworks._text import age as _age
-from batchworks.backends.base import AHEAD_CAP, Backend, QueuePosition, ScheduleState, WorkerRecord
+from batchworks.backends.base import (
+    AHEAD_CAP,
+    Backend,
+    QueuePosition,
+    QueueState,
+    ScheduleState,
+    WorkerRecord,
+)
 from batchworks.job import JobRecord, JobState
 from batchworks.runner import SUSPECT_AFTER
 
@@ -25,14 +32,17 @@ __all__ = ["LIVE_SILENCE", "REASONS", "SUSPECT_AFTER", "WaitFacts", "WaitReason"
 #: seconds of heartbeat silence after which a registered worker no longer counts as serving
 #: its queues (the default ``prune_after``: other runners presume it dead from then on)
 LIVE_SILENCE = 30.0
+#: running jobs of a queue read to count those of a job's concurrency key
+KEY_SCAN = 10_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WaitReason:
     """One reason a job is (or is not) waiting, for people and for programs."""
 
-    #: a stable name: ``due_later``, ``no_live_worker``, ``suspect``, ``behind``,
-    #: ``schedule``, ``ready``, ``not_waiting``
+    #: a stable name: ``due_later``, ``no_live_worker``, ``suspect``, ``paused``,
+    #: ``concurrency``, ``rate``, ``key_concurrency``, ``behind``, ``schedule``, ``ready``,
+    #: ``not_waiting``
     code: str
     #: one sentence saying it
     text: str
@@ -53,6 +63,10 @@ class WaitFacts:
     workers: tuple[WorkerRecord, ...]
     #: the schedule that enqueued it, if it is still stored
     schedule: ScheduleState | None = None
+    #: its queue's flow control and use (#14), if it has settings or live jobs
+    flow: QueueState | None = None
+    #: running jobs of its queue with its ``concurrency_key`` (0 without a key)
+    key_running: int = 0
 
     @property
     def lost_workers(self) -> int:
@@ -75,7 +89,19 @@ async def gather(backend: Backend, job_id: int) -> WaitFacts | None:
     if job.schedule is not None:
         listing = await backend.schedules()
         schedule = next((s for s in listing.schedules if s.name == job.schedule), None)
-    return WaitFacts(job=job, position=position, workers=workers, schedule=schedule)
+    flow = next((q for q in await backend.queues() if q.name == job.queue), None)
+    key_running = 0
+    if flow is not None and flow.key_concurrency is not None and job.concurrency_key:
+        running = await backend.list_jobs(queue=job.queue, state="running", limit=KEY_SCAN)
+        key_running = sum(1 for r in running if r.concurrency_key == job.concurrency_key)
+    return WaitFacts(
+        job=job,
+        position=position,
+        workers=workers,
+        schedule=schedule,
+        flow=flow,
+        key_running=key_running,
+    )
 
 
 def not_waiting(facts: WaitFacts) -> WaitReason | None:
@@ -168,11 +194,43 @@ def from_schedule(facts: WaitFacts) -> WaitReason | None:
     return WaitReason(code="schedule", text=text, details=details)
 
 
+def held_back(facts: WaitFacts) -> WaitReason | None:
+    """Due, but its queue is paused, or a limit of the queue (or of its key) is full (#14)."""
+    flow = facts.flow
+    if not facts.waiting or facts.position.due_in > 0 or flow is None:
+        return None
+    queue = facts.job.queue
+    details: dict[str, Any] = {"queue": queue}
+    if flow.paused:
+        code, text = "paused", f"queue {queue!r} is paused: it starts no job until resumed"
+    elif flow.concurrency is not None and flow.running >= flow.concurrency:
+        code = "concurrency"
+        text = (
+            f"queue {queue!r} runs {flow.running} jobs, its limit (concurrency {flow.concurrency})"
+        )
+        details.update(running=flow.running, concurrency=flow.concurrency)
+    elif flow.rate is not None and flow.recent_starts >= flow.rate[0]:
+        n, window = flow.rate
+        code = "rate"
+        text = f"queue {queue!r} started {n} jobs within the last {window:g}s, its rate limit"
+        details.update(rate_n=n, rate_seconds=window)
+    elif flow.key_concurrency is not None and facts.key_running >= flow.key_concurrency:
+        code = "key_concurrency"
+        text = (
+            f"{facts.key_running} jobs of its concurrency key {facts.job.concurrency_key!r} run, "
+            f"the limit of queue {queue!r} (key_concurrency {flow.key_concurrency})"
+        )
+        details.update(key=facts.job.concurrency_key, running=facts.key_running)
+    else:
+        return None
+    return WaitReason(code=code, text=text, details=details)
+
+
 def ready(facts: WaitFacts) -> WaitReason | None:
     """Due, nothing ahead, a live worker: nothing holds it back but the next claim."""
     if not facts.waiting or facts.position.due_in > 0 or facts.position.ahead:
         return None
-    if no_live_worker(facts) is not None or suspect(facts) is not None:
+    if any(check(facts) is not None for check in (no_live_worker, suspect, held_back)):
         return None
     return WaitReason(
         code="ready",
@@ -188,6 +246,7 @@ REASONS: tuple[Callable[[WaitFacts], WaitReason | None], ...] = (
     due_later,
     no_live_worker,
     suspect,
+    held_back,
     behind,
     ready,
     from_schedule,

@@ -82,3 +82,46 @@ class TestWhy:
 
     async def test_no_such_job_is_none(self, backend: Backend) -> None:
         assert await why_waiting(backend, 10**9) is None
+
+
+class TestWhyFlowControl:
+    """A due job held back by its queue's flow control (#14) says by what, and is not ready."""
+
+    async def test_a_paused_queue(self, backend: Backend) -> None:
+        job_id = await backend.enqueue("q", 1)
+        await backend.register_worker("w", ["q"])
+        await backend.pause_queue("q")
+        assert await codes(backend, job_id) == ["paused"]
+        await backend.resume_queue("q")
+        assert await codes(backend, job_id) == ["ready"]
+
+    async def test_a_full_concurrency_limit_and_a_full_key(self, backend: Backend) -> None:
+        await backend.configure_queue("q", concurrency=2, key_concurrency=1)
+        await backend.enqueue_many("q", [1, 2, 3, 4], concurrency_keys=["a", "a", "b", "c"])
+        worker = await backend.register_worker("w", ["q"])
+        first = await backend.claim(worker, ["q"], 1, lease=LEASE, max_attempts=5)
+        [waiting_a] = [
+            j.id
+            for j in await backend.list_jobs(queue="q", state="queued")
+            if j.concurrency_key == "a"
+        ]
+        key = await reason(backend, waiting_a, "key_concurrency")
+        assert key.details == {"queue": "q", "key": "a", "running": 1}
+        assert "ready" not in await codes(backend, waiting_a)
+        await backend.claim(worker, ["q"], 5, lease=LEASE, max_attempts=5)
+        [left] = [
+            j.id
+            for j in await backend.list_jobs(queue="q", state="queued")
+            if j.concurrency_key == "c"
+        ]
+        full = await reason(backend, left, "concurrency")
+        assert full.details == {"queue": "q", "running": 2, "concurrency": 2}
+        assert len(first) == 1
+
+    async def test_a_full_rate_window(self, backend: Backend) -> None:
+        await backend.configure_queue("q", rate=(1, 3600))
+        _, second = await backend.enqueue_many("q", [1, 2])
+        worker = await backend.register_worker("w", ["q"])
+        await backend.claim(worker, ["q"], 5, lease=LEASE, max_attempts=5)
+        held = await reason(backend, second, "rate")
+        assert held.details == {"queue": "q", "rate_n": 1, "rate_seconds": 3600.0}
