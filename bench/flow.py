@@ -51,7 +51,7 @@ KEYS = 1000
 CONCURRENCY = 100
 BATCH_SIZE = 100
 
-# CLAIM_ONE as it was before flow control (main before #14), for the "today" drain.
+# CLAIM_ONE as it is on main without flow control (#14), for the "today" drain.
 TODAY_CLAIM_ONE = """
 WITH claimed AS (
     UPDATE __SCHEMA__.jobs AS j
@@ -64,6 +64,7 @@ WITH claimed AS (
         lease_until = now() + make_interval(secs => $4)
     FROM __SCHEMA__.workers AS w
     WHERE w.token = $1 AND w.state = 'active'
+      AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
       AND j.id = ANY(ARRAY(
           SELECT id FROM __SCHEMA__.jobs
           WHERE state = 'queued' AND queue = $2 AND run_at <= now()
