@@ -173,3 +173,18 @@ BEGIN
         SELECT id FROM l WHERE state = 'queued' ORDER BY priority DESC, run_at, id);
 END
 $function$;
+
+CREATE OR REPLACE FUNCTION batchworks.flow_pick_all(qs text[], wanted integer[], lookahead integer)
+ RETURNS bigint[]
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    i      integer;
+    picked bigint[] := '{}';
+BEGIN
+    FOR i IN SELECT g FROM generate_subscripts(qs, 1) AS g ORDER BY qs[g] LOOP
+        picked := picked || batchworks.flow_pick(qs[i], wanted[i], lookahead);
+    END LOOP;
+    RETURN picked;
+END
+$function$;

@@ -131,3 +131,61 @@ async def test_racing_claims_hold_the_rate(
     assert len(claimed) == 7
     await settle_all(pg_backend, claimed)
     assert await race(wide, pg_dsn, workers, held=False) == []  # settles give no start back
+
+
+async def test_a_claim_locks_its_limited_queues_in_the_order_of_their_names(
+    pg_backend: PostgresBackend, wide: PostgresBackend, pg_dsn: str
+) -> None:
+    # A runner listing ["b", "a"] locks "a" first: held up by a transaction on "b", its claim
+    # already holds "a". Locked in the runner's order instead, two runners listing the same
+    # queues in other orders could each hold one row and wait for the other's (a deadlock).
+    for name in ("a", "b"):
+        await pg_backend.configure_queue(name, concurrency=10)
+        await pg_backend.enqueue_many(name, [1, 2])
+    worker = await pg_backend.register_worker("w", ["b", "a"])
+    blocker = await asyncpg.connect(pg_dsn)
+    watcher = await asyncpg.connect(pg_dsn)
+    queues = f'"{pg_backend.schema}".queues'
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute(f"SELECT FROM {queues} WHERE name = 'b' FOR UPDATE")
+        claim = asyncio.create_task(wide.claim(worker, ["b", "a"], 5, lease=60, max_attempts=5))
+
+        async def a_is_locked() -> bool:
+            try:
+                async with watcher.transaction():
+                    await watcher.execute(
+                        f"SELECT FROM {queues} WHERE name = 'a' FOR UPDATE NOWAIT"
+                    )
+            except asyncpg.LockNotAvailableError:
+                return True
+            return False
+
+        await eventually(a_is_locked, what="the claim to hold queue a while it waits for b")
+        await transaction.rollback()
+        assert sorted(job.queue for job in await claim) == ["a", "a", "b", "b"]
+    finally:
+        await blocker.close()
+        await watcher.close()
+
+
+async def test_claims_of_limited_queues_listed_in_other_orders_all_go_through(
+    pg_backend: PostgresBackend, wide: PostgresBackend
+) -> None:
+    names = ["a", "b", "c"]
+    for name in names:
+        await pg_backend.configure_queue(name, concurrency=1000)
+        await pg_backend.enqueue_many(name, list(range(300)))
+    orders = [names, names[::-1], ["b", "c", "a"], ["c", "a", "b"]]
+    workers = [
+        (await pg_backend.register_worker(f"w{i}", order), order)
+        for i, order in enumerate(orders * 4)
+    ]
+    claimed = 0
+    for _ in range(ROUNDS):
+        batches = await asyncio.gather(
+            *(wide.claim(worker, order, 3, lease=60.0, max_attempts=5) for worker, order in workers)
+        )
+        claimed += sum(len(batch) for batch in batches)
+    assert claimed == ROUNDS * len(workers) * 3

@@ -467,7 +467,9 @@ SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_co
 FROM claimed ORDER BY priority DESC, run_at, id
 """
 
-# Several queues ($2[]): one index-ordered scan per queue (the LATERAL), merged. A plain
+# Several queues ($2[]): one index-ordered scan per queue (the LATERAL), merged. The controlled
+# ones are picked by one call of flow_pick_all, which locks their rows in the order of their
+# names (two runners listing the same queues in other orders cannot deadlock). A plain
 # "queue = ANY($2)" made the planner sort every queued row of the queues on every claim (31 ms
 # against 0.2 ms with a backlog of 50,000). The merge costs about 4 us a job of PostgreSQL's
 # time over CLAIM_ONE, which is why one queue gets a statement of its own.
@@ -498,12 +500,14 @@ WITH claimed AS (
                   FOR UPDATE SKIP LOCKED
               ) AS c
               UNION ALL
-              SELECT fj.id, fj.priority, fj.run_at, q.name
-              FROM unnest($2::text[], $6::int[]) AS q(name, cap)
-              JOIN __SCHEMA__.queues AS f ON f.name = q.name AND f.controlled
-              CROSS JOIN LATERAL unnest(__SCHEMA__.flow_pick(f.name, least($3, q.cap), $7))
-                  AS p(id)
-              JOIN __SCHEMA__.jobs AS fj ON fj.id = p.id
+              SELECT fj.id, fj.priority, fj.run_at, fj.queue
+              FROM __SCHEMA__.jobs AS fj
+              WHERE fj.id = ANY((
+                  SELECT __SCHEMA__.flow_pick_all(
+                      array_agg(q.name), array_agg(least($3, q.cap)), $7)
+                  FROM unnest($2::text[], $6::int[]) AS q(name, cap)
+                  JOIN __SCHEMA__.queues AS f ON f.name = q.name AND f.controlled
+                  HAVING count(*) > 0)::bigint[])
           ) AS m
           ORDER BY m.priority DESC,
                    row_number() OVER (PARTITION BY m.name

@@ -115,3 +115,19 @@ BEGIN
         SELECT id FROM l WHERE state = 'queued' ORDER BY priority DESC, run_at, id);
 END
 $$;
+
+-- The picks of several controlled queues for one claim (queries.CLAIM), in the order of their
+-- names: two claims of the same queues, listed in different orders by their runners, then lock
+-- the queues' rows in the same order, and cannot deadlock.
+CREATE FUNCTION __SCHEMA__.flow_pick_all(qs text[], wanted integer[], lookahead integer)
+RETURNS bigint[] LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    i      integer;
+    picked bigint[] := '{}';
+BEGIN
+    FOR i IN SELECT g FROM generate_subscripts(qs, 1) AS g ORDER BY qs[g] LOOP
+        picked := picked || __SCHEMA__.flow_pick(qs[i], wanted[i], lookahead);
+    END LOOP;
+    RETURN picked;
+END
+$$;
