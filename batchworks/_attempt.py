@@ -50,18 +50,23 @@ class Held:
 
     job: Job
     claim: ClaimedJob
-    task: asyncio.Task[None] | None = None
+    #: the task running its attempt, while it runs (a pool's task, shared with other jobs)
+    task: asyncio.Task[Any] | None = None
     started: bool = False
     #: why the runner cancelled it (None: it did not)
     cancel_reason: CancelReason | None = None
 
-    def attach(self, task: asyncio.Task[None]) -> None:
-        """The task that runs this job (a cancel from now on cancels it)."""
+    def start(self, task: asyncio.Task[Any] | None) -> None:
+        """Its handler is about to run in ``task`` (a cancel from now on cancels it)."""
+        self.started = True
         self.task = task
 
-    def start(self) -> None:
-        """Its handler is about to run (it holds a concurrency slot)."""
-        self.started = True
+    def finish(self) -> None:
+        """Its attempt ended: a cancel of the task it ran in no longer concerns it. A cancel
+        this job was sent is taken back from the task, which goes on to other jobs."""
+        task, self.task = self.task, None
+        if task is not None and self.cancel_reason is not None:
+            task.uncancel()
 
     def cancel(self, reason: CancelReason) -> None:
         """Cancel the job for ``reason``, once: the first reason counts. A job without a

@@ -49,6 +49,7 @@ from batchworks._checks import (
 from batchworks._flow_metrics import QueueMetrics
 from batchworks._heartbeat import LeaseClock
 from batchworks._logs import log_extra
+from batchworks._pool import Pool
 from batchworks._queue_caps import QueueCaps
 from batchworks._retention import RETENTION, Retention, check_retention
 from batchworks._scheduler import Scheduler, check_schedules
@@ -283,7 +284,7 @@ class Runner:
         self._token: WorkerToken | None = None
         self._settle: SettleBuffer | None = None
         self._held: dict[int, Held] = {}
-        self._slots = asyncio.Semaphore(self._concurrency)
+        self._pool = Pool(self._concurrency, self._process)  # runs the held jobs
         self._stop_requested = False
         self._stop_event = asyncio.Event()
         self._hard_stop = asyncio.Event()
@@ -315,7 +316,6 @@ class Runner:
         self._started_at = 0.0
         self._finished_at: float | None = None
         self._task: asyncio.Task[None] | None = None
-        self._batches: set[asyncio.Task[None]] = set()
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -592,9 +592,7 @@ class Runner:
         # the suspect kills this worker, none of it may be lost with it.
         assert self._settle is not None
         await self._settle.flush(deadline=self._loop_time() + self._calls.timeout)
-        task = asyncio.create_task(self._run_batch([suspect]))
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
+        self._pool.put([self._held[suspect.id]])
         while suspect.id in self._held and not self._stop_requested:
             self._room.clear()
             await self._room.wait()
@@ -716,17 +714,13 @@ class Runner:
                 if self._settle is not None:
                     self._settle.add(released(claim))
             elif suspect:
-                self._suspect = self._hold(claim)
+                self._suspect = self._hold(claim).job
             else:
                 normal.append(claim)
-        if not normal:
-            return
-        jobs = [self._hold(claim) for claim in normal]
-        task = asyncio.create_task(self._run_batch(jobs))
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
+        if normal:
+            self._pool.put([self._hold(claim) for claim in normal])
 
-    def _hold(self, claim: ClaimedJob) -> Job:
+    def _hold(self, claim: ClaimedJob) -> Held:
         job = Job(
             id=claim.id,
             queue=claim.queue,
@@ -739,8 +733,8 @@ class Runner:
             scheduled_for=claim.scheduled_for,
             _saver=self._saver(claim.id),
         )
-        self._held[job.id] = Held(job, claim)
-        return job
+        held = self._held[job.id] = Held(job, claim)
+        return held
 
     def _saver(self, job_id: int) -> Callable[[Any], Awaitable[Any]]:
         async def save(value: Any) -> Any:
@@ -752,67 +746,57 @@ class Runner:
 
         return save
 
-    async def _run_batch(self, jobs: list[Job]) -> None:
-        """Run a claimed batch with allSettled semantics: each job gets its own outcome."""
-        tasks = []
-        for job in jobs:
-            task = asyncio.create_task(self._process(job))
-            self._held[job.id].attach(task)
-            tasks.append(task)
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        for job, result in zip(jobs, results, strict=True):
-            if isinstance(result, asyncio.CancelledError):
-                self._cancelled_before_start(job)
-            elif isinstance(result, BaseException):
-                logger.error(
-                    "internal error while running job %s; its lease will expire and it will "
-                    "be recovered",
-                    job.id,
-                    exc_info=result,
-                    extra=log_extra("job_internal_error", job_id=job.id, worker=self._worker_name),
-                )
-
-    async def _process(self, job: Job) -> None:
-        held = self._held[job.id]
-        outcome: Outcome | None
+    async def _process(self, held: Held) -> None:
+        """Run one held job in a task of the pool (allSettled: each job its own outcome)."""
+        job = held.job
+        if self._held.get(job.id) is not held:
+            return  # put back while it waited (a suspect at shutdown)
+        outcome: Outcome | None = None
         try:
-            if held.cancel_reason is not None:  # cancelled before it had a task
+            if held.cancel_reason is not None:  # cancelled before a task took it
                 outcome = self._attempts.cancelled_outcome(job, held.cancel_reason)
             elif self._stop_requested:
                 outcome = released(job)
             else:
-                async with self._slots:
-                    held.start()
+                held.start(asyncio.current_task())
+                try:
                     outcome = await self._attempts.run(held)
+                finally:
+                    held.finish()
         except asyncio.CancelledError:
             if held.cancel_reason is None:
                 raise  # not ours: the loop itself is going down
             outcome = self._attempts.cancelled_outcome(job, held.cancel_reason)
+        except Exception:
+            logger.exception(
+                "internal error while running job %s; its lease will expire and it will be "
+                "recovered",
+                job.id,
+                extra=log_extra("job_internal_error", job_id=job.id, worker=self._worker_name),
+            )
         finally:
-            del self._held[job.id]
-            self._room.set()
-            if self._caps.capped(job.queue):
-                self._woken.set()  # the fetch loop may claim this queue again
-                self._calls.cut(self._woken)
+            self._forget(job)
         if outcome is not None and self._settle is not None:
             self._settle.add(outcome)
 
-    def _cancelled_before_start(self, job: Job) -> None:
-        # A task cancelled before its first step never enters _process's try: nothing
-        # there forgot the job or gave it an outcome.
-        held = self._held.get(job.id)
-        if held is None or held.cancel_reason is None:
-            return
+    def _forget(self, job: Job) -> None:
+        """The runner no longer holds ``job``: its place is free."""
         del self._held[job.id]
         self._room.set()
-        outcome = self._attempts.cancelled_outcome(job, held.cancel_reason)
-        if outcome is not None and self._settle is not None:
-            self._settle.add(outcome)
+        if self._caps.capped(job.queue):
+            self._woken.set()  # the fetch loop may claim this queue again
+            self._calls.cut(self._woken)
 
     def _cancel(self, job_id: int, reason: CancelReason) -> None:
         held = self._held.get(job_id)
-        if held is not None:
-            held.cancel(reason)
+        if held is None:
+            return
+        held.cancel(reason)
+        if not held.started and self._pool.remove(held):  # it waited for a task: end it now
+            self._forget(held.job)
+            outcome = self._attempts.cancelled_outcome(held.job, reason)
+            if outcome is not None and self._settle is not None:
+                self._settle.add(outcome)
 
     def _on_settled(self, outcomes: Sequence[Outcome], lost: frozenset[int]) -> None:
         self._writes += 1
@@ -992,7 +976,8 @@ class Runner:
         loop = asyncio.get_running_loop()
         stopped_at = loop.time()
         suspect, self._suspect = self._suspect, None
-        if suspect is not None and self._held[suspect.id].task is None:
+        if suspect is not None and not self._held[suspect.id].started:
+            self._pool.remove(self._held[suspect.id])
             del self._held[suspect.id]  # never started: back to the queue, no attempt used
             if self._settle is not None:
                 self._settle.add(released(suspect))
@@ -1028,8 +1013,9 @@ class Runner:
                     "jobs_abandoned", job_ids=list(self._held), worker=self._worker_name
                 ),
             )
-        if self._batches:
-            await asyncio.wait(self._batches, timeout=self._time_left())
+        self._pool.close()
+        if self._pool.tasks:
+            await asyncio.wait(self._pool.tasks, timeout=self._time_left())
 
     async def _wait_idle(self, seconds: float, *, until_hard_stop: bool) -> None:
         loop = asyncio.get_running_loop()

@@ -53,7 +53,7 @@ class TestHeld:
             await asyncio.Event().wait()
 
         task = asyncio.create_task(forever())
-        held.attach(task)
+        held.start(task)
         held.cancel(CancelReason.LOST)
         held.cancel(CancelReason.SHUTDOWN)
         with pytest.raises(asyncio.CancelledError):
