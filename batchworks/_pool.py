@@ -20,8 +20,9 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from batchworks._attempt import Held
 
-#: ``run(held)``: run one held job to its outcome; raises only when the task must end
-Run = Callable[[Held], Awaitable[None]]
+#: ``run(held, task)``: run one held job to its outcome in ``task`` (the pool's task running
+#: it); raises only when that task must end
+Run = Callable[[Held, "asyncio.Task[None]"], Awaitable[None]]
 
 
 class Pool:
@@ -74,10 +75,12 @@ class Pool:
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
         ready = self._ready
         while True:
             if ready:
-                await self._run(ready.popleft())
+                await self._run(ready.popleft(), task)
                 continue
             if self._closed:
                 return

@@ -50,7 +50,7 @@ class JobState(enum.StrEnum):
 
 _FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
-CheckpointSaver = Callable[[Any], Awaitable[Any]]
+CheckpointSaver = Callable[[int, Any], Awaitable[Any]]
 
 
 @dataclass(slots=True, kw_only=True, eq=False)
@@ -90,7 +90,7 @@ class Job(Generic[PayloadT]):
             raise LifecycleError(
                 "this Job was not claimed by a Runner; it cannot save a checkpoint"
             )
-        self.checkpoint = await self._saver(value)
+        self.checkpoint = await self._saver(self.id, value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

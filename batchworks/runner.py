@@ -731,22 +731,19 @@ class Runner:
             timeout=claim.timeout if claim.timeout is not None else self._job_timeout,
             schedule=claim.schedule,
             scheduled_for=claim.scheduled_for,
-            _saver=self._saver(claim.id),
+            _saver=self._save_checkpoint,
         )
         held = self._held[job.id] = Held(job, claim)
         return held
 
-    def _saver(self, job_id: int) -> Callable[[Any], Awaitable[Any]]:
-        async def save(value: Any) -> Any:
-            assert self._token is not None
-            return await self._calls.run(
-                "save_checkpoint",
-                self._backend.save_checkpoint(self._token, job_id, value, lease=self._prune_after),
-            )
+    async def _save_checkpoint(self, job_id: int, value: Any) -> Any:
+        assert self._token is not None
+        return await self._calls.run(
+            "save_checkpoint",
+            self._backend.save_checkpoint(self._token, job_id, value, lease=self._prune_after),
+        )
 
-        return save
-
-    async def _process(self, held: Held) -> None:
+    async def _process(self, held: Held, task: asyncio.Task[None]) -> None:
         """Run one held job in a task of the pool (allSettled: each job its own outcome)."""
         job = held.job
         if self._held.get(job.id) is not held:
@@ -758,7 +755,7 @@ class Runner:
             elif self._stop_requested:
                 outcome = released(job)
             else:
-                held.start(asyncio.current_task())
+                held.start(task)
                 try:
                     outcome = await self._attempts.run(held)
                 finally:

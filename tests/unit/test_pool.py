@@ -22,7 +22,7 @@ async def test_jobs_run_in_order_on_at_most_size_tasks() -> None:
     most = 0
     release, three, ten = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
-    async def run(held: Held) -> None:
+    async def run(held: Held, task: asyncio.Task[None]) -> None:
         nonlocal running, most
         running += 1
         most = max(most, running)
@@ -53,8 +53,8 @@ async def test_a_cancelled_job_leaves_its_task_clean_for_the_next() -> None:
     seen: list[tuple[int, str]] = []
     started, both = asyncio.Event(), asyncio.Event()
 
-    async def run(held: Held) -> None:
-        held.start(asyncio.current_task())
+    async def run(held: Held, task: asyncio.Task[None]) -> None:
+        held.start(task)
         try:
             if held.job.id == 1:
                 started.set()
@@ -86,7 +86,7 @@ async def test_a_waiting_job_can_be_taken_out() -> None:
     ran: list[int] = []
     gate = asyncio.Event()
 
-    async def run(held: Held) -> None:
+    async def run(held: Held, task: asyncio.Task[None]) -> None:
         await gate.wait()
         ran.append(held.job.id)
 
