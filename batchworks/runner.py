@@ -679,6 +679,7 @@ class Runner:
             timeout=claim.timeout if claim.timeout is not None else self._job_timeout,
             schedule=claim.schedule,
             scheduled_for=claim.scheduled_for,
+            batch_id=claim.batch_id,
             _saver=self._saver(claim.id),
         )
         self._held[job.id] = Held(job, claim)

@@ -115,6 +115,12 @@ class SendSpan:
         self.carrier = carrier
         self._span = span
 
+    def batch(self, batch_id: int) -> None:
+        """The enqueue adds members to this batch."""
+        span = self._span
+        if span is not None and span.is_recording():
+            span.set_attribute("batchworks.batch.id", str(batch_id))
+
     def sent(self, ids: Sequence[int]) -> None:
         """The enqueue stored (or, for a live dedupe key, found) these jobs."""
         span = self._span

@@ -28,6 +28,7 @@ from typing import Any
 from batchworks import _json
 from batchworks._checks import check_queue, check_state, seconds
 from batchworks.backends._base import BackendBase, payload_label
+from batchworks.backends._memory_batches import MemoryBatchCalls, MemoryBatches
 from batchworks.backends._waiters import JobWaiters
 from batchworks.backends.base import (
     ClaimedJob,
@@ -78,6 +79,7 @@ class _Row:
     cancel_requested: bool = False
     schedule: str | None = None
     scheduled_for: datetime | None = None
+    batch_id: int | None = None
 
 
 class _WorkerState(enum.StrEnum):
@@ -104,7 +106,7 @@ class _Worker:
     max_attempts: int | None = None
 
 
-class MemoryBackend(BackendBase[list[str]]):
+class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]]):
     """Jobs in this process's memory: for in-process batches, tests and the demo.
 
     :param clock: seconds since the epoch; tests pass a fake one to move time.
@@ -128,6 +130,7 @@ class MemoryBackend(BackendBase[list[str]]):
         self._closed = False
         self._wake: asyncio.Event | None = None
         self._job_waiters = JobWaiters()
+        self._batch_book = MemoryBatches(clock, self._enqueue_callback)
 
     def __repr__(self) -> str:
         return f"<MemoryBackend jobs={len(self._rows)} running={len(self._running)}>"
@@ -182,6 +185,7 @@ class MemoryBackend(BackendBase[list[str]]):
         *,
         schedule: str | None = None,
         scheduled_for: datetime | None = None,
+        batch_id: int | None = None,
     ) -> int:
         queue = options.queue
         if dedupe_key is not None:
@@ -203,6 +207,7 @@ class MemoryBackend(BackendBase[list[str]]):
             trace_context=trace_context,
             schedule=schedule,
             scheduled_for=scheduled_for,
+            batch_id=batch_id,
         )
         self._next_id += 1
         self._rows[row.id] = row
@@ -347,7 +352,11 @@ class MemoryBackend(BackendBase[list[str]]):
         return found
 
     async def retry_failed(
-        self, *, queue: str | None = None, ids: Sequence[int] | None = None
+        self,
+        *,
+        queue: str | None = None,
+        ids: Sequence[int] | None = None,
+        batch_id: int | None = None,
     ) -> int:
         """Queue failed jobs again, now, with their attempts reset; returns how many."""
         if queue is not None:
@@ -358,11 +367,15 @@ class MemoryBackend(BackendBase[list[str]]):
         for row in list(self._rows.values()):
             if row.state is not JobState.FAILED:
                 continue
-            if (queue is not None and row.queue != queue) or (
-                wanted is not None and row.id not in wanted
+            if (
+                (queue is not None and row.queue != queue)
+                or (wanted is not None and row.id not in wanted)
+                or (batch_id is not None and row.batch_id != batch_id)
             ):
                 continue
             row.state, row.attempts, row.run_at, row.finished_at = JobState.QUEUED, 0, now, None
+            if row.batch_id is not None:
+                self._batch_book.reopened(row.batch_id)
             if row.dedupe_key is not None:
                 self._dedupe.setdefault((row.queue, row.dedupe_key), row.id)
             self._push(row, now)
@@ -387,6 +400,7 @@ class MemoryBackend(BackendBase[list[str]]):
     async def purge(self, older_than: float | timedelta) -> int:
         """Delete jobs that reached a final state more than ``older_than`` ago."""
         old = self._purgeable(older_than)
+        self._batch_book.purge(self._clock() - seconds(older_than, name="older_than"))
         for row in old:
             del self._rows[row.id]
             if row.schedule is not None:  # the tick guard goes with its job, as in PostgreSQL
@@ -406,7 +420,11 @@ class MemoryBackend(BackendBase[list[str]]):
         return [
             row
             for row in self._rows.values()
-            if row.state.is_final and row.finished_at is not None and row.finished_at < cutoff
+            if row.state.is_final
+            and row.finished_at is not None
+            and row.finished_at < cutoff
+            # a member of a batch not done yet stays: the callback reads its result
+            and self._batch_book.done_or_none(row.batch_id)
         ]
 
     async def pending_migrations(self) -> list[str]:
@@ -489,6 +507,7 @@ class MemoryBackend(BackendBase[list[str]]):
                     _lost(row),
                     row.schedule,
                     row.scheduled_for,
+                    row.batch_id,
                 )
             )
         return claimed
@@ -535,6 +554,8 @@ class MemoryBackend(BackendBase[list[str]]):
             del self._dedupe[(row.queue, row.dedupe_key)]
         if self._job_waiters:  # one check per finished job when nobody waits
             self._job_waiters.wake(row.id)
+        if row.batch_id is not None:  # in the same step: the batch's counters stay exact
+            self._batch_book.ended(row.batch_id, state)
 
     async def heartbeat(
         self, worker: WorkerToken, job_ids: Sequence[int], *, lease: float

@@ -28,7 +28,7 @@ import tenacity
 from batchworks import _json
 from batchworks._checks import check_queue, check_state, duration, seconds
 from batchworks.backends._base import BackendBase, payload_label
-from batchworks.backends._waiters import JobWaiters
+from batchworks.backends._waiters import BatchWaiters, JobWaiters
 from batchworks.backends.base import (
     ClaimedJob,
     EnqueueOptions,
@@ -41,6 +41,7 @@ from batchworks.backends.base import (
     WorkerToken,
 )
 from batchworks.backends.postgres import queries
+from batchworks.backends.postgres._batches import PostgresBatchCalls, member_args
 from batchworks.backends.postgres._connect import (
     OPEN_TIMEOUT,
     check_connect_options,
@@ -128,6 +129,16 @@ class Queries:
     pause_schedule: str
     remove_schedule: str
     run_schedule: str
+    enqueue_batch: str
+    add_to_batch: str
+    batch_queue: str
+    close_batch: str
+    cancel_batch: str
+    get_batch: str
+    list_batches: str
+    batch_page: str
+    batch_failures: str
+    open_batches: str
 
     @classmethod
     def fill(cls, schema: str) -> Queries:
@@ -170,7 +181,7 @@ def _lock_key(schema: str, purpose: str) -> int:
     return zlib.crc32(f"batchworks:{schema}:{purpose}".encode()) - 2**31
 
 
-class PostgresBackend(BackendBase[str]):
+class PostgresBackend(PostgresBatchCalls, BackendBase[str]):
     """Jobs in PostgreSQL.
 
     :param dsn: a libpq connection string or URL; the backend opens its own pool.
@@ -235,6 +246,7 @@ class PostgresBackend(BackendBase[str]):
             self._q.channel, self._listen_connect, self._listen_release, self._notify
         )
         self._job_waiters = JobWaiters()
+        self._batch_waiters = BatchWaiters()
         self._listener.subscribe(self._q.finished_channel, self._on_finished)
         self._closed = False
 
@@ -396,16 +408,7 @@ class PostgresBackend(BackendBase[str]):
         trace_context: dict[str, str] | None,
     ) -> list[int]:
         """Insert the batch in one statement."""
-        args = (
-            options.queue,
-            payloads,
-            options.priority,
-            options.run_at,
-            options.delay,
-            options.max_attempts,
-            options.timeout,
-            None if trace_context is None else json.dumps(trace_context),
-        )
+        args = member_args(options, payloads, trace_context)
         if all(key is None for key in dedupe_keys):
             rows = await self._fetch(self._q.enqueue_plain, *args, connection=connection)
             return sorted(row[0] for row in rows if row[0] is not None)  # None: NOTIFY's row
@@ -466,6 +469,9 @@ class PostgresBackend(BackendBase[str]):
     def _on_finished(self, payload: str | None) -> None:
         if payload is None:  # (re)connected: what ended meanwhile was not heard
             self._job_waiters.wake_all()
+            self._batch_waiters.wake_all()
+        elif self._batch_finished(payload):
+            return
         elif self._job_waiters:
             with contextlib.suppress(ValueError):
                 self._job_waiters.wake(int(payload))
@@ -527,12 +533,17 @@ class PostgresBackend(BackendBase[str]):
         return counts
 
     async def retry_failed(
-        self, *, queue: str | None = None, ids: Sequence[int] | None = None
+        self,
+        *,
+        queue: str | None = None,
+        ids: Sequence[int] | None = None,
+        batch_id: int | None = None,
     ) -> int:
         """Queue failed jobs again, now, with their attempts reset; returns how many."""
         if queue is not None:
             check_queue(queue)
-        row = await self._fetchrow(self._q.retry_failed, queue, None if ids is None else list(ids))
+        listed = None if ids is None else list(ids)
+        row = await self._fetchrow(self._q.retry_failed, queue, listed, batch_id)
         return int(row["n"])
 
     async def cancel(self, job_id: int) -> bool:
@@ -877,7 +888,7 @@ def _schedule(row: asyncpg.Record) -> ScheduleState:
 def _claimed(row: asyncpg.Record) -> ClaimedJob:
     values = tuple(row)
     job_id, queue, payload, attempt, most, checkpoint, timeout, context, waited, lost = values[:10]
-    schedule, scheduled_for = values[10:]
+    schedule, scheduled_for, batch_id = values[10:]
     return ClaimedJob(
         job_id,
         queue,
@@ -891,6 +902,7 @@ def _claimed(row: asyncpg.Record) -> ClaimedJob:
         lost,
         schedule,
         scheduled_for,
+        batch_id,
     )
 
 
