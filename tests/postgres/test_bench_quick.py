@@ -31,6 +31,7 @@ BENCHMARKS = [
     "tracing_cost.py",
     "refusal.py",
     "schedule_idle.py",
+    "batches.py",
 ]
 RATIO = re.compile(r"^ratio\b.*\d+\.\d+x", re.MULTILINE)
 
