@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, TextIO
 
+from batchworks import _cli_batches
 from batchworks.backends.base import Backend
 from batchworks.backends.postgres import PostgresBackend
 from batchworks.backends.postgres._connect import OPEN_TIMEOUT
@@ -176,9 +177,11 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command(name, func, text, schedule_commands).add_argument("name", metavar="NAME")
 
-    retry = command("retry", _retry, "queue failed jobs again (by id, by queue, or all)")
+    _cli_batches.add_commands(command, _number("--limit", 1, MAX_LIMIT))
+    retry = command("retry", _retry, "queue failed jobs again (by id, by queue, batch, or all)")
     retry.add_argument("ids", type=_job_id, nargs="*")
     retry.add_argument("--queue")
+    retry.add_argument("--batch", type=_job_id, help="only the failed members of this batch")
     cancel = command("cancel", _cancel, "cancel a queued job, or a running one at its heartbeat")
     cancel.add_argument("id", type=_job_id)
     purge = command("purge", _purge, "delete finished jobs older than a duration")
@@ -795,10 +798,15 @@ async def _retry(args: argparse.Namespace) -> int:
                 skipped.append(f"job {job_id} is {record.state.value}")
             elif args.queue is not None and record.queue != args.queue:
                 skipped.append(f"job {job_id} is in queue {record.queue!r}")
-        count = await backend.retry_failed(queue=args.queue, ids=args.ids or None)
+        if args.batch is not None and await backend.get_batch(args.batch) is None:
+            raise UsageError(f"no batch {args.batch} in schema {args.schema!r}")
+        count = await backend.retry_failed(
+            queue=args.queue, ids=args.ids or None, batch_id=args.batch
+        )
         if not count and args.queue is not None:
             await _check_known_queue(backend, args.queue)
     where = "" if args.queue is None else f" in queue {args.queue!r}"
+    where += "" if args.batch is None else f" of batch {args.batch}"
     print(f"queued {count} failed {_plural(count, 'job')}{where} again")
     if skipped:
         print(f"not queued again: {', '.join(skipped)}")
