@@ -857,6 +857,14 @@ class Runner:
                 within=self._beat_timeout(self._loop_time()),
             )
             self._telemetry.recovered(recovered)
+            if self._telemetry.wants_open_batches:  # a count over a partial index, when metered
+                self._telemetry.open_batches(
+                    await self._calls.run(
+                        "open_batches",
+                        self._backend.open_batches(),
+                        within=self._beat_timeout(self._loop_time()),
+                    )
+                )
 
     async def _not_alive(self, beat: Heartbeat) -> None:
         """The backend no longer counts this incarnation alive: its jobs have moved on."""
