@@ -43,6 +43,12 @@ SUMMARY_LINES = {
         r"^heartbeat-report: next tick .*^ticks: (\d+) jobs for \1 ticks, 0 ticks twice$",
         re.MULTILINE | re.DOTALL,
     ),
+    "batches.py": re.compile(
+        r"^batch 1 done: 100% of 1010 members, 1006 succeeded, 4 failed\n"
+        r"^on_complete: batch 1 finished, 1006 of 1010 rows imported \(1006 results read\), 4 "
+        r"failed: 1x Terminal: row 3: no such customer;.*\n^on_success enqueued: False$",
+        re.MULTILINE,
+    ),
     "resumable_export.py": re.compile(
         r"^job \d+ succeeded after 1 attempts.*\n^items exported: 10,000 of 10,000; done twice: 0$",
         re.MULTILINE,
