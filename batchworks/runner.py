@@ -626,6 +626,11 @@ class Runner:
         except Exception as exc:
             if self._stop_requested:
                 return []
+            if not isinstance(exc, TRANSIENT):
+                # A bug (a TypeError, an AttributeError): claiming again would fail the same
+                # way forever, quietly, while the jobs wait. Stop loudly instead.
+                self._fail("its claim", exc)
+                return []
             delay = self._claim_retry
             self._claim_retry = min(delay * 2, CLAIM_RETRY_MAX, self._poll_interval)
             logger.warning(

@@ -57,6 +57,21 @@ class TestBackgroundTaskFailures:
                 await runner.run()
         assert isinstance(raised.value.__cause__, TypeError)
 
+    async def test_a_bug_in_claiming_stops_the_run_loudly_instead_of_retrying_forever(
+        self,
+    ) -> None:
+        backend = FaultyBackend()
+        backend.bug["claim"] = TypeError("claim() got an unexpected keyword argument 'lease'")
+        job_id = await backend.enqueue("q", None)
+        runner = Runner(backend, {"q": _noop}, heartbeat_interval=0.05, prune_after=5.0)
+
+        with pytest.raises(RunnerFailed, match="its claim failed") as raised:
+            async with asyncio.timeout(20):
+                await runner.run()
+        assert isinstance(raised.value.__cause__, TypeError)
+        assert backend.calls.count("claim") == 1, "a bug is not worth a retry"
+        assert await _state(backend, job_id) is JobState.QUEUED  # nothing taken, nothing lost
+
     def test_the_cli_worker_exits_non_zero(self, capsys: pytest.CaptureFixture[str]) -> None:
         assert cli.main(["worker", "tests.unit.faulty:buggy_runner", "--log-level=ERROR"]) == 2
         assert "settle task failed" in capsys.readouterr().err
