@@ -201,6 +201,7 @@ class BackendBase(abc.ABC, Generic[Encoded]):
     ) -> Batch:
         """Add members to a batch; see :meth:`Backend.add_to_batch`."""
         positive_int(batch_id, "batch_id")
+        self._check_connection(connection)
         if queue is None:
             queue = await self._batch_queue(batch_id, connection)
         options = EnqueueOptions.build(

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import pty
 import sys
 from asyncio.subprocess import PIPE
 
 import pytest
 
 from batchworks import Callback, Job, PostgresBackend, Runner, Terminal
-from tests.postgres.test_cli import ROOT, Cli, _read_all, cli, migrated
+from tests.postgres.test_cli import ROOT, Cli, cli, migrated, on_terminal
 
 __all__ = ["cli", "migrated"]  # the fixtures, taken from test_cli
 
@@ -102,21 +100,10 @@ class TestWatch:
         # Members of 0.3 s, one at a time: the watch outlasts a few redraws (0.5 s apart).
         batch = await migrated.enqueue_batch("q", [{"row": i, "sleep": 0.3} for i in range(5)])
         command = [sys.executable, "-m", "batchworks", "--dsn", pg_dsn, "--schema", pg_schema]
-        main, child = pty.openpty()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *command, "batches", "show", str(batch.id), "--watch", cwd=ROOT, stdout=child
-            )
-            os.close(child)
-            child = -1
-            await _drain(migrated)
-            await asyncio.wait_for(process.wait(), timeout=60)
-            terminal = await asyncio.to_thread(_read_all, main)
-        finally:
-            os.close(main)
-            if child != -1:
-                os.close(child)
-        assert process.returncode == 0, terminal
+        code, _, terminal = await on_terminal(
+            [*command, "batches", "show", str(batch.id), "--watch"], "stdout", _drain(migrated)
+        )
+        assert code == 0, terminal
         frames = [part for part in terminal.split("\r") if part.startswith(f"batch {batch.id} ")]
         assert any("[" in frame and "%" in frame for frame in frames), terminal
         assert f"batch {batch.id}: finished" in terminal  # the summary once done
