@@ -138,3 +138,22 @@ async def test_cancel_batch_comes_back_for_a_member_another_transaction_held(
     finally:
         await holder.close()
     assert (record.state, record.cancelled, record.done) == (BatchState.CANCELLED, 3, True)
+
+
+async def test_a_member_settled_by_a_backend_that_did_not_claim_it_is_still_counted(
+    pg_backend: PostgresBackend, pg_dsn: str
+) -> None:
+    # The settle of a flush it believes has no member takes the statement without the batch
+    # bookkeeping first; a member it was wrong about is left by it and counted by the other.
+    batch = await pg_backend.enqueue_batch("q", [{"n": 1}], on_complete=Callback("done", None))
+    worker = await pg_backend.register_worker("w", ["q"])
+    [job] = await claim(pg_backend, worker, 1)
+    async with PostgresBackend(pg_dsn, schema=pg_backend.schema) as other:
+        assert await other.settle(worker, [succeeded(job.id, None)]) == []
+    record = await pg_backend.get_batch(batch.id)
+    assert record is not None
+    assert (record.state, record.succeeded, record.complete_job is not None) == (
+        BatchState.FINISHED,
+        1,
+        True,
+    )

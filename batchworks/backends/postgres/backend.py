@@ -119,6 +119,8 @@ class Queries:
     claim: str
     settle_succeeded: str
     settle: str
+    settle_succeeded_unbatched: str
+    settle_unbatched: str
     heartbeat: str
     recover: str
     save_checkpoint: str
@@ -247,6 +249,9 @@ class PostgresBackend(PostgresBatchCalls, BackendBase[str]):
         )
         self._job_waiters = JobWaiters()
         self._batch_waiters = BatchWaiters()
+        # Held jobs this backend claimed that are batch members: a flush of none of them
+        # takes the settles without the batch bookkeeping (see SETTLE_UNBATCHED).
+        self._members: set[int] = set()
         self._listener.subscribe(self._q.finished_channel, self._on_finished)
         self._closed = False
 
@@ -649,22 +654,39 @@ class PostgresBackend(PostgresBatchCalls, BackendBase[str]):
         names = queues[0] if one else list(queues)
         args = (worker, names, limit, lease, max_attempts)
         rows = await self._fetch(self._q.claim_one if one else self._q.claim, *args)
-        return [_claimed(row) for row in rows]
+        claimed = [_claimed(row) for row in rows]
+        self._members.update(job.id for job in claimed if job.batch_id is not None)
+        return claimed
 
     async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:
         """Write outcomes in one statement, fenced; returns the ids no longer held."""
         if not outcomes:
             return []
+        members = self._members
+        batched = any(o.job_id in members for o in outcomes)
+        settled = await self._settle(worker, outcomes, batched=batched)
+        if not batched and len(settled) < len(outcomes):
+            # Left by the statement for jobs of no batch: fenced out, or a member this backend
+            # did not claim. The statement that keeps batches takes them (or fences them out).
+            rest = [o for o in outcomes if o.job_id not in settled]
+            settled |= await self._settle(worker, rest, batched=True)
+        members.difference_update(o.job_id for o in outcomes)
+        return [o.job_id for o in outcomes if o.job_id not in settled]
+
+    async def _settle(
+        self, worker: WorkerToken, outcomes: Sequence[Outcome], *, batched: bool
+    ) -> set[int]:
         ids = [o.job_id for o in outcomes]
         attempts = [o.attempt for o in outcomes]  # the fence beside the token
         if all(
             o.kind is _SUCCEEDED and o.result_json is None and o.error is None for o in outcomes
         ):
-            rows = await self._fetch(self._q.settle_succeeded, worker, ids, attempts)
+            query = self._q.settle_succeeded if batched else self._q.settle_succeeded_unbatched
+            rows = await self._fetch(query, worker, ids, attempts)
         else:
             kinds = [o.kind for o in outcomes]
             rows = await self._fetch(
-                self._q.settle,
+                self._q.settle if batched else self._q.settle_unbatched,
                 worker,
                 ids,
                 [kind.state.value for kind in kinds],
@@ -675,8 +697,7 @@ class PostgresBackend(PostgresBatchCalls, BackendBase[str]):
                 [None if o.error is None else json.dumps(o.error) for o in outcomes],
                 attempts,
             )
-        settled = {row["id"] for row in rows if row["id"] is not None}
-        return [o.job_id for o in outcomes if o.job_id not in settled]
+        return {row["id"] for row in rows if row["id"] is not None}
 
     async def heartbeat(
         self, worker: WorkerToken, job_ids: Sequence[int], *, lease: float
@@ -684,9 +705,11 @@ class PostgresBackend(PostgresBatchCalls, BackendBase[str]):
         """Extend the leases of the held jobs; report lost and cancel-requested ones."""
         row = await self._fetchrow(self._q.heartbeat, worker, list(job_ids), lease)
         held = set(row["held"])
+        lost = tuple(job_id for job_id in job_ids if job_id not in held)
+        self._members.difference_update(lost)  # never settled by this worker
         return Heartbeat(
             alive=row["alive"],
-            lost=tuple(job_id for job_id in job_ids if job_id not in held),
+            lost=lost,
             cancel=tuple(row["cancel"]),
             replaced=row["replaced"],
         )

@@ -869,6 +869,58 @@ UNION ALL
 SELECT NULL FROM woke
 """
 
+# SETTLE_SUCCEEDED and SETTLE for a flush in which no job is a batch's member, as the backend
+# knows from its claims: the same statements without the batch bookkeeping, which costs a
+# settle of jobs of no batch about 8% of PostgreSQL's time (measured: 1.39 against 1.51 ms a
+# plain settle of 100 jobs). Each changes only rows of no batch (batch_id IS NULL), so a
+# member it was wrongly given is left alone, and the backend settles what it left with
+# SETTLE_SUCCEEDED or SETTLE: no member can end without being counted.
+SETTLE_SUCCEEDED_UNBATCHED: LiteralString = """
+UPDATE __SCHEMA__.jobs AS j
+SET state = 'succeeded', finished_at = now(), result = NULL,
+    worker_token = NULL, lease_until = NULL, cancel_requested = false
+WHERE id = ANY($2::bigint[]) AND state = 'running' AND worker_token = $1 AND batch_id IS NULL
+  AND EXISTS (SELECT FROM unnest($2::bigint[], $3::int[]) AS o(id, attempt)
+              WHERE o.id = j.id AND (o.attempt IS NULL OR o.attempt = j.attempts))
+RETURNING id,
+          CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+               THEN pg_notify(__FINISHED__, j.id::text) END
+"""
+
+SETTLE_UNBATCHED: LiteralString = """
+WITH o AS (
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::bool[], $5::float8[], $6::bool[],
+                         $7::jsonb[], $8::jsonb[], $9::int[])
+        AS o(id, state, given_back, due, finished, result, error, attempt)
+), upd AS (
+    UPDATE __SCHEMA__.jobs AS j
+    SET state = o.state,
+        attempts = j.attempts - o.given_back::int,
+        run_at = CASE WHEN o.due IS NULL THEN j.run_at
+                      ELSE now() + make_interval(secs => o.due) END,
+        finished_at = CASE WHEN o.finished THEN now() END,
+        result = o.result,
+        errors = CASE WHEN o.error IS NULL THEN j.errors
+                      ELSE j.errors || jsonb_build_array(o.error || jsonb_build_object('at', now()))
+                 END,
+        worker_token = NULL,
+        lease_until = NULL,
+        cancel_requested = false
+    FROM o
+    WHERE j.id = o.id AND j.state = 'running' AND j.worker_token = $1 AND j.batch_id IS NULL
+      AND (o.attempt IS NULL OR o.attempt = j.attempts)
+    RETURNING j.id, j.queue, j.state, j.run_at,
+              CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+                   THEN pg_notify(__FINISHED__, j.id::text) END
+), woke AS (
+    SELECT pg_notify(__CHANNEL__, q.queue)
+    FROM (SELECT DISTINCT queue FROM upd WHERE state = 'queued' AND run_at <= now()) AS q
+)
+SELECT id FROM upd
+UNION ALL
+SELECT NULL FROM woke
+"""
+
 # clock_timestamp(), not now(): now() is when the statement arrived, and a heartbeat that
 # waited behind a lock (an operator's LOCK TABLE, a stalled server) would record that moment,
 # so the first recovery after the stall would judge a worker whose heartbeat had just landed
