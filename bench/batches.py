@@ -11,10 +11,10 @@ same PostgreSQL server, rounds alternating, the best round of each counting:
   (``enqueue_batch``) or not (``enqueue_many``): target >= 0.9x.
 - memory (flat: not in proportion to the members): Python's traced memory (tracemalloc) at
   its peak while one Runner drains a batch of S members and a reader calls ``get_batch``
-  throughout, for S from ``--sizes``, and while ``batch_results`` streams it (pages of 500; over what the drain left), the least of the
-  rounds; the drain's against the same drain of no batch (target <= 1.1x), the bytes more a
-  member from the smallest S to the largest, what is left allocated after the drain, and the
-  batch row's size in PostgreSQL, which stays the same.
+  throughout, for S from ``--sizes``, and while ``batch_results`` streams it (pages of 500;
+  over what the drain left), the least of the rounds: the drain's against the same drain of
+  no batch (target <= 1.1x), the bytes more a member from the smallest S to the largest, what
+  is left allocated after the drain, and the batch row's size in PostgreSQL (the same).
 
 Usage::
 
