@@ -16,6 +16,8 @@ CREATE TABLE batchworks.batches (
     on_success     jsonb,
     complete_job   bigint,
     success_job    bigint,
+    first_job      bigint,
+    last_job       bigint,
     trace_context  jsonb,
     created_at     timestamp with time zone NOT NULL DEFAULT now(),
     finished_at    timestamp with time zone,
@@ -55,7 +57,6 @@ CREATE TABLE batchworks.jobs (
     CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text]))),
     CONSTRAINT jobs_timeout_check CHECK ((timeout > (0)::double precision))
 );
-CREATE INDEX jobs_batch ON batchworks.jobs USING btree (batch_id, id) WHERE (batch_id IS NOT NULL);
 CREATE INDEX jobs_claim ON batchworks.jobs USING btree (queue, priority DESC, run_at, id) WHERE (state = 'queued'::text);
 CREATE UNIQUE INDEX jobs_dedupe ON batchworks.jobs USING btree (queue, dedupe_key) WHERE ((dedupe_key IS NOT NULL) AND (state = ANY (ARRAY['queued'::text, 'running'::text])));
 CREATE INDEX jobs_failed ON batchworks.jobs USING btree (queue) WHERE (state = 'failed'::text);

@@ -1202,25 +1202,31 @@ SELECT id, (SELECT count(*) FROM woke) AS woke FROM ins
 
 # -- batches (#16) --------------------------------------------------------------------------
 
-# A batch and its members in one statement: the members take its id, its total is their
-# count. Closed at once with $12 (enqueue_batch) unless it has no member: then the backend
-# closes it with CLOSE_BATCH in the same transaction, which enqueues its callbacks. The last
-# row carries the batch id with no job id, so that a batch of no member still returns it.
+# A batch and its members in one statement: the members take its id (drawn first), its total
+# is their count, first_job and last_job the span of their ids. Closed at once with $12
+# (enqueue_batch) unless it has no member: then the backend closes it with CLOSE_BATCH in the
+# same transaction, which enqueues its callbacks. The last row carries the batch id with no
+# job id, so that a batch of no member still returns it.
 ENQUEUE_BATCH: LiteralString = """
-WITH b AS (
-    INSERT INTO __SCHEMA__.batches
-        (name, queue, state, total, on_complete, on_success, trace_context)
-    VALUES ($9, $1, CASE WHEN $12 AND jsonb_array_length($2::jsonb) > 0 THEN 'closed'
-                         ELSE 'open' END,
-            jsonb_array_length($2::jsonb), $10::jsonb, $11::jsonb, $8::jsonb)
-    RETURNING id
+WITH bid AS (
+    SELECT nextval('__SCHEMA__.batches_id_seq') AS id
 ), ins AS (
     INSERT INTO __SCHEMA__.jobs
         (queue, payload, priority, run_at, max_attempts, timeout, trace_context, batch_id)
     SELECT $1, t.payload, $3, coalesce($4, now() + make_interval(secs => $5)), $6, $7, $8::jsonb,
-           b.id
-    FROM b CROSS JOIN jsonb_array_elements($2::jsonb) WITH ORDINALITY AS t(payload, ord)
+           bid.id
+    FROM bid CROSS JOIN jsonb_array_elements($2::jsonb) WITH ORDINALITY AS t(payload, ord)
     ORDER BY t.ord
+    RETURNING id
+), b AS (
+    INSERT INTO __SCHEMA__.batches
+        (id, name, queue, state, total, on_complete, on_success, trace_context, first_job,
+         last_job)
+    SELECT bid.id, $9, $1,
+           CASE WHEN $12 AND jsonb_array_length($2::jsonb) > 0 THEN 'closed' ELSE 'open' END,
+           jsonb_array_length($2::jsonb), $10::jsonb, $11::jsonb, $8::jsonb,
+           (SELECT min(id) FROM ins), (SELECT max(id) FROM ins)
+    FROM bid
     RETURNING id
 ), woke AS (
     SELECT pg_notify(__CHANNEL__, $1) WHERE EXISTS (SELECT FROM ins)
@@ -1252,7 +1258,10 @@ WITH b AS (
     ORDER BY t.ord
     RETURNING id
 ), grow AS (
-    UPDATE __SCHEMA__.batches AS g SET total = g.total + (SELECT count(*) FROM ins)
+    UPDATE __SCHEMA__.batches AS g
+    SET total = g.total + (SELECT count(*) FROM ins),
+        first_job = coalesce(g.first_job, (SELECT min(id) FROM ins)),
+        last_job = greatest(g.last_job, (SELECT max(id) FROM ins))
     FROM b WHERE g.id = b.id
 ), woke AS (
     SELECT pg_notify(__CHANNEL__, $1) WHERE EXISTS (SELECT FROM ins)
@@ -1337,7 +1346,9 @@ WITH upd AS (
         cancel_requested = (j.state = 'running')
     WHERE j.id = ANY(ARRAY(
         SELECT id FROM __SCHEMA__.jobs
-        WHERE batch_id = $1
+        WHERE id BETWEEN (SELECT first_job FROM __SCHEMA__.batches WHERE id = $1)
+                     AND (SELECT last_job FROM __SCHEMA__.batches WHERE id = $1)
+          AND batch_id = $1
           AND (state = 'queued' OR (state = 'running' AND NOT cancel_requested))
         ORDER BY id
         FOR UPDATE SKIP LOCKED))
@@ -1397,13 +1408,15 @@ WITH upd AS (
 )
 SELECT (SELECT count(*) FROM bd) AS found,
        (SELECT count(*) FROM __SCHEMA__.jobs
-        WHERE batch_id = $1
+        WHERE id BETWEEN (SELECT first_job FROM __SCHEMA__.batches WHERE id = $1)
+                     AND (SELECT last_job FROM __SCHEMA__.batches WHERE id = $1)
+          AND batch_id = $1
           AND (state = 'queued' OR (state = 'running' AND NOT cancel_requested)))
        - (SELECT count(*) FROM upd) AS left
 """
 
 # Running members are counted from the running jobs (jobs_running: a few rows a worker), not
-# from the batch's members (the MATERIALIZED keeps the planner off jobs_batch), so a read costs
+# from the batch's members (the MATERIALIZED keeps it to that scan), so a read costs
 # the same for 10 members as for 10 million.
 GET_BATCH: LiteralString = """
 WITH r AS MATERIALIZED (
@@ -1430,13 +1443,18 @@ FROM b LEFT JOIN r ON r.batch_id = b.id
 ORDER BY b.id DESC
 """
 
-# A page of members, by keyset on (batch_id, id): each page is one range of jobs_batch.
+# A page of members, by keyset on id within the batch's span of ids (first_job to last_job):
+# a range of the primary key, which holds the members in order, and the jobs enqueued between
+# them by others, skipped.
 BATCH_PAGE: LiteralString = """
 SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, created_at,
        started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout,
        schedule, scheduled_for
 FROM __SCHEMA__.jobs
-WHERE batch_id = $1 AND id > $2
+WHERE id > $2
+  AND id BETWEEN (SELECT first_job FROM __SCHEMA__.batches WHERE id = $1)
+             AND (SELECT last_job FROM __SCHEMA__.batches WHERE id = $1)
+  AND batch_id = $1
 ORDER BY id LIMIT $3
 """
 
@@ -1444,7 +1462,9 @@ BATCH_FAILURES: LiteralString = """
 SELECT last.e ->> 'type' AS type, last.e ->> 'message' AS message, count(*) AS n,
        min(j.id) AS example
 FROM __SCHEMA__.jobs AS j CROSS JOIN LATERAL (SELECT j.errors -> -1 AS e) AS last
-WHERE j.batch_id = $1 AND j.state = 'failed'
+WHERE j.id BETWEEN (SELECT first_job FROM __SCHEMA__.batches WHERE id = $1)
+               AND (SELECT last_job FROM __SCHEMA__.batches WHERE id = $1)
+  AND j.batch_id = $1 AND j.state = 'failed'
 GROUP BY 1, 2
 ORDER BY n DESC, example
 LIMIT $2

@@ -10,7 +10,11 @@
 -- under the batch row's lock: a callback whose id is set is never enqueued again.
 --
 -- None of the counters is indexed, so their updates stay HOT; finished_at is, partially, for
--- the open batches.
+-- the open batches. first_job and last_job bound the ids of the members (an enqueue draws
+-- them in order): the reads of one batch's members (its results in pages, its failures,
+-- cancel_batch) scan that range of the primary key. No index on jobs.batch_id: one would take
+-- an entry for each member at its enqueue, claim and settle (measured: enqueue_batch at 0.84x
+-- of enqueue_many with one, against about 1x without).
 CREATE TABLE __SCHEMA__.batches (
     id            bigserial PRIMARY KEY,
     name          text,
@@ -25,14 +29,13 @@ CREATE TABLE __SCHEMA__.batches (
     on_success    jsonb,
     complete_job  bigint,
     success_job   bigint,
+    first_job     bigint,
+    last_job      bigint,
     trace_context jsonb,
     created_at    timestamptz NOT NULL DEFAULT now(),
     finished_at   timestamptz
 );
 CREATE INDEX batches_open ON __SCHEMA__.batches (id) WHERE finished_at IS NULL;
 
--- Nullable without a default: added without rewriting the jobs table. Partial, so the jobs of
--- no batch (the hot path of most queues) never write it; it serves the paged results, the
--- failures, cancel_batch and retry --batch, all within one batch.
+-- Nullable without a default: added without rewriting the jobs table.
 ALTER TABLE __SCHEMA__.jobs ADD COLUMN batch_id bigint;
-CREATE INDEX jobs_batch ON __SCHEMA__.jobs (batch_id, id) WHERE batch_id IS NOT NULL;
