@@ -6,7 +6,7 @@ a concurrency limit with allSettled semantics, and settles every job on its own.
 
 from __future__ import annotations
 
-from batchworks.backends.base import Backend
+from batchworks.backends.base import Backend, JobFilter, QueueState
 from batchworks.backends.memory import MemoryBackend
 from batchworks.backends.postgres import PostgresBackend
 from batchworks.batch import Batch, BatchFailure, BatchRecord, BatchState, Callback
@@ -33,6 +33,7 @@ from batchworks.report import RunReport
 from batchworks.retry import RetryPolicy
 from batchworks.runner import Handler, Runner
 from batchworks.schedule import Schedule
+from batchworks.why import WaitReason, why_waiting
 
 __version__ = "0.1.0.dev0"
 
@@ -51,6 +52,7 @@ __all__ = [
     "Handler",
     "HandlerSignal",
     "Job",
+    "JobFilter",
     "JobNotFound",
     "JobRecord",
     "JobState",
@@ -59,6 +61,7 @@ __all__ = [
     "MemoryBackend",
     "PayloadError",
     "PostgresBackend",
+    "QueueState",
     "RetryPolicy",
     "Retryable",
     "RunReport",
@@ -68,5 +71,7 @@ __all__ = [
     "SchemaNotMigrated",
     "Snooze",
     "Terminal",
+    "WaitReason",
     "WorkerLost",
+    "why_waiting",
 ]

@@ -48,6 +48,42 @@ def check_state(state: object) -> str | None:
         ) from None
 
 
+def check_filters(
+    queue: object, state: object, schedule: object, error_type: object
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """The filters of ``list_jobs``/``count_jobs``/``cancel_jobs``, checked."""
+    names = [None if queue is None else check_queue(queue), check_state(state)]
+    for name, value in (("schedule", schedule), ("error_type", error_type)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigurationError(f"{name} must be a non-empty str or None, got {value!r}")
+        names.append(value if isinstance(value, str) else None)
+    return names[0], names[1], names[2], names[3]
+
+
+def check_job_id(value: object, name: str) -> int | None:
+    """A job id (a keyset cursor, a bound of a filter), or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**63 - 1:
+        raise ConfigurationError(f"{name} must be a job id (a positive int) or None, got {value!r}")
+    return value
+
+
+def check_before(before: object) -> int | None:
+    """A keyset cursor: a job id (``list_jobs`` returns the jobs below it), or None."""
+    return check_job_id(before, "before")
+
+
+def check_throughput(window: object, buckets: object) -> tuple[float, int]:
+    """``throughput``'s window (seconds, above 0, at most a week) and bucket count (1-1440)."""
+    span = duration(window, "window")
+    if span > 7 * 86400:
+        raise ConfigurationError(f"window must be at most a week (604800 s), got {window!r}")
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= 1440:
+        raise ConfigurationError(f"buckets must be an int from 1 to 1440, got {buckets!r}")
+    return span, buckets
+
+
 def seconds(value: float | timedelta, *, name: str) -> float:
     """A non-negative, finite duration in seconds from a number or a timedelta (what the
     public calls take: ``delay``, ``older_than``, ``timeout``)."""
@@ -133,25 +169,106 @@ def check_label(value: object, name: str, most: int) -> str | None:
 
 def check_dedupe_key(key: object) -> str | None:
     """Return a valid dedupe key (or None), or raise :class:`ConfigurationError`."""
-    key = check_label(key, "dedupe_key", MAX_DEDUPE_KEY)
+    return _check_key(key, "dedupe_key")
+
+
+def check_dedupe_keys(keys: Sequence[str | None] | None, count: int) -> list[str | None]:
+    """Dedupe keys for ``count`` payloads (all None when not given)."""
+    return _check_keys(keys, count, "dedupe_keys", check_dedupe_key)
+
+
+def check_concurrency_key(key: object) -> str | None:
+    """Return a valid concurrency key (or None), or raise :class:`ConfigurationError`."""
+    return _check_key(key, "concurrency_key")
+
+
+def check_concurrency_keys(keys: Sequence[str | None] | None, count: int) -> list[str | None]:
+    """Concurrency keys for ``count`` payloads (all None when not given)."""
+    return _check_keys(keys, count, "concurrency_keys", check_concurrency_key)
+
+
+def _check_key(key: object, name: str) -> str | None:
+    key = check_label(key, name, MAX_DEDUPE_KEY)
     if key is None:
         return None
     try:
         key.encode("utf-8")
     except UnicodeEncodeError:
-        raise ConfigurationError("dedupe_key contains a lone surrogate; pass valid text") from None
+        raise ConfigurationError(f"{name} contains a lone surrogate; pass valid text") from None
     return key
 
 
-def check_dedupe_keys(keys: Sequence[str | None] | None, count: int) -> list[str | None]:
-    """Dedupe keys for ``count`` payloads (all None when not given)."""
+def _check_keys(
+    keys: Sequence[str | None] | None,
+    count: int,
+    name: str,
+    check: Callable[[object], str | None],
+) -> list[str | None]:
     if keys is None:
         return [None] * count
     if isinstance(keys, str) or len(keys) != count:
+        raise ConfigurationError(f"{name} must be a sequence with one key (or None) per payload")
+    return [check(key) for key in keys]
+
+
+# -- a queue's flow control ---------------------------------------------------------------------
+
+MAX_RATE = 10_000  # starts per window at most: each claim of the queue keeps that many times
+
+
+def check_limit(value: object, name: str) -> int | None:
+    """A queue's ``concurrency`` or ``key_concurrency``: an int >= 1, or None for no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT32:
         raise ConfigurationError(
-            "dedupe_keys must be a sequence with one key (or None) per payload"
+            f"{name} must be an int >= 1 (or None to remove the limit), got {value!r}; "
+            "to stop a queue use pause_queue()"
         )
-    return [check_dedupe_key(key) for key in keys]
+    return value
+
+
+def check_rate(rate: object) -> tuple[int, float] | None:
+    """A queue's ``rate``: ``(n, seconds)``, at most n starts in any window of that many
+    seconds, or None for no limit."""
+    if rate is None:
+        return None
+    if not isinstance(rate, tuple) or len(rate) != 2:
+        raise ConfigurationError(
+            f"rate must be a tuple (n, seconds), for example (100, 60) for 100 starts a "
+            f"minute, or None to remove it; got {rate!r}"
+        )
+    n, window = rate
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_RATE:
+        raise ConfigurationError(f"rate's n must be an int from 1 to {MAX_RATE}, got {n!r}")
+    return n, duration(window, "rate's seconds")
+
+
+def check_queue_concurrency(
+    caps: Mapping[str, int] | None, queues: Sequence[str], concurrency: int
+) -> dict[str, int]:
+    """A Runner's ``queue_concurrency``: a cap per queue it serves."""
+    if caps is None:
+        return {}
+    if not isinstance(caps, Mapping):
+        raise ConfigurationError(
+            f"queue_concurrency must be a mapping of queue to cap, for example {{'emails': 5}}, "
+            f"got {caps!r}"
+        )
+    checked = {}
+    for queue, cap in caps.items():
+        if queue not in queues:
+            raise ConfigurationError(
+                f"queue_concurrency names queue {queue!r}, which this runner does not serve "
+                f"(its queues: {', '.join(queues)})"
+            )
+        checked[queue] = positive_int(cap, f"queue_concurrency[{queue!r}]")
+        if checked[queue] > concurrency:
+            raise ConfigurationError(
+                f"queue_concurrency[{queue!r}] is {cap}, above the runner's concurrency "
+                f"({concurrency}); lower it or raise concurrency"
+            )
+    return checked
 
 
 # -- a retry policy -----------------------------------------------------------------------------

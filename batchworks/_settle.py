@@ -108,7 +108,11 @@ class SettleBuffer:
             delay = RETRY_INITIAL
             loop = asyncio.get_running_loop()
             while self._pending:
-                batch, self._pending = self._pending, []
+                # At most max_size a write: outcomes that piled up behind a slow write go in
+                # several writes of the usual size rather than one that grows with the pile
+                # (a settle statement of 9,000 outcomes took 9 s where 90 of 100 take 0.1 s).
+                batch = self._pending[: self._max_size]
+                self._pending = self._pending[self._max_size :]
                 if not self._stopping:
                     self._has_items.clear()
                     self._full.clear()

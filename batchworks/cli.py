@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, TextIO
 
-from batchworks import _cli_batches
+from batchworks import _cli_batches, _cli_queues, _cli_web
+from batchworks._text import age as _age
 from batchworks.backends.base import Backend
 from batchworks.backends.postgres import PostgresBackend
 from batchworks.backends.postgres._connect import OPEN_TIMEOUT
@@ -147,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     stats = command("stats", _stats, "queues by state, oldest ready job, live workers")
     stats.add_argument("--json", action="store_true", help="print JSON")
 
-    jobs = command("jobs", _no_subcommand, "list and show jobs")
+    jobs = command("jobs", _no_subcommand, "list and show jobs, and say why one waits")
     job_commands = jobs.add_subparsers(title="jobs commands", required=True, metavar="COMMAND")
     listing = command("list", _jobs_list, "the newest jobs, filtered", job_commands)
     listing.add_argument("--queue")
@@ -161,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("id", type=_job_id)
     show.add_argument("--json", action="store_true")
+    _cli_web.add(command, job_commands, _job_id)  # jobs why, web
 
     schedules = command(
         "schedules", _schedules_list, "periodic jobs: list them (or run, pause, resume, remove one)"
@@ -177,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command(name, func, text, schedule_commands).add_argument("name", metavar="NAME")
 
+    _cli_queues.register(command, backend=_backend, table=_table, duration=_duration)
     _cli_batches.add_commands(command, _number("--limit", 1, MAX_LIMIT))
     retry = command("retry", _retry, "queue failed jobs again (by id, by queue, batch, or all)")
     retry.add_argument("ids", type=_job_id, nargs="*")
@@ -271,7 +274,7 @@ _job_id = _number("a job id", 1, MAX_JOB_ID)
 
 
 async def _no_subcommand(args: argparse.Namespace) -> int:  # pragma: no cover - argparse
-    raise UsageError("name a jobs command: list or show")
+    raise UsageError("name a jobs command: list, show or why")
 
 
 @contextlib.asynccontextmanager
@@ -591,6 +594,7 @@ async def _stats(args: argparse.Namespace) -> int:
     async with _backend(args) as backend:
         queues = await backend.overview()
         workers = await backend.workers()
+        held = {state.name: state.held_back for state in await backend.queues()}
     if args.json:
         print(
             json.dumps(
@@ -601,6 +605,7 @@ async def _stats(args: argparse.Namespace) -> int:
                             "queued_later": queue.queued_later,
                             "oldest_ready_seconds": queue.oldest_ready,
                             "running_with_checkpoint": queue.running_with_checkpoint,
+                            "held_back": dict(held.get(name, {})),
                         }
                         for name, queue in queues.items()
                     },
@@ -619,7 +624,7 @@ async def _stats(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     states = [state.value for state in JobState]
-    rows = [["queue", *states, "oldest ready", "checkpointed"]]
+    rows = [["queue", *states, "oldest ready", "checkpointed", "held back"]]
     for name, queue in sorted(queues.items()):
         rows.append(
             [
@@ -627,6 +632,7 @@ async def _stats(args: argparse.Namespace) -> int:
                 *(str(queue.counts[state]) for state in states),
                 "-" if queue.oldest_ready is None else _age(queue.oldest_ready),
                 str(queue.running_with_checkpoint),
+                _cli_queues.held_back_text(held.get(name, {})) or "-",
             ]
         )
     print(_table(rows) if queues else "no jobs")
@@ -1037,16 +1043,6 @@ def _table(rows: list[list[str]]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
-
-
-def _age(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f}m"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
 
 
 def _when(moment: datetime | None) -> str:

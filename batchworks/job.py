@@ -130,6 +130,12 @@ class JobRecord:
     schedule: str | None = None
     #: the tick it stands for; None for a job of no schedule, or a manual run
     scheduled_for: datetime | None = None
+    #: while running: until when its worker's lease holds (it is recovered once past)
+    lease_until: datetime | None = None
+    #: an operator asked to cancel it while it runs: its worker cancels it at its next heartbeat
+    cancel_requested: bool = False
+    #: the group its queue's ``key_concurrency`` limits, given at enqueue
+    concurrency_key: str | None = None
 
     @property
     def late_by(self) -> float | None:

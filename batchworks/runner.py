@@ -33,14 +33,24 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypedDict, Unpack, overload
 
 from batchworks._attempt import Attempts, CancelReason, Held, released
 from batchworks._calls import Calls, first_set
-from batchworks._checks import check_handlers, check_queues, duration, positive_int
+from batchworks._checks import (
+    check_handlers,
+    check_queue_concurrency,
+    check_queues,
+    duration,
+    positive_int,
+)
+from batchworks._flow_metrics import QueueMetrics
 from batchworks._heartbeat import LeaseClock
 from batchworks._logs import log_extra
+from batchworks._queue_caps import QueueCaps
+from batchworks._retention import RETENTION, Retention, check_retention
 from batchworks._scheduler import Scheduler, check_schedules
 from batchworks._settle import TRANSIENT, SettleBuffer
 from batchworks.backends.base import Backend, ClaimedJob, Heartbeat, WorkerToken
@@ -107,6 +117,8 @@ class RunnerOptions(TypedDict, total=False):
     poll_interval: float
     queues: Iterable[str] | None
     flush_interval: float
+    queue_concurrency: Mapping[str, int] | None
+    retention: float | timedelta | None
 
 
 class RunnerState(enum.StrEnum):
@@ -159,6 +171,11 @@ class Runner:
         off when this worker's lease runs out by its own clock, and every call by a hard stop.
     :param schedules: :class:`Schedule` objects this runner stores at start and enqueues the
         ticks of, together with every other runner that carries schedules (each tick once).
+    :param queue_concurrency: ``{queue: n}``: this runner holds at most n jobs of that queue
+        at once, within ``concurrency`` (fleet-wide limits: ``backend.configure_queue``).
+    :param retention: how long a finished job is kept (a timedelta or seconds; default 7 days):
+        the runner deletes older ones in small batches, one runner of a schema at a time.
+        None keeps them all (``batchworks purge`` then deletes them by hand).
     """
 
     # A type checker takes plain functions as handlers only with sync_in_thread=True; at run
@@ -212,6 +229,8 @@ class Runner:
         flush_interval: float = FLUSH_INTERVAL,
         db_timeout: float = DB_TIMEOUT,
         schedules: Iterable[Schedule] | None = None,
+        queue_concurrency: Mapping[str, int] | None = None,
+        retention: float | timedelta | None = RETENTION,
     ) -> None:
         if not isinstance(backend, Backend):
             raise ConfigurationError(
@@ -224,6 +243,9 @@ class Runner:
         self._queues = check_queues(queues, self._handlers)
         self._concurrency = positive_int(concurrency, "concurrency")
         self._batch_size = positive_int(batch_size, "batch_size")
+        self._caps = QueueCaps(
+            check_queue_concurrency(queue_concurrency, self._queues, self._concurrency)
+        )
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError(f"retry must be a RetryPolicy, got {retry!r}")
         self._policy = retry or RetryPolicy()
@@ -247,6 +269,7 @@ class Runner:
             raise ConfigurationError(f"worker_name must be a non-empty str, got {worker_name!r}")
         self._worker_name = worker_name or _default_worker_name()
         self._telemetry = Telemetry(self._worker_name)
+        self._queue_metrics = QueueMetrics(backend, self._queues, self._telemetry)
         self._attempts = Attempts(
             self._handlers,
             self._policy,
@@ -272,14 +295,23 @@ class Runner:
         self._scheduler = (
             Scheduler(backend, carried, self._telemetry, calls=self._calls) if carried else None
         )
+        kept = check_retention(retention)
+        self._retention = (
+            None
+            if kept is None
+            else Retention(backend, kept, calls=self._calls, worker=self._worker_name)
+        )
         self._close_by: float | None = None  # loop time the last writes must end by
         self._failure: BaseException | None = None
         self._failure_what = ""
         self._room = asyncio.Event()  # set when a held job finishes
+        # Ends the fetch loop's wait for work: a stop, or room in a capped queue.
+        self._woken = asyncio.Event()
         self._registered = asyncio.Event()
         self._ended = asyncio.Event()
         self._counts = dict.fromkeys(OutcomeKind, 0)
         self._lost = 0
+        self._writes = 0  # settle writes done: a claim that came back short looks at it
         self._started_at = 0.0
         self._finished_at: float | None = None
         self._task: asyncio.Task[None] | None = None
@@ -380,6 +412,8 @@ class Runner:
         self._stop_event.set()
         self._calls.cut(self._stop_event)
         self._room.set()
+        self._woken.set()
+        self._calls.cut(self._woken)
         if now:
             self._hard_stop.set()
             self._calls.cut(self._hard_stop)
@@ -443,6 +477,8 @@ class Runner:
         side = [heart]  # the schedules' task too: it ends with the heartbeats
         if self._scheduler is not None:
             side.append(self._watch(self._scheduler.run(self._stop_event), "scheduler"))
+        if self._retention is not None:
+            side.append(self._watch(self._retention.run(self._stop_event), "retention"))
         try:
             if not self._stop_requested:
                 await self._fetch_loop(drain=drain, max_delay=max_delay)
@@ -503,23 +539,38 @@ class Runner:
         claim_min = max(1, self._batch_size // 2)
         while not self._stop_requested:
             self._room.clear()
+            self._woken.clear()
             if not self._lease.link.is_set():
                 await self._until(self._lease.link)  # its leases count as lost: claim nothing
                 continue
             if self._suspect is not None:
                 await self._run_suspect()
                 continue
-            room = capacity - len(self._held)
-            if room < claim_min and len(self._held) >= self._concurrency:
+            # Outcomes not written yet count against the room (#18): claims, which commit
+            # asynchronously, must not outrun the settles, or the outcomes pile up unbounded.
+            unsettled = len(self._settle) if self._settle is not None else 0
+            room = capacity - len(self._held) - unsettled
+            caps = self._caps.room(held.job.queue for held in self._held.values())
+            if (room < claim_min and (len(self._held) >= self._concurrency or unsettled)) or (
+                self._caps.full(caps, self._queues)
+            ):
                 await self._room.wait()  # every slot busy and no room for a real batch
                 continue
             asked = min(self._batch_size, room)
-            jobs = await self._claim(asked)
+            writes = self._writes
+            jobs = await self._claim(asked, caps)
             if jobs:
                 self._start_batch(jobs)
             if len(jobs) == asked:
                 continue
-            # The queue ran dry for now.
+            # Short: the queue ran dry for now, or a limit of it held jobs back. Outcomes
+            # written during the claim, or waiting to be, held slots (a slot is a running
+            # job): once written, the next claim may take their places at once.
+            if self._writes != writes:
+                continue
+            if self._settle is not None and self._settle.job_ids():  # pending, or being written
+                if await self._settle.flush(deadline=self._loop_time() + self._calls.timeout):
+                    continue
             if drain:
                 if self._held:
                     await self._room.wait()
@@ -559,8 +610,9 @@ class Runner:
             due = await self._calls.run("next_due", self._backend.next_due(self._queues))
             if due is None or due > max_delay:
                 return True
-            if due > 0:
-                await self._wait(due)
+            # Due now but not claimed: taken by another worker meanwhile (the wait returns at
+            # once), or held back by a limit of the queue (it returns when one may have room).
+            await self._wait(due if due > 0 else self._poll_interval)
         except TRANSIENT as exc:
             self._wait_failed("looking for due jobs", "next_due_failed", exc)
         return False
@@ -588,7 +640,7 @@ class Runner:
                 "wait_for_work",
                 self._backend.wait_for_work(self._queues, max_wait=seconds),
                 within=seconds + self._calls.timeout,
-                cut=self._stop_event,
+                cut=self._woken,
                 slow=False,
             )
 
@@ -600,7 +652,7 @@ class Runner:
     def _loop_time() -> float:
         return asyncio.get_running_loop().time()
 
-    async def _claim(self, limit: int) -> list[ClaimedJob]:
+    async def _claim(self, limit: int, caps: dict[str, int] | None) -> list[ClaimedJob]:
         assert self._token is not None
         telemetry = self._telemetry
         telemetry.refresh()  # an SDK installed meanwhile is picked up from the next batch on
@@ -616,6 +668,7 @@ class Runner:
                     limit,
                     lease=self._prune_after,
                     max_attempts=self._policy.max_attempts,
+                    caps=caps,
                 ),
                 cut=self._stop_event,
                 on_abandon=self._put_back_late_claim,
@@ -739,6 +792,9 @@ class Runner:
         finally:
             del self._held[job.id]
             self._room.set()
+            if self._caps.capped(job.queue):
+                self._woken.set()  # the fetch loop may claim this queue again
+                self._calls.cut(self._woken)
         if outcome is not None and self._settle is not None:
             self._settle.add(outcome)
 
@@ -760,6 +816,8 @@ class Runner:
             held.cancel(reason)
 
     def _on_settled(self, outcomes: Sequence[Outcome], lost: frozenset[int]) -> None:
+        self._writes += 1
+        self._room.set()  # the unsettled outcomes, which count against the room, are fewer
         written = collections.Counter(
             (outcome.queue, outcome.kind) for outcome in outcomes if outcome.job_id not in lost
         )
@@ -792,6 +850,8 @@ class Runner:
                 await self._after_beat(beat, sent, loop.time())
             except TRANSIENT as exc:
                 self._beat_failed(exc, loop.time())
+            else:
+                await self._queue_metrics.maybe_read(self._calls, loop.time())
 
     async def _send_heartbeat(self) -> Heartbeat:
         assert self._token is not None and self._settle is not None

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -168,19 +168,34 @@ class _Instruments:
     __slots__ = (
         "batch",
         "duration",
+        "held_back",
         "in_flight",
         "latency",
         "lost",
         "open_batches",
         "recovered",
         "settled",
+        "slots",
         "tick_lateness",
         "ticks_enqueued",
         "ticks_late",
         "ticks_skipped",
     )
 
-    def __init__(self, meter: metrics.Meter) -> None:
+    def __init__(self, meter: metrics.Meter, flow: FlowGauges) -> None:
+        self.held_back = meter.create_observable_gauge(
+            "batchworks.queue.held_back",
+            callbacks=[flow.observe_held_back],
+            unit="{job}",
+            description="Due jobs of a queue that a pause or a limit keeps from starting, by "
+            "what holds them (attribute batchworks.limit)",
+        )
+        self.slots = meter.create_observable_gauge(
+            "batchworks.queue.slots_in_use",
+            callbacks=[flow.observe_slots],
+            unit="{job}",
+            description="Jobs of a queue running across every worker (each holding a lease)",
+        )
         self.settled = meter.create_counter(
             "batchworks.jobs.settled", unit="{job}", description="Job attempts settled"
         )
@@ -233,6 +248,39 @@ class _Instruments:
             unit="s",
             description="Time from a tick to the enqueue of its job",
         )
+
+
+class FlowGauges:
+    """The latest reading of the queues' flow control (``Backend.queues()``), observed by the
+    gauges ``batchworks.queue.held_back`` and ``batchworks.queue.slots_in_use``."""
+
+    #: what holds due jobs back (``QueueState.held_back``'s keys): each queue reports all
+    LIMITS = ("paused", "concurrency", "rate", "key_concurrency")
+
+    def __init__(self) -> None:
+        self._held: dict[str, Mapping[str, int]] = {}
+        self._slots: dict[str, int] = {}
+
+    def read(self, queues: Mapping[str, tuple[int, Mapping[str, int]]]) -> None:
+        """Keep ``{queue: (running, held_back)}`` for the next collection."""
+        self._slots = {name: running for name, (running, _) in queues.items()}
+        self._held = {name: held for name, (_, held) in queues.items()}
+
+    def observe_held_back(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        return [
+            metrics.Observation(
+                held.get(limit, 0),
+                {"messaging.destination.name": queue, "batchworks.limit": limit},
+            )
+            for queue, held in self._held.items()
+            for limit in self.LIMITS
+        ]
+
+    def observe_slots(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        return [
+            metrics.Observation(running, {"messaging.destination.name": queue})
+            for queue, running in self._slots.items()
+        ]
 
 
 class JobTelemetry:
@@ -293,6 +341,8 @@ class Telemetry:
         self._w3c = False
         self._meter_provider: object = None
         self._instruments: _Instruments | None = None
+        #: the queues' flow control as last read, for the gauges
+        self.flow = FlowGauges()
         # Attribute dicts by queue and by (queue, outcome): the SDK copies what it keeps, and
         # batchworks never changes them after they are made.
         self._queue_attributes: dict[str, dict[str, str]] = {}
@@ -313,7 +363,9 @@ class Telemetry:
         if provider is not self._meter_provider:
             self._meter_provider = provider
             self._instruments = (
-                _Instruments(provider.get_meter(_SCOPE, _version())) if metrics_enabled() else None
+                _Instruments(provider.get_meter(_SCOPE, _version()), self.flow)
+                if metrics_enabled()
+                else None
             )
         self.metrics = self._instruments is not None
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,10 +125,20 @@ async def main() -> int:
 
 
 async def measure(
-    dsn: str, cases: list[tuple[Case, str]], drain: int, rounds: int, analyzed: bool, args: Any
+    dsn: str,
+    cases: list[tuple[Case, str]],
+    drain: int,
+    rounds: int,
+    analyzed: bool,
+    args: Any,
+    *,
+    before: Callable[[asyncpg.Connection, Case, str], Awaitable[None]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Build every case's backlog in its own schema, then drain them round after round, the
-    cases alternating, so that the machine's drift over the run hits every case alike."""
+    cases alternating, so that the machine's drift over the run hits every case alike.
+
+    :param before: called with each case once its backlog is queued, before any statistics
+        and plan are taken (``retention.py`` writes its history there)."""
     conn = await asyncpg.connect(dsn)
     plans: dict[str, list[str]] = {}
     best = {case.name: 0.0 for case, _ in cases}
@@ -148,6 +159,8 @@ async def measure(
                         QUEUE,
                         case.history,
                     )
+                if before is not None:
+                    await before(conn, case, schema)
                 if analyzed:
                     await conn.execute(f'ANALYZE "{schema}".jobs')
                 plans[case.name] = await explain_claim(backend, conn)

@@ -50,7 +50,7 @@ SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
 WHERE conrelid = $1::regclass ORDER BY contype DESC, conname
 """
 _TABLES = """
-SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') ORDER BY c.relname
 """
 _INDEXES = """
@@ -77,7 +77,7 @@ async def describe(conn: asyncpg.Connection, schema: str) -> str:
     parts = []
     versions = await conn.fetch(f"SELECT version, name FROM {quoted}.migrations ORDER BY version")
     parts.append(_HEADER.format(versions=", ".join(f"{v:04d}_{n}" for v, n in versions)))
-    for (table,) in await conn.fetch(_TABLES, schema):
+    for table, options in await conn.fetch(_TABLES, schema):
         relation = f"{quoted}.{table}"
         lines = []
         columns = await conn.fetch(_COLUMNS, relation)
@@ -89,7 +89,10 @@ async def describe(conn: asyncpg.Connection, schema: str) -> str:
             lines.append(line)
         for name, definition in await conn.fetch(_CONSTRAINTS, relation):
             lines.append(f"    CONSTRAINT {name} {definition}")
-        parts.append(f"\nCREATE TABLE {quoted}.{table} (\n" + ",\n".join(lines) + "\n);\n")
+        storage = f" WITH ({', '.join(options)})" if options else ""
+        parts.append(
+            f"\nCREATE TABLE {quoted}.{table} (\n" + ",\n".join(lines) + f"\n){storage};\n"
+        )
         indexes = [row[0] + ";" for row in await conn.fetch(_INDEXES, relation)]
         if indexes:
             parts.append("\n".join(indexes) + "\n")

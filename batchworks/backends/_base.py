@@ -18,8 +18,18 @@ from types import TracebackType
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from batchworks import _json
-from batchworks._checks import check_dedupe_key, check_dedupe_keys, check_label, positive_int
-from batchworks.backends.base import BatchSpec, EnqueueOptions
+from batchworks._checks import (
+    check_concurrency_key,
+    check_concurrency_keys,
+    check_dedupe_key,
+    check_dedupe_keys,
+    check_label,
+    check_limit,
+    check_queue,
+    check_rate,
+    positive_int,
+)
+from batchworks.backends.base import BatchSpec, EnqueueOptions, Limits
 from batchworks.batch import Batch, Callback
 from batchworks.errors import ConfigurationError
 from batchworks.job import JobRecord
@@ -82,6 +92,7 @@ class BackendBase(abc.ABC, Generic[Encoded]):
         dedupe_key: str | None = None,
         timeout: float | timedelta | None = None,
         connection: Any = None,
+        concurrency_key: str | None = None,
     ) -> int:
         """Add one job; see :meth:`Backend.enqueue`."""
         options = EnqueueOptions.build(
@@ -94,7 +105,8 @@ class BackendBase(abc.ABC, Generic[Encoded]):
         )
         self._check_connection(connection)
         keys = [check_dedupe_key(dedupe_key)]
-        [job_id] = await self._add(options, [payload], keys, connection, numbered=False)
+        groups = [check_concurrency_key(concurrency_key)]
+        [job_id] = await self._add(options, [payload], keys, groups, connection, numbered=False)
         return job_id
 
     async def enqueue_many(
@@ -109,6 +121,7 @@ class BackendBase(abc.ABC, Generic[Encoded]):
         dedupe_keys: Sequence[str | None] | None = None,
         timeout: float | timedelta | None = None,
         connection: Any = None,
+        concurrency_keys: Sequence[str | None] | None = None,
     ) -> list[int]:
         """Add many jobs at once; every payload is checked before any is stored, and ids come
         back in payload order."""
@@ -122,13 +135,15 @@ class BackendBase(abc.ABC, Generic[Encoded]):
         )
         self._check_connection(connection)
         keys = check_dedupe_keys(dedupe_keys, len(payloads))
-        return await self._add(options, payloads, keys, connection, numbered=True)
+        groups = check_concurrency_keys(concurrency_keys, len(payloads))
+        return await self._add(options, payloads, keys, groups, connection, numbered=True)
 
     async def _add(
         self,
         options: EnqueueOptions,
         payloads: Sequence[Any],
         keys: list[str | None],
+        groups: list[str | None],
         connection: Any,
         *,
         numbered: bool,
@@ -140,7 +155,7 @@ class BackendBase(abc.ABC, Generic[Encoded]):
         encoded = self._encode_payloads(options.queue, payloads, numbered=numbered)
         in_transaction = self._in_transaction(connection)
         with send_span(options.queue, len(payloads), in_transaction=in_transaction) as span:
-            ids = await self._insert(options, encoded, keys, connection, span.carrier)
+            ids = await self._insert(options, encoded, keys, groups, connection, span.carrier)
             span.sent(ids)
             return ids
 
@@ -277,6 +292,42 @@ class BackendBase(abc.ABC, Generic[Encoded]):
     async def _batch_page(self, batch_id: int, after: int, limit: int) -> list[JobRecord]:
         """Up to ``limit`` members of the batch with ids above ``after``, in id order."""
 
+    # -- flow control (#14) -----------------------------------------------------------------
+
+    async def configure_queue(
+        self,
+        queue: str,
+        *,
+        concurrency: int | None = None,
+        key_concurrency: int | None = None,
+        rate: tuple[int, float] | None = None,
+    ) -> None:
+        """Set every limit of ``queue`` at once (None removes one); see
+        :meth:`Backend.configure_queue`."""
+        check_queue(queue)
+        limits = Limits(
+            check_limit(concurrency, "concurrency"),
+            check_limit(key_concurrency, "key_concurrency"),
+            check_rate(rate),
+        )
+        await self._configure(queue, limits)
+
+    async def pause_queue(self, queue: str) -> None:
+        """Start no new job of ``queue`` until :meth:`resume_queue`."""
+        await self._pause(check_queue(queue), True)
+
+    async def resume_queue(self, queue: str) -> None:
+        """Let ``queue`` start jobs again, and wake its idle runners."""
+        await self._pause(check_queue(queue), False)
+
+    @abc.abstractmethod
+    async def _configure(self, queue: str, limits: Limits) -> None:
+        """Store the checked limits of ``queue``."""
+
+    @abc.abstractmethod
+    async def _pause(self, queue: str, paused: bool) -> None:
+        """Store whether ``queue`` is paused."""
+
     def _encode(self, value: Any, what: str) -> str:
         """``value`` as JSON text, or :class:`PayloadError` naming it as ``what``."""
         return _json.dumps(value, what=what, limit=self._max_bytes)
@@ -299,9 +350,10 @@ class BackendBase(abc.ABC, Generic[Encoded]):
         options: EnqueueOptions,
         payloads: Encoded,
         dedupe_keys: list[str | None],
+        concurrency_keys: list[str | None],
         connection: Any,
         trace_context: dict[str, str] | None,
     ) -> list[int]:
-        """Store the encoded payloads with ``options``, one dedupe key (or None) each, and
-        the enqueue's W3C trace context; return their ids in payload order (for a key held
-        by a live job, that job's id)."""
+        """Store the encoded payloads with ``options``, one dedupe key and one concurrency key
+        (or None) each, and the enqueue's W3C trace context; return their ids in payload
+        order (for a dedupe key held by a live job, that job's id)."""

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 from batchworks._checks import (
     check_due,
+    check_filters,
+    check_job_id,
     check_max_attempts,
     check_priority,
     check_queue,
@@ -30,7 +32,7 @@ from batchworks._checks import (
     seconds,
 )
 from batchworks.batch import Batch, BatchFailure, BatchRecord, Callback
-from batchworks.job import JobRecord
+from batchworks.job import JobRecord, JobState
 from batchworks.outcome import Outcome
 
 __all__ = [
@@ -39,13 +41,20 @@ __all__ = [
     "ClaimedJob",
     "EnqueueOptions",
     "Heartbeat",
+    "JobFilter",
+    "JobSummary",
+    "Limits",
     "QueueOverview",
+    "QueuePosition",
+    "QueueState",
     "ScheduleState",
     "Schedules",
+    "Throughput",
     "TickClaim",
     "WorkerRecord",
     "WorkerToken",
     "check_queue",
+    "empty_buckets",
     "seconds",
 ]
 
@@ -119,6 +128,176 @@ class QueueOverview:
     oldest_ready: float | None = None
     #: running jobs that saved a checkpoint
     running_with_checkpoint: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A queue's checked limits, as ``configure_queue`` stores them (None: no limit)."""
+
+    concurrency: int | None = None
+    key_concurrency: int | None = None
+    rate: tuple[int, float] | None = None
+
+
+#: the kinds of flow control that hold a due job back, in the order they are told apart
+HELD_BACK_BY = ("paused", "concurrency", "rate", "key_concurrency")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueState:
+    """A queue's flow-control settings and its use now (:meth:`Backend.queues`)."""
+
+    name: str
+    paused: bool = False
+    #: jobs of the queue running at once across every worker at most (None: no limit)
+    concurrency: int | None = None
+    #: jobs sharing one ``concurrency_key`` running at once at most (None: no limit)
+    key_concurrency: int | None = None
+    #: ``(n, seconds)``: at most n starts in any window of that many seconds (None: no limit)
+    rate: tuple[int, float] | None = None
+    #: slots in use: jobs running now (each holding a lease)
+    running: int = 0
+    #: queued jobs, due or not
+    queued: int = 0
+    #: queued jobs due now
+    due: int = 0
+    #: starts within the last ``rate`` window
+    recent_starts: int = 0
+    #: due jobs that cannot start now, by what holds them back (see :func:`held_back`)
+    held_back: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def controlled(self) -> bool:
+        """Whether anything limits the queue (paused or any limit set)."""
+        return self.paused or any(
+            limit is not None for limit in (self.concurrency, self.key_concurrency, self.rate)
+        )
+
+
+def held_back(
+    *,
+    paused: bool,
+    concurrency: int | None,
+    rate: tuple[int, float] | None,
+    running: int,
+    recent_starts: int,
+    due: int,
+    key_held: int,
+) -> dict[str, int]:
+    """The due jobs of a queue that cannot start now, by the first thing that holds them back:
+    all of them by a pause, a full ``concurrency`` or a full rate window (in that order), else
+    those whose key is at ``key_concurrency`` (``key_held``)."""
+    if due == 0:
+        return {}
+    if paused:
+        return {"paused": due}
+    if concurrency is not None and running >= concurrency:
+        return {"concurrency": due}
+    if rate is not None and recent_starts >= rate[0]:
+        return {"rate": due}
+    return {"key_concurrency": key_held} if key_held else {}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSummary:
+    """A job as a list shows it (:meth:`Backend.list_job_summaries`): no payload, result or
+    checkpoint, and of its error history the latest entry's type and the start of its
+    message, so that a page of 50 costs the same whatever its jobs carry."""
+
+    id: int
+    queue: str
+    state: JobState
+    attempts: int
+    #: 0: none of its own yet (the policy of the worker that claims it decides)
+    max_attempts: int
+    priority: int
+    run_at: datetime
+    created_at: datetime
+    finished_at: datetime | None = None
+    schedule: str | None = None
+    #: the worker that holds (or last held) it
+    worker: str | None = None
+    #: the type of the latest entry of its error history, and its message's first
+    #: :data:`SUMMARY_MESSAGE` characters
+    error_type: str | None = None
+    error_message: str | None = None
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobSummary:
+        """The summary of a whole job (what :meth:`Backend.list_job_summaries` returns)."""
+        last = record.errors[-1] if record.errors else {}
+        message = last.get("message")
+        shared = {f.name: getattr(record, f.name) for f in fields(cls) if f.name in _FROM_RECORD}
+        return cls(
+            **shared,
+            error_type=last.get("type"),
+            error_message=None if message is None else str(message)[:SUMMARY_MESSAGE],
+        )
+
+
+#: characters of the latest error's message a :class:`JobSummary` keeps
+SUMMARY_MESSAGE = 200
+#: the fields a JobSummary copies from a JobRecord as they are
+_FROM_RECORD = frozenset(f.name for f in fields(JobRecord)) - {"errors"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobFilter:
+    """Which jobs :meth:`Backend.list_job_summaries`, :meth:`Backend.count_jobs` and
+    :meth:`Backend.cancel_jobs` take (the filters of :meth:`Backend.list_jobs`); each None
+    matches every job."""
+
+    queue: str | None = None
+    #: a :class:`JobState` value
+    state: str | None = None
+    #: the name of the schedule that enqueued them
+    schedule: str | None = None
+    #: the type of the latest entry of their error history (``"ValueError"``)
+    error_type: str | None = None
+    #: only jobs whose id is at most this: a cancel confirmed for the jobs that were there
+    #: when its count was shown leaves alone the jobs enqueued since
+    up_to: int | None = None
+
+    def checked(self) -> tuple[str | None, str | None, str | None, str | None, int | None]:
+        """The filters, checked, in the order the backends bind them."""
+        filters = check_filters(self.queue, self.state, self.schedule, self.error_type)
+        return (*filters, check_job_id(self.up_to, "up_to"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuePosition:
+    """Where a job stands in its queue, on the backend's clock (for "why is it waiting")."""
+
+    state: JobState
+    #: seconds until it is due (0 or less: due now), from its ``run_at``
+    due_in: float
+    #: due queued jobs of its queue that a claim takes before it (higher priority, or the same
+    #: priority and due earlier), counted up to :data:`AHEAD_CAP`; 0 unless it is queued
+    ahead: int
+    #: the backend's clock when it looked
+    now: datetime
+
+
+def empty_buckets(count: int) -> dict[str, list[int]]:
+    """A queue's entry of :attr:`Throughput.queues` before any job is counted."""
+    return {state.value: [0] * count for state in JobState if state.is_final}
+
+
+#: :meth:`Backend.queue_position` stops counting the jobs ahead at this many.
+AHEAD_CAP = 10_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Throughput:
+    """Jobs that ended in each bucket of the last ``window`` seconds, per queue."""
+
+    #: the backend's clock at the end of the last bucket
+    now: datetime
+    #: seconds a bucket spans
+    bucket: float
+    #: ``{queue: {state: [count per bucket, oldest first]}}`` for succeeded, failed and
+    #: cancelled; only queues in which a job ended within the window
+    queues: dict[str, dict[str, list[int]]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,8 +378,11 @@ class Backend(Protocol):
         dedupe_key: str | None = None,
         timeout: float | timedelta | None = None,
         connection: Any = None,
+        concurrency_key: str | None = None,
     ) -> int:
-        """Add one job and return its id (or, for a live duplicate ``dedupe_key``, that job's)."""
+        """Add one job and return its id (or, for a live duplicate ``dedupe_key``, that job's).
+
+        ``concurrency_key`` groups jobs for the queue's ``key_concurrency`` limit."""
 
     async def enqueue_many(
         self,
@@ -214,6 +396,7 @@ class Backend(Protocol):
         dedupe_keys: Sequence[str | None] | None = None,
         timeout: float | timedelta | None = None,
         connection: Any = None,
+        concurrency_keys: Sequence[str | None] | None = None,
     ) -> list[int]:
         """Add jobs in one go; ids come back in payload order."""
 
@@ -240,9 +423,37 @@ class Backend(Protocol):
         """The live worker incarnations, by name."""
 
     async def list_jobs(
-        self, *, queue: str | None = None, state: str | None = None, limit: int = 50
+        self,
+        *,
+        queue: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+        schedule: str | None = None,
+        error_type: str | None = None,
+        before: int | None = None,
     ) -> list[JobRecord]:
-        """The newest jobs first, filtered by queue and state."""
+        """The newest jobs first, filtered by queue, state, schedule and the type of the
+        latest error; ``before`` pages on: only jobs whose id is below it (keyset paging,
+        as fast on the last page as on the first)."""
+
+    async def list_job_summaries(
+        self, where: JobFilter | None = None, *, before: int | None = None, limit: int = 50
+    ) -> list[JobSummary]:
+        """The newest jobs ``where`` selects (below id ``before``: keyset paging), as
+        :class:`JobSummary` rows: what the dashboard lists."""
+
+    async def count_jobs(self, where: JobFilter) -> int:
+        """How many jobs :meth:`list_jobs` would page through with these filters."""
+
+    async def cancel_jobs(self, where: JobFilter) -> int:
+        """:meth:`cancel` every queued or running job matching ``where``; returns how many
+        were cancelled (queued) or marked for their worker's next heartbeat (running)."""
+
+    async def queue_position(self, job_id: int) -> QueuePosition | None:
+        """Where the job stands in its queue (None: no such job)."""
+
+    async def throughput(self, *, window: float = 3600.0, buckets: int = 60) -> Throughput:
+        """Jobs that ended in each of ``buckets`` equal parts of the last ``window`` seconds."""
 
     async def retry_failed(
         self,
@@ -260,8 +471,39 @@ class Backend(Protocol):
     async def purge(self, older_than: float | timedelta) -> int:
         """Delete jobs that reached a final state more than ``older_than`` ago."""
 
+    async def purge_batch(self, older_than: float | timedelta, *, limit: int) -> int | None:
+        """Delete up to ``limit`` of the jobs :meth:`purge` would delete, those that finished
+        longest ago first, and return how many; None, deleting nothing, while another caller
+        is purging (one at a time). The Runner's retention purge calls it in small batches,
+        so that no statement holds locks for long whatever the history's size."""
+
     async def purgeable(self, older_than: float | timedelta) -> dict[str, dict[str, int]]:
         """What :meth:`purge` would delete now, ``{queue: {state: count}}``; deletes nothing."""
+
+    # -- flow control (#14) ------------------------------------------------------------------
+
+    async def configure_queue(
+        self,
+        queue: str,
+        *,
+        concurrency: int | None = None,
+        key_concurrency: int | None = None,
+        rate: tuple[int, float] | None = None,
+    ) -> None:
+        """Set the limits of ``queue``, durably, for every worker: each argument left None
+        removes that limit. ``concurrency``: its jobs running at once; ``key_concurrency``:
+        its jobs of one ``concurrency_key`` running at once; ``rate=(n, seconds)``: at most
+        n starts in any window of ``seconds`` (a sliding window over the latest starts)."""
+
+    async def pause_queue(self, queue: str) -> None:
+        """Start no new job of ``queue`` (durably); running ones finish, enqueues go on."""
+
+    async def resume_queue(self, queue: str) -> None:
+        """Undo :meth:`pause_queue`; its idle runners are woken."""
+
+    async def queues(self) -> list[QueueState]:
+        """Every queue with settings or live jobs, by name: settings, slots in use, queued
+        jobs and the due ones held back, by which limit."""
 
     async def pending_migrations(self) -> list[str]:
         """The migrations :meth:`migrate` would apply (``0004_name``), empty when up to date."""
@@ -373,11 +615,17 @@ class Backend(Protocol):
         *,
         lease: float,
         max_attempts: int,
+        caps: Mapping[str, int] | None = None,
     ) -> list[ClaimedJob]:
-        """Take up to ``limit`` due jobs, highest priority then earliest ``run_at`` first.
+        """Take up to ``limit`` due jobs, highest priority first; among equal priorities the
+        queues take turns (each queue's earliest ``run_at`` first), so a quiet queue does not
+        wait behind a busy one's backlog.
 
         Each claim uses an attempt and holds the job for ``lease`` seconds. ``max_attempts``
-        is the policy's, for jobs enqueued without their own.
+        is the policy's, for jobs enqueued without their own. ``caps`` bounds the jobs taken
+        of a queue (the runner's ``queue_concurrency`` room). A paused queue gives none; a
+        limited one only as many as its limits leave, skipping a job over a limit for the
+        next one in order.
         """
 
     async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:

@@ -14,6 +14,7 @@ carries a ``seq`` that an entry must match.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import heapq
 import logging
@@ -26,15 +27,24 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from batchworks import _json
-from batchworks._checks import check_queue, check_state, seconds
+from batchworks._checks import (
+    check_queue,
+    positive_int,
+    seconds,
+)
 from batchworks.backends._base import BackendBase, payload_label
+from batchworks.backends._flow import FLOW_RECHECK
 from batchworks.backends._memory_batches import MemoryBatchCalls, MemoryBatches
+from batchworks.backends._memory_flow import Entry, QueueFlow
+from batchworks.backends._memory_reads import MemoryReads
 from batchworks.backends._waiters import JobWaiters
 from batchworks.backends.base import (
     ClaimedJob,
     EnqueueOptions,
     Heartbeat,
+    Limits,
     QueueOverview,
+    QueueState,
     Schedules,
     ScheduleState,
     TickClaim,
@@ -80,6 +90,7 @@ class _Row:
     schedule: str | None = None
     scheduled_for: datetime | None = None
     batch_id: int | None = None
+    concurrency_key: str | None = None
 
 
 class _WorkerState(enum.StrEnum):
@@ -106,7 +117,7 @@ class _Worker:
     max_attempts: int | None = None
 
 
-class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]]):
+class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]], MemoryReads):
     """Jobs in this process's memory: for in-process batches, tests and the demo.
 
     :param clock: seconds since the epoch; tests pass a fake one to move time.
@@ -126,6 +137,7 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]]):
         self._workers: dict[WorkerToken, _Worker] = {}
         self._schedules: dict[str, ScheduleState] = {}
         self._ticks: set[tuple[str, datetime]] = set()  # (schedule, tick) of every job enqueued
+        self._flow = QueueFlow()
         self._next_id = 1
         self._closed = False
         self._wake: asyncio.Event | None = None
@@ -168,12 +180,13 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]]):
         options: EnqueueOptions,
         payloads: list[str],
         dedupe_keys: list[str | None],
+        concurrency_keys: list[str | None],
         connection: Any,
         trace_context: dict[str, str] | None,
     ) -> list[int]:
         return [
-            self._insert_row(options, text, key, trace_context)
-            for text, key in zip(payloads, dedupe_keys, strict=True)
+            self._insert_row(options, text, key, trace_context, concurrency_key=group)
+            for text, key, group in zip(payloads, dedupe_keys, concurrency_keys, strict=True)
         ]
 
     def _insert_row(
@@ -186,6 +199,7 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]]):
         schedule: str | None = None,
         scheduled_for: datetime | None = None,
         batch_id: int | None = None,
+        concurrency_key: str | None = None,
     ) -> int:
         queue = options.queue
         if dedupe_key is not None:
@@ -208,6 +222,7 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]]):
             schedule=schedule,
             scheduled_for=scheduled_for,
             batch_id=batch_id,
+            concurrency_key=concurrency_key,
         )
         self._next_id += 1
         self._rows[row.id] = row
@@ -281,6 +296,9 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]]):
             timeout=row.timeout,
             schedule=row.schedule,
             scheduled_for=row.scheduled_for,
+            lease_until=_dt(row.lease_until) if row.state is JobState.RUNNING else None,
+            cancel_requested=row.cancel_requested,
+            concurrency_key=row.concurrency_key,
         )
 
     async def wait_job(self, job_id: int, timeout: float | None = None) -> JobRecord:
@@ -335,22 +353,6 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]]):
             if worker.state is _WorkerState.ACTIVE
         ]
 
-    async def list_jobs(
-        self, *, queue: str | None = None, state: str | None = None, limit: int = 50
-    ) -> list[JobRecord]:
-        """The newest jobs first, filtered by queue and state."""
-        wanted = check_state(state)
-        found = []
-        for job_id in sorted(self._rows, reverse=True):
-            row = self._rows[job_id]
-            if (queue is None or row.queue == queue) and (wanted is None or row.state == wanted):
-                record = await self.get_job(job_id)
-                assert record is not None
-                found.append(record)
-                if len(found) >= limit:
-                    break
-        return found
-
     async def retry_failed(
         self,
         *,
@@ -399,8 +401,19 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]]):
 
     async def purge(self, older_than: float | timedelta) -> int:
         """Delete jobs that reached a final state more than ``older_than`` ago."""
+        old = self._purgeable(older_than)  # a member of a batch not done stays
+        self._batch_book.purge(self._clock() - seconds(older_than, name="older_than"))
+        return self._delete(old)
+
+    async def purge_batch(self, older_than: float | timedelta, *, limit: int) -> int | None:
+        """Delete up to ``limit`` of the jobs :meth:`purge` would delete, the longest finished
+        first. Never None here: a call runs to its end before another starts."""
+        limit = positive_int(limit, "limit")
         old = self._purgeable(older_than)
         self._batch_book.purge(self._clock() - seconds(older_than, name="older_than"))
+        return self._delete(heapq.nsmallest(limit, old, key=lambda row: (row.finished_at, row.id)))
+
+    def _delete(self, old: list[_Row]) -> int:
         for row in old:
             del self._rows[row.id]
             if row.schedule is not None:  # the tick guard goes with its job, as in PostgreSQL
@@ -473,44 +486,82 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]]):
         *,
         lease: float,
         max_attempts: int,
+        caps: Mapping[str, int] | None = None,
     ) -> list[ClaimedJob]:
         """Take up to ``limit`` due jobs for ``worker``; see :meth:`Backend.claim`."""
         record = self._workers.get(worker)
         if record is None or record.state is not _WorkerState.ACTIVE:
             return []
         now = self._clock()
-        heaps = [self._promote(queue, now) for queue in queues]
-        claimed: list[ClaimedJob] = []
-        while len(claimed) < limit:
-            live = [heap for heap in heaps if self._valid_head(heap)]
-            if not live:
-                break
-            heap = live[0] if len(live) == 1 else min(live, key=lambda h: h[0])
-            row = self._rows[heapq.heappop(heap)[2]]
-            row.state = JobState.RUNNING
-            row.attempts += 1
-            row.max_attempts = row.max_attempts or max_attempts
-            row.worker, row.worker_name = worker, record.name
-            row.started_at, row.lease_until = now, now + lease
-            self._running[row.id] = row
-            claimed.append(
-                ClaimedJob(
-                    row.id,
-                    row.queue,
-                    _json.loads(row.payload),
-                    row.attempts,
-                    row.max_attempts,
-                    _json.loads_optional(row.checkpoint),
-                    row.timeout,
-                    row.trace_context,
-                    now - row.run_at,
-                    _lost(row),
-                    row.schedule,
-                    row.scheduled_for,
-                    row.batch_id,
-                )
-            )
-        return claimed
+        if len(queues) == 1 and caps is None and not self._flow.controlled(queues[0]):
+            # One queue with nothing set (the common case): its heap order is the claim order.
+            rows = [self._rows[e[2]] for e in self._take(self._promote(queues[0], now), limit)]
+            return [
+                self._start(row, record, now, lease=lease, max_attempts=max_attempts)
+                for row in rows
+            ]
+        running = list(self._running.values())
+        # Each queue's picks in its own order, then merged: priority first, then the queues
+        # take turns (the rank within its queue), then run_at. Picks the merge leaves out go
+        # back to their heap, as they were.
+        merged: list[tuple[tuple[int, int, float, int], list[Entry], Entry]] = []
+        for queue in queues:
+            heap = self._promote(queue, now)
+            wanted = limit if caps is None or queue not in caps else min(limit, caps[queue])
+            if self._flow.controlled(queue):
+                picks = self._flow.pick(queue, heap, wanted, running, now, self._queued_row)
+            else:
+                picks = self._take(heap, wanted)
+            merged.extend(((e[0], rank, e[1], e[2]), heap, e) for rank, e in enumerate(picks))
+        merged.sort(key=lambda pick: pick[0])
+        for _, heap, entry in merged[limit:]:
+            heapq.heappush(heap, entry)
+        rows = sorted((self._rows[entry[2]] for _, _, entry in merged[:limit]), key=_claim_order)
+        started = collections.Counter(row.queue for row in rows)
+        for queue, count in started.items():
+            if self._flow.controlled(queue):
+                self._flow.settings(queue).started(now, count)
+        return [
+            self._start(row, record, now, lease=lease, max_attempts=max_attempts) for row in rows
+        ]
+
+    def _take(self, heap: list[Entry], wanted: int) -> list[Entry]:
+        """Pop up to ``wanted`` live entries off ``heap``."""
+        taken: list[Entry] = []
+        while len(taken) < wanted and self._valid_head(heap):
+            taken.append(heapq.heappop(heap))
+        return taken
+
+    def _queued_row(self, entry: Entry) -> _Row | None:
+        row = self._rows.get(entry[2])
+        if row is None or row.seq != entry[3] or row.state is not JobState.QUEUED:
+            return None
+        return row
+
+    def _start(
+        self, row: _Row, record: _Worker, now: float, *, lease: float, max_attempts: int
+    ) -> ClaimedJob:
+        row.state = JobState.RUNNING
+        row.attempts += 1
+        row.max_attempts = row.max_attempts or max_attempts
+        row.worker, row.worker_name = record.token, record.name
+        row.started_at, row.lease_until = now, now + lease
+        self._running[row.id] = row
+        return ClaimedJob(
+            row.id,
+            row.queue,
+            _json.loads(row.payload),
+            row.attempts,
+            row.max_attempts,
+            _json.loads_optional(row.checkpoint),
+            row.timeout,
+            row.trace_context,
+            now - row.run_at,
+            _lost(row),
+            row.schedule,
+            row.scheduled_for,
+            row.batch_id,
+        )
 
     async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:
         """Write outcomes, fenced by ``worker``; returns the ids it no longer held."""
@@ -522,7 +573,8 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]]):
             if row is None or row.worker != worker or outcome.attempt not in (None, row.attempts):
                 lost.append(outcome.job_id)
                 continue
-            requeued |= self._apply(row, outcome, now)
+            # A slot of a controlled queue freed: its idle runners may start a job now.
+            requeued |= self._apply(row, outcome, now) or self._flow.controlled(row.queue)
         if requeued:
             self._notify()
         return lost
@@ -625,6 +677,8 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]]):
             row.state, row.run_at = JobState.QUEUED, now
             self._push(row, now)
             self._notify()
+        if self._flow.controlled(row.queue):
+            self._notify()  # its slot freed
         logger.warning(
             "recovered job %s: %s",
             row.id,
@@ -645,27 +699,50 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]]):
         return _json.loads(text)
 
     async def next_due(self, queues: Sequence[str]) -> float | None:
-        """Seconds until the earliest queued job of ``queues`` is due, or None."""
+        """Seconds until the earliest queued job of ``queues`` is due, or None (a paused
+        queue's jobs are not due)."""
+        due, _ = self._next_due(queues)
+        return due
+
+    def _next_due(self, queues: Sequence[str]) -> tuple[float | None, float | None]:
+        """(due, free): :meth:`next_due`, and the same over the queues without flow control."""
         now = self._clock()
-        earliest: float | None = None
+        due: float | None = None
+        free: float | None = None
         for queue in queues:
-            if self._valid_head(self._promote(queue, now)):
-                return 0.0
-            delayed = self._delayed.get(queue)
-            while delayed:
-                run_at, job_id, seq = delayed[0]
-                row = self._rows.get(job_id)
-                if row is not None and row.seq == seq and row.state is JobState.QUEUED:
-                    earliest = run_at if earliest is None else min(earliest, run_at)
-                    break
-                heapq.heappop(delayed)
-        return None if earliest is None else max(0.0, earliest - now)
+            if self._flow.paused(queue):
+                continue
+            earliest = self._earliest(queue, now)
+            if earliest is None:
+                continue
+            due = earliest if due is None else min(due, earliest)
+            if not self._flow.controlled(queue):
+                free = earliest if free is None else min(free, earliest)
+        return due, free
+
+    def _earliest(self, queue: str, now: float) -> float | None:
+        """Seconds until the earliest queued job of ``queue`` is due (0: one is), or None."""
+        if self._valid_head(self._promote(queue, now)):
+            return 0.0
+        delayed = self._delayed.get(queue)
+        while delayed:
+            run_at, job_id, seq = delayed[0]
+            row = self._rows.get(job_id)
+            if row is not None and row.seq == seq and row.state is JobState.QUEUED:
+                return max(0.0, run_at - now)
+            heapq.heappop(delayed)
+        return None
 
     async def wait_for_work(self, queues: Sequence[str], max_wait: float) -> None:
-        """Return when a job is enqueued or re-queued, when one falls due, or after ``max_wait``."""
-        due = await self.next_due(queues)
+        """Return when a job is enqueued or re-queued, when one falls due, when a slot of a
+        controlled queue frees, or after ``max_wait``; due jobs only controlled queues hold
+        are looked at again after ``FLOW_RECHECK`` seconds at most (a rate window moves on
+        without an event)."""
+        due, free = self._next_due(queues)
+        if free is not None:
+            max_wait = min(max_wait, free)
         if due is not None:
-            max_wait = min(max_wait, due)
+            max_wait = min(max_wait, max(due, FLOW_RECHECK))
         if max_wait <= 0:
             return
         if self._wake is None:
@@ -676,6 +753,35 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]]):
                 await wake.wait()
         except TimeoutError:
             pass
+
+    # -- flow control -------------------------------------------------------------------------
+
+    async def _configure(self, queue: str, limits: Limits) -> None:
+        self._check_open()
+        settings = self._flow.settings(queue)
+        settings.concurrency, settings.key_concurrency = limits.concurrency, limits.key_concurrency
+        settings.rate = limits.rate
+        self._notify()
+
+    async def _pause(self, queue: str, paused: bool) -> None:
+        self._check_open()
+        self._flow.settings(queue).paused = paused
+        if not paused:
+            self._notify()
+
+    async def queues(self) -> list[QueueState]:
+        """Every queue with settings or live jobs: settings and use."""
+        now = self._clock()
+        live: dict[str, list[_Row]] = {name: [] for name in self._flow.names()}
+        running: dict[str, list[_Row]] = {name: [] for name in self._flow.names()}
+        for row in self._rows.values():
+            if row.state is JobState.QUEUED:
+                live.setdefault(row.queue, []).append(row)
+                running.setdefault(row.queue, [])
+            elif row.state is JobState.RUNNING:
+                running.setdefault(row.queue, []).append(row)
+                live.setdefault(row.queue, [])
+        return [self._flow.state(name, live[name], running[name], now) for name in sorted(live)]
 
     # -- schedules ----------------------------------------------------------------------------
 
@@ -780,6 +886,10 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]]):
             max_attempts=fields["max_attempts"],
         )
         return options, self._encode(fields["payload"], f"payload of schedule {stored.name!r}")
+
+
+def _claim_order(row: _Row) -> tuple[int, float, int]:
+    return -row.priority, row.run_at, row.id
 
 
 def _lost(row: _Row) -> int:

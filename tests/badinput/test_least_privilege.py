@@ -97,6 +97,23 @@ async def test_schedules_run_under_the_worker_role(
         assert await backend.remove_schedule("tick")
 
 
+async def test_flow_control_works_under_the_worker_role(
+    pg_backend: PostgresBackend, worker_dsn: str
+) -> None:
+    async def handler(job: Job) -> None: ...
+
+    async with PostgresBackend(worker_dsn, schema=pg_backend.schema) as backend:
+        await backend.configure_queue("q", concurrency=2, key_concurrency=1, rate=(50, 1.0))
+        await backend.pause_queue("p")
+        await backend.enqueue_many("q", list(range(6)), concurrency_keys=["a", "b"] * 3)
+        await backend.enqueue("p", 1)
+        report = await Runner(backend, {"q": handler, "p": handler}).run_until_empty()
+        assert report.succeeded == 6
+        states = {state.name: state for state in await backend.queues()}
+        assert states["p"].held_back == {"paused": 1}
+        await backend.resume_queue("p")
+
+
 @pytest.mark.parametrize(
     "ddl",
     [

@@ -32,6 +32,11 @@ BENCHMARKS = [
     "refusal.py",
     "schedule_idle.py",
     "batches.py",
+    "web_list.py",
+    "wal.py",
+    "retention.py",
+    "server_bound.py",
+    "flow.py",
 ]
 RATIO = re.compile(r"^ratio\b.*\d+\.\d+x", re.MULTILINE)
 

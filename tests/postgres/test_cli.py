@@ -193,6 +193,8 @@ class TestInspection:
             "oldest",
             "ready",
             "checkpointed",
+            "held",
+            "back",
         ]
         assert lines[1].split()[:6] == ["other", "1", "0", "0", "0", "0"]
         assert lines[2].split()[:6] == ["q", "1", "1", "0", "0", "0"]

@@ -44,9 +44,19 @@ def test_resumable_export_survives_sigkill_on_postgres(pg_dsn: str, pg_schema: s
         ("service.py", "receipts sent: 30 of 30 orders"),
         ("cron_batch.py", "invoices: succeeded 200, failed 0"),
         ("fastapi_service.py", "after shutdown: healthy=False"),
+        ("dashboard.py", "is queued again, attempts 0"),
     ],
 )
 def test_examples_run_on_postgres(pg_dsn: str, pg_schema: str, example: str, expected: str) -> None:
     result = run_example(example, pg_dsn, pg_schema)
     assert result.returncode == 0, result.stdout + result.stderr
     assert expected in result.stdout
+
+
+def test_flow_control_holds_its_limits_across_two_runners_on_postgres(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    result = run_example("flow_control.py", pg_dsn, pg_schema)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "emails: 0 started while paused, 5 after" in result.stdout
+    assert "sync: at most 1 per customer at once (limit 1)" in result.stdout

@@ -12,6 +12,7 @@ import pytest
 from batchworks.backends.postgres import _batches as batches_module
 from batchworks.backends.postgres import backend as backend_module
 from batchworks.backends.postgres import queries
+from batchworks.backends.postgres._reads import OperatorReads
 from batchworks.backends.postgres.backend import STATEMENTS, PostgresBackend, Queries
 
 # The constants of queries.py that are a part of statements, not a statement.
@@ -73,8 +74,11 @@ def test_every_statement_of_queries_py_has_its_field_and_no_field_lacks_one() ->
 
 
 def test_the_backend_uses_every_statement_and_only_statements_it_has() -> None:
-    source = inspect.getsource(backend_module.PostgresBackend) + inspect.getsource(
-        batches_module.PostgresBatchCalls
+    # the class and its mixins: the operators' reads (_reads.py) and the batches (_batches.py)
+    source = (
+        inspect.getsource(backend_module.PostgresBackend)
+        + inspect.getsource(OperatorReads)
+        + inspect.getsource(batches_module.PostgresBatchCalls)
     )
     used = set(re.findall(r"self\._q\.(\w+)", source))
     fields = set(STATEMENTS) | {"channel", "finished_channel", "waited", "names"}

@@ -39,6 +39,14 @@ SUMMARY_LINES = {
         r"^after shutdown: healthy=False, succeeded 2$",
         re.MULTILINE,
     ),
+    "dashboard.py": re.compile(
+        r"^GET /ops/ without a token: 403\n"
+        r"^GET /ops/jobs\?state=failed as a viewer: 200, jobs \['(\d+)'\]\n"
+        r"^POST retry as a viewer: 403\n"
+        r"^POST retry as an operator: 303 -> /ops/jobs/\1\?done=retried\n"
+        r"^job \1 is queued again, attempts 0$",
+        re.MULTILINE,
+    ),
     "periodic.py": re.compile(
         r"^heartbeat-report: next tick .*^ticks: (\d+) jobs for \1 ticks, 0 ticks twice$",
         re.MULTILINE | re.DOTALL,
@@ -47,6 +55,13 @@ SUMMARY_LINES = {
         r"^batch 1 done: 100% of 1010 members, 1006 succeeded, 4 failed\n"
         r"^on_complete: batch 1 finished, 1006 of 1010 rows imported \(1006 results read\), 4 "
         r"failed: 1x Terminal: row 3: no such customer;.*\n^on_success enqueued: False$",
+        re.MULTILINE,
+    ),
+    "flow_control.py": re.compile(
+        r"^exports: at most [123] at once across 2 runners \(limit 3\)\n"
+        r"^sync: at most 1 per customer at once \(limit 1\).*\n"
+        r"^crm: at most [1-5] starts in any second \(limit 5\)\n"
+        r"^emails: 0 started while paused, 5 after$",
         re.MULTILINE,
     ),
     "resumable_export.py": re.compile(

@@ -133,6 +133,26 @@ class TestDistributions:
         assert not any(name.startswith("tests/") for name in names)
         assert "batchworks = batchworks.cli:main" in scripts
 
+    def test_the_wheel_holds_the_dashboards_templates_and_assets_and_its_extra(
+        self, built: tuple[Path, Path]
+    ) -> None:
+        web = Path(__file__).resolve().parents[2] / "batchworks" / "web"
+        shipped = sorted(
+            str(path.relative_to(web.parent.parent))
+            for folder in ("templates", "static")
+            for path in (web / folder).iterdir()
+        )
+        with zipfile.ZipFile(built[0]) as wheel:
+            names = set(wheel.namelist())
+            [metadata] = [name for name in names if name.endswith(".dist-info/METADATA")]
+            text = wheel.read(metadata).decode()
+        assert {"batchworks/web/templates/job.html", "batchworks/web/static/live.js"} <= set(
+            shipped
+        )
+        assert set(shipped) <= names
+        assert "Provides-Extra: web" in text
+        assert "Requires-Dist: starlette>=0.40; extra == 'web'" in text
+
     def test_the_sdist_holds_the_migrations_and_the_tests(self, built: tuple[Path, Path]) -> None:
         with tarfile.open(built[1]) as sdist:
             names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 
@@ -219,3 +220,41 @@ def _after_slow(backend: FaultyBackend) -> list[str]:
 
 def _regained(caplog: pytest.LogCaptureFixture) -> bool:
     return any(getattr(r, "action", None) == "lease_regained" for r in caplog.records)
+
+
+class _GatedSettles(MemoryBackend):
+    """A MemoryBackend whose settles wait for ``gate`` (a database slow to commit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def settle(self, worker: Any, outcomes: Any) -> list[int]:
+        self.waiting += 1
+        await self.gate.wait()
+        self.waiting -= 1
+        return await super().settle(worker, outcomes)
+
+
+class TestSlowSettles:
+    async def test_claims_wait_for_the_outcomes_a_slow_settle_holds_up(self) -> None:
+        # Claims commit asynchronously (#18) and may be faster than settles: unwritten outcomes
+        # count against the room, or they pile up without bound while claims go on.
+        backend = _GatedSettles()
+        await backend.enqueue_many("q", list(range(500)))
+        concurrency = batch = 10
+        runner = Runner(backend, {"q": _noop}, concurrency=concurrency, batch_size=batch)
+        async with runner:
+            await eventually(lambda: backend.waiting > 0, what="a settle held up")
+            for _ in range(1000):  # every loop turn the runner would use to claim more
+                await asyncio.sleep(0)
+            running = (await backend.stats())["q"].get("running", 0)
+            # held and unwritten within concurrency + batch, and the batch being written
+            assert batch <= running <= concurrency + 2 * batch
+            backend.gate.set()
+
+            async def all_done() -> bool:
+                return (await backend.stats())["q"].get("succeeded", 0) == 500
+
+            await eventually(all_done, within=20.0, what="the queue to drain once settles pass")

@@ -18,6 +18,7 @@ from batchworks import _json
 from batchworks._checks import positive_int
 from batchworks.backends._waiters import BatchWaiters
 from batchworks.backends.base import BatchSpec, EnqueueOptions
+from batchworks.backends.postgres._reads import record
 from batchworks.batch import Batch, BatchFailure, BatchRecord, BatchState, Callback
 from batchworks.errors import BackendError, BatchClosed, BatchNotFound
 from batchworks.job import JobRecord
@@ -111,12 +112,8 @@ class PostgresBatchCalls:
         return str(rows[0]["queue"])
 
     async def _batch_page(self, batch_id: int, after: int, limit: int) -> list[JobRecord]:
-        from batchworks.backends.postgres.backend import (
-            _record,
-        )  # here: backend.py imports this module
-
         rows = await self._fetch(self._q.batch_page, batch_id, after, limit)
-        return [_record(row) for row in rows]
+        return [record(row) for row in rows]
 
     async def get_batch(self, batch_id: int) -> BatchRecord | None:
         """The batch with its counters as they stand (one snapshot), or None."""

@@ -26,14 +26,22 @@ import asyncpg
 import tenacity
 
 from batchworks import _json
-from batchworks._checks import check_queue, check_state, duration, seconds
+from batchworks._checks import (
+    check_queue,
+    duration,
+    positive_int,
+    seconds,
+)
 from batchworks.backends._base import BackendBase, payload_label
+from batchworks.backends._flow import FLOW_RECHECK, lookahead, queue_state
 from batchworks.backends._waiters import BatchWaiters, JobWaiters
 from batchworks.backends.base import (
     ClaimedJob,
     EnqueueOptions,
     Heartbeat,
+    Limits,
     QueueOverview,
+    QueueState,
     Schedules,
     ScheduleState,
     TickClaim,
@@ -51,6 +59,7 @@ from batchworks.backends.postgres._connect import (
     transient,
 )
 from batchworks.backends.postgres._listener import Listener
+from batchworks.backends.postgres._reads import OperatorReads, record
 from batchworks.errors import (
     BackendError,
     ConfigurationError,
@@ -105,12 +114,19 @@ class Queries:
     overview: str
     workers: str
     list_jobs: str
+    list_job_summaries: str
+    count_jobs: str
+    cancel_jobs: str
+    queue_position: str
+    throughput: str
     purge_workers: str
     stats: str
     retry_failed: str
     cancel: str
     mark_waited: str
     purge: str
+    purge_batch: str
+    purge_plan: str
     purgeable: str
     policy_max_attempts: str
     register_worker: str
@@ -125,6 +141,9 @@ class Queries:
     recover: str
     save_checkpoint: str
     next_due: str
+    configure_queue: str
+    pause_queue: str
+    queues: str
     schedules: str
     put_schedule: str
     claim_ticks: str
@@ -183,7 +202,7 @@ def _lock_key(schema: str, purpose: str) -> int:
     return zlib.crc32(f"batchworks:{schema}:{purpose}".encode()) - 2**31
 
 
-class PostgresBackend(PostgresBatchCalls, BackendBase[str]):
+class PostgresBackend(PostgresBatchCalls, BackendBase[str], OperatorReads):
     """Jobs in PostgreSQL.
 
     :param dsn: a libpq connection string or URL; the backend opens its own pool.
@@ -409,15 +428,18 @@ class PostgresBackend(PostgresBatchCalls, BackendBase[str]):
         options: EnqueueOptions,
         payloads: str,
         dedupe_keys: list[str | None],
+        concurrency_keys: list[str | None],
         connection: Any,
         trace_context: dict[str, str] | None,
     ) -> list[int]:
         """Insert the batch in one statement."""
         args = member_args(options, payloads, trace_context)
-        if all(key is None for key in dedupe_keys):
+        grouped = any(key is not None for key in concurrency_keys)
+        if not grouped and all(key is None for key in dedupe_keys):
             rows = await self._fetch(self._q.enqueue_plain, *args, connection=connection)
             return sorted(row[0] for row in rows if row[0] is not None)  # None: NOTIFY's row
-        return await self._insert_deduped(args, dedupe_keys, connection)
+        groups = concurrency_keys if grouped else None
+        return await self._insert_deduped((*args, groups), dedupe_keys, connection)
 
     async def _insert_deduped(
         self, args: tuple[Any, ...], keys: list[str | None], connection: Any
@@ -448,7 +470,7 @@ class PostgresBackend(PostgresBatchCalls, BackendBase[str]):
     async def get_job(self, job_id: int) -> JobRecord | None:
         """The job as stored, or None."""
         rows = await self._fetch(self._q.get_job, job_id)
-        return _record(rows[0]) if rows else None
+        return record(rows[0]) if rows else None
 
     async def wait_job(self, job_id: int, timeout: float | None = None) -> JobRecord:
         """Return the job once it is succeeded, failed or cancelled; see
@@ -522,13 +544,6 @@ class PostgresBackend(PostgresBatchCalls, BackendBase[str]):
             for row in await self._fetch(self._q.workers)
         ]
 
-    async def list_jobs(
-        self, *, queue: str | None = None, state: str | None = None, limit: int = 50
-    ) -> list[JobRecord]:
-        """The newest jobs first, filtered by queue and state."""
-        rows = await self._fetch(self._q.list_jobs, queue, check_state(state), limit)
-        return [_record(row) for row in rows]
-
     async def stats(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: count}}``, every state present."""
         counts: dict[str, dict[str, int]] = {}
@@ -561,6 +576,18 @@ class PostgresBackend(PostgresBatchCalls, BackendBase[str]):
         row = await self._fetchrow(self._q.purge, age)
         await self._fetch(self._q.purge_workers, age)
         return int(row[0])
+
+    async def purge_batch(self, older_than: float | timedelta, *, limit: int) -> int | None:
+        """Delete up to ``limit`` of the jobs :meth:`purge` would delete, the longest finished
+        first; None (deleting nothing) while another caller does so (one at a time)."""
+        age = seconds(older_than, name="older_than")
+        limit = positive_int(limit, "limit")
+        key = _lock_key(self._schema, "purge")
+        # PURGE_PLAN holds for this transaction only: the ordered scan, whatever the statistics.
+        async with self._errors(), self._require_pool().acquire() as conn, conn.transaction():
+            await conn.fetch(self._q.purge_plan)
+            row = await conn.fetchrow(self._q.purge_batch, age, limit, key)
+        return int(row["n"]) if row["got"] else None
 
     async def purgeable(self, older_than: float | timedelta) -> dict[str, dict[str, int]]:
         """What :meth:`purge` would delete now, ``{queue: {state: count}}``."""
@@ -648,13 +675,19 @@ class PostgresBackend(PostgresBatchCalls, BackendBase[str]):
         *,
         lease: float,
         max_attempts: int,
+        caps: Mapping[str, int] | None = None,
     ) -> list[ClaimedJob]:
         """Take up to ``limit`` due jobs for ``worker`` in one statement."""
         one = len(queues) == 1
-        names = queues[0] if one else list(queues)
-        args = (worker, names, limit, lease, max_attempts)
+        if one:
+            names: str | list[str] = queues[0]
+            room: int | list[int | None] | None = None if caps is None else caps.get(queues[0])
+        else:
+            names = list(queues)
+            room = [None if caps is None else caps.get(queue) for queue in queues]
+        args = (worker, names, limit, lease, max_attempts, room, lookahead(limit))
         rows = await self._fetch(self._q.claim_one if one else self._q.claim, *args)
-        claimed = [_claimed(row) for row in rows]
+        claimed = [_claimed(row) for row in rows]  # in claim order
         self._members.update(job.id for job in claimed if job.batch_id is not None)
         return claimed
 
@@ -752,23 +785,48 @@ class PostgresBackend(PostgresBatchCalls, BackendBase[str]):
         await self._require_pool().execute("SELECT pg_notify($1, $2)", self._q.channel, payload)
 
     async def next_due(self, queues: Sequence[str]) -> float | None:
-        """Seconds until the earliest queued job of ``queues`` is due, or None."""
+        """Seconds until the earliest queued job of ``queues`` is due, or None (a paused
+        queue's jobs are not due)."""
+        due, _ = await self._next_due(queues)
+        return due
+
+    async def _next_due(self, queues: Sequence[str]) -> tuple[float | None, float | None]:
+        """(due, free): :meth:`next_due`, and the same over the queues without flow control."""
         row = await self._fetchrow(self._q.next_due, list(queues))
-        return None if row[0] is None else max(0.0, float(row[0]))
+        return tuple(None if value is None else max(0.0, float(value)) for value in row)  # type: ignore[return-value]
 
     async def wait_for_work(self, queues: Sequence[str], max_wait: float) -> None:
         """Return on a NOTIFY for any queue, when a delayed job falls due, or after
-        ``max_wait`` seconds."""
+        ``max_wait`` seconds. Due jobs that only controlled queues hold (a limit may keep them
+        back: another worker's settle frees a slot without a NOTIFY) are looked at again
+        after ``FLOW_RECHECK`` seconds at most."""
         self._listener.start()
         wake = self._listener.event  # taken first: a NOTIFY during the query still counts
-        due = await self.next_due(queues)
+        due, free = await self._next_due(queues)
+        if free is not None:
+            max_wait = min(max_wait, free)
         if due is not None:
-            max_wait = min(max_wait, due)
+            max_wait = min(max_wait, max(due, FLOW_RECHECK))
         if max_wait <= 0:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max_wait):
                 await wake.wait()
+
+    # -- flow control ---------------------------------------------------------------------------
+
+    async def _configure(self, queue: str, limits: Limits) -> None:
+        n, window = limits.rate if limits.rate is not None else (None, None)
+        await self._fetch(
+            self._q.configure_queue, queue, limits.concurrency, limits.key_concurrency, n, window
+        )
+
+    async def _pause(self, queue: str, paused: bool) -> None:
+        await self._fetch(self._q.pause_queue, queue, paused)
+
+    async def queues(self) -> list[QueueState]:
+        """Every queue with settings or live jobs: settings and use, in one statement."""
+        return [queue_state(row) for row in await self._fetch(self._q.queues)]
 
     # -- schedules ------------------------------------------------------------------------------
 
@@ -870,30 +928,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 def _connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, BackendError) and transient(exc.__cause__)
-
-
-def _record(row: asyncpg.Record) -> JobRecord:
-    return JobRecord(
-        id=row["id"],
-        queue=row["queue"],
-        payload=_json.loads(row["payload"]),
-        state=JobState(row["state"]),
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"] or 0,
-        priority=row["priority"],
-        run_at=row["run_at"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        errors=tuple(json.loads(row["errors"])),
-        result=_json.loads_optional(row["result"]),
-        dedupe_key=row["dedupe_key"],
-        checkpoint=_json.loads_optional(row["checkpoint"]),
-        worker=row["worker_name"],
-        timeout=row["timeout"],
-        schedule=row["schedule"],
-        scheduled_for=row["scheduled_for"],
-    )
 
 
 def _schedule(row: asyncpg.Record) -> ScheduleState:

@@ -1,0 +1,169 @@
+"""Dashboard list pages at 1M jobs: PostgreSQL's execution time of the statements behind the
+jobs list (LIST_JOB_SUMMARIES, keyset paging; LIST_JOBS, the same page with whole jobs) and the
+overview, against an OFFSET page (#17).
+
+Fills a scratch schema with ``--jobs`` finished jobs (default 1,000,000; 97% succeeded, 2%
+failed with a ValueError or KeyError, 1% cancelled, in three queues), VACUUM ANALYZEs it, and
+runs each statement as the backend sends it (``Queries.fill``), prepared, under ``EXPLAIN
+(ANALYZE)`` with both a custom and a generic plan (``plan_cache_mode``: asyncpg's statement
+cache may run either). The figure is the execution time PostgreSQL reports, best of
+``--rounds``, the worse of the two plans; the dashboard's target is under 200 ms for a page of
+the list.
+
+The reference, in the same run: the page at the same depth fetched with ``OFFSET`` instead of
+the keyset cursor, which the ratio compares with (keyset / OFFSET, lower is better).
+
+Exits non-zero only if a page came back with the wrong rows (not the page it asked for).
+
+Usage::
+
+    .venv/bin/python bench/web_list.py             # 1,000,000 jobs
+    .venv/bin/python bench/web_list.py --quick     # 20,000 jobs, 2 rounds (CI)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import asyncpg
+from _common import RESULTS, dsn_of, parser, ratio_line, run, scratch_schema, write_json
+
+from batchworks import PostgresBackend
+from batchworks.backends.postgres.backend import Queries
+
+PAGE = 51  # the dashboard asks for a page of 50 and one more, to know whether there is a next
+TARGET_MS = 200.0
+
+FILL = """
+INSERT INTO {schema}.jobs (queue, payload, state, attempts, max_attempts, run_at, created_at,
+                           started_at, finished_at, errors, result)
+SELECT (ARRAY['emails', 'reports', 'thumbnails'])[1 + i % 3],
+       jsonb_build_object('to', 'user' || i || '@example.com', 'n', i),
+       CASE WHEN i % 100 < 97 THEN 'succeeded' WHEN i % 100 < 99 THEN 'failed'
+            ELSE 'cancelled' END,
+       1, 5, t, t, t, t + interval '1 second',
+       CASE WHEN i % 100 IN (97, 98) THEN jsonb_build_array(jsonb_build_object(
+                'attempt', 1, 'type', CASE WHEN i % 2 = 0 THEN 'ValueError' ELSE 'KeyError' END,
+                'message', 'bad input', 'traceback', NULL, 'at', t))
+            ELSE '[]'::jsonb END,
+       CASE WHEN i % 100 < 97 THEN '{{"sent": true}}'::jsonb END
+FROM generate_series(1, $1) AS i,
+     LATERAL (SELECT now() - make_interval(secs => ($1 - i) * 0.05)) AS when_(t)
+"""
+
+# The reference: the same rows as a deep keyset page, reached by OFFSET.
+OFFSET_PAGE = """
+SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, created_at,
+       started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout,
+       schedule, scheduled_for, lease_until, cancel_requested
+FROM {schema}.jobs ORDER BY id DESC OFFSET $1 LIMIT $2
+"""
+
+
+async def execution_ms(
+    conn: asyncpg.Connection, sql: str, args: list[Any], rounds: int
+) -> tuple[float, list[int]]:
+    """The worse of the custom and generic plans' best execution times, and the ids (if
+    the statement returns ``id``) of its result."""
+    statement = await conn.prepare(sql)
+    explain = await conn.prepare(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
+    worst = 0.0
+    for mode in ("force_custom_plan", "force_generic_plan"):
+        await conn.execute(f"SET plan_cache_mode = {mode}")
+        best = float("inf")
+        for _ in range(rounds):
+            plan = json.loads(await explain.fetchval(*args))
+            best = min(best, plan[0]["Execution Time"])
+        worst = max(worst, best)
+    await conn.execute("RESET plan_cache_mode")
+    rows = await statement.fetch(*args)
+    ids = [row["id"] for row in rows] if rows and "id" in rows[0].keys() else []
+    return worst, ids
+
+
+async def main() -> int:
+    args = parser(__doc__).parse_args()
+    dsn = dsn_of(args)
+    jobs = 20_000 if args.quick else 1_000_000
+    rounds = 2 if args.quick else 5
+    figures: dict[str, Any] = {"jobs": jobs, "page": PAGE, "target_ms": TARGET_MS}
+    async with scratch_schema(dsn, "web_list") as schema:
+        async with PostgresBackend(dsn, schema=schema, min_size=1) as backend:
+            await backend.migrate()
+        q = Queries.fill(schema)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(FILL.format(schema=f'"{schema}"'), jobs)
+            await conn.execute(f'VACUUM ANALYZE "{schema}".jobs')
+            top = await conn.fetchval(f'SELECT max(id) FROM "{schema}".jobs')
+            middle = top - jobs // 2
+            # LIST_JOBS: $1 queue, $2 state, $3 schedule, $4 error type, $5 before, $6 limit
+            cases = {
+                "first page": [None, None, None, None, None, PAGE],
+                "deep page (keyset, half way)": [None, None, None, None, middle + 1, PAGE],
+                "state=failed": [None, "failed", None, None, None, PAGE],
+                "queue=emails state=failed": ["emails", "failed", None, None, None, PAGE],
+                "error type=KeyError": [None, None, None, "KeyError", None, PAGE],
+                "deep page of state=failed": [None, "failed", None, None, middle + 1, PAGE],
+                "schedule=none (no match)": [None, None, "none", None, None, PAGE],
+            }
+            # LIST_JOB_SUMMARIES binds a JobFilter's up_to ($5, None here) before the cursor
+            summaries = {name: [*p[:4], None, *p[4:]] for name, p in cases.items()}
+            list_ms = {}
+            wrong = []
+            for name in cases:
+                ms, ids = await execution_ms(conn, q.list_job_summaries, summaries[name], rounds)
+                list_ms[name] = ms
+                print(f"list {name:<32} {ms:8.2f} ms  ({len(ids)} rows)")
+                if name.startswith("deep page (keyset") and ids[:1] != [middle]:
+                    wrong.append(name)
+            offset_ms, offset_ids = await execution_ms(
+                conn, OFFSET_PAGE.format(schema=f'"{schema}"'), [top - middle, PAGE], rounds
+            )
+            _, keyset_ids = await execution_ms(
+                conn, q.list_jobs, cases["deep page (keyset, half way)"], 1
+            )
+            if offset_ids != keyset_ids:
+                wrong.append("the OFFSET page and the keyset page differ")
+            print(f"list {'deep page (OFFSET, reference)':<32} {offset_ms:8.2f} ms")
+            whole = {}
+            for name in ("first page", "deep page (keyset, half way)"):
+                whole[name], _ = await execution_ms(conn, q.list_jobs, cases[name], rounds)
+                print(f"list_jobs (whole jobs) {name:<32} {whole[name]:8.2f} ms")
+            overview_ms, _ = await execution_ms(conn, q.overview, [], rounds)
+            throughput_ms, _ = await execution_ms(conn, q.throughput, [3600.0, 60], rounds)
+            print(f"overview (counts by queue and state) {overview_ms:8.2f} ms")
+            print(f"overview (last hour's throughput)    {throughput_ms:8.2f} ms")
+        finally:
+            await conn.close()
+    worst = max(list_ms.values())
+    figures |= {
+        "list_ms": list_ms,
+        "offset_reference_ms": offset_ms,
+        "list_jobs_whole_ms": whole,
+        "overview_ms": overview_ms,
+        "throughput_ms": throughput_ms,
+        "worst_list_ms": worst,
+    }
+    print(
+        f"worst list page: {worst:.2f} ms of database time "
+        f"(target < {TARGET_MS:.0f} ms: {'met' if worst < TARGET_MS else 'MISSED'})"
+    )
+    print(
+        ratio_line(
+            "deep page keyset/OFFSET", list_ms["deep page (keyset, half way)"], offset_ms, "<= 1"
+        )
+    )
+    write_json(
+        args.json or (None if args.quick else RESULTS / "web_list.json"), "web_list", figures
+    )
+    if wrong:
+        print(f"error: wrong rows: {', '.join(wrong)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main()))

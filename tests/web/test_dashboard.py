@@ -1,0 +1,321 @@
+"""The dashboard in a real headless Chromium, against a real PostgreSQL seeded with jobs in
+every state (tests/web/support.py), mounted under /ops in a parent Starlette app: each page
+loads, filters and pages work, retry and cancel through the UI change the database, untrusted
+text stays text, a read-only user can act on nothing, and CSRF refuses a cross-site POST."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from batchworks import JobState, PostgresBackend
+from batchworks.backends.base import JobFilter
+from tests.web.support import PAGE_SIZE, PREFIX, XSS_IMG, XSS_SCRIPT, DashboardServer
+
+pytestmark = pytest.mark.postgres
+
+
+def state_of(dashboard: DashboardServer, job_id: int) -> JobState:
+    async def get(backend: PostgresBackend) -> JobState:
+        record = await backend.get_job(job_id)
+        assert record is not None
+        return record.state
+
+    return dashboard.call(get)
+
+
+def navigate(page: Any, selector: str) -> None:
+    """Click what loads another page (a link, a form's button), and wait until it has loaded:
+    only then are its elements the new page's."""
+    with page.expect_navigation(wait_until="load"):
+        page.click(selector)
+
+
+def listed_ids(page: Any) -> list[int]:
+    return [int(i) for i in page.locator("#job-list tr[data-job]").evaluate_all(
+        "rows => rows.map(row => row.dataset.job)"
+    )]  # fmt: skip
+
+
+class TestPages:
+    def test_every_page_loads_under_the_prefix(self, operator: Any, dashboard: DashboardServer):
+        seeded = dashboard.seeded
+        operator.goto(dashboard.url + "/")
+        assert operator.title() == "Overview · batchworks"
+        queues = operator.locator("#queues tr[data-queue]")
+        assert queues.evaluate_all("rows => rows.map(r => r.dataset.queue)") == [
+            "emails",
+            "reports",
+            "thumbnails",
+        ]
+        emails = operator.locator('tr[data-queue="emails"]')
+        assert emails.locator("td.state-succeeded").inner_text() == str(len(seeded.succeeded))
+        # the last hour's chart: bars drawn on the server, no script needed
+        assert emails.locator("svg.throughput rect.succeeded").count() >= 1
+        assert emails.locator("svg.throughput rect.failed").count() >= 1
+        assert "reports-1" in operator.locator("#live-workers").inner_text()
+        hrefs = operator.locator("a").evaluate_all("links => links.map(a => a.pathname)")
+        assert hrefs and all(href.startswith(PREFIX + "/") for href in hrefs), hrefs
+
+        navigate(operator, "header nav >> text=Jobs")
+        assert operator.title() == "Jobs · batchworks"
+        assert len(listed_ids(operator)) == PAGE_SIZE
+
+        failed = seeded.failed[0]
+        operator.goto(f"{dashboard.url}/jobs/{failed}")
+        assert operator.locator("#job-state").inner_text() == "failed"
+        attempt = operator.locator("details.attempt").first.inner_text()
+        assert "Terminal" in attempt or "KeyError" in attempt
+        assert "Traceback" in operator.locator("pre.traceback").first.inner_text()
+        assert '"to"' in operator.locator("#payload").inner_text()
+
+        operator.goto(f"{dashboard.url}/jobs/{seeded.running}")
+        fields = operator.locator("#job-fields").inner_text()
+        assert "reports-1" in fields
+        assert re.search(r"lease until\s+\d{4}-", fields), fields
+        assert '"offset": 4000' in operator.locator("#checkpoint").inner_text()
+        assert "running on worker reports-1" in operator.locator("#why").inner_text()
+
+        navigate(operator, "header nav >> text=Workers")
+        assert "reports-1" in operator.locator("#workers").inner_text()
+        navigate(operator, "header nav >> text=Schedules")
+        row = operator.locator('tr[data-schedule="nightly-report"]')
+        assert "30 2 * * *" in row.inner_text()
+        assert operator.errors == []
+
+    def test_why_a_job_waits_is_on_its_page(self, operator: Any, dashboard: DashboardServer):
+        operator.goto(f"{dashboard.url}/jobs/{dashboard.seeded.later}")
+        reasons = operator.locator("#why li").evaluate_all(
+            "items => items.map(i => i.dataset.reason)"
+        )
+        assert reasons == ["due_later"]
+        operator.goto(f"{dashboard.url}/jobs?queue=thumbnails")
+        thumbnail = listed_ids(operator)[0]
+        operator.goto(f"{dashboard.url}/jobs/{thumbnail}")
+        assert "no live worker serves queue 'thumbnails'" in operator.locator("#why").inner_text()
+
+    def test_pages_update_live(self, operator: Any, dashboard: DashboardServer):
+        operator.goto(dashboard.url + "/")
+        cell = operator.locator('tr[data-queue="thumbnails"] td.state-queued')
+        before = int(cell.inner_text())
+
+        async def more(backend: PostgresBackend) -> None:
+            await backend.enqueue("thumbnails", {"image": "dog.png"})
+
+        dashboard.call(more)
+        # the page polls every second (refresh=1.0): the new count arrives without a reload
+        operator.wait_for_function(
+            "n => Number(document.querySelector("
+            "'tr[data-queue=\"thumbnails\"] td.state-queued').innerText) === n",
+            arg=before + 1,
+        )
+
+
+class TestFiltersAndPaging:
+    def test_filter_by_queue_and_state_then_page_on(
+        self, operator: Any, dashboard: DashboardServer
+    ):
+        seeded = dashboard.seeded
+        operator.goto(dashboard.url + "/jobs")
+        operator.fill("#filters input[name=queue]", "emails")
+        operator.select_option("#filters select[name=state]", "succeeded")
+        navigate(operator, "#filters button[type=submit]")
+        first = listed_ids(operator)
+        assert len(first) == PAGE_SIZE
+        navigate(operator, "#next-page")
+        second = listed_ids(operator)
+        seen = first + second
+        while operator.locator("#next-page").count():
+            navigate(operator, "#next-page")
+            seen += listed_ids(operator)
+        assert seen == sorted(seeded.succeeded, reverse=True)  # newest first, each once
+        assert set(operator.locator("#job-list td.state").all_inner_texts()) == {"succeeded"}
+        navigate(operator, "#first-page")
+        assert listed_ids(operator) == first
+
+    def test_filter_by_error_type_and_by_id(self, operator: Any, dashboard: DashboardServer):
+        operator.goto(dashboard.url + "/jobs")
+        operator.fill("#filters input[name=error_type]", "KeyError")
+        navigate(operator, "#filters button[type=submit]")
+        ids = listed_ids(operator)
+        assert len(ids) == 6
+        errors = operator.locator("#job-list td.error-text").all_inner_texts()
+        assert all(text.startswith("KeyError") for text in errors)
+        operator.goto(dashboard.url + "/jobs")
+        operator.fill("#filters input[name=id]", str(ids[0]))
+        navigate(operator, "#filters button[type=submit]")
+        assert listed_ids(operator) == [ids[0]]
+
+    def test_a_bad_filter_says_what_to_change(self, operator: Any, dashboard: DashboardServer):
+        response = operator.goto(dashboard.url + "/jobs?queue=no%20spaces")
+        assert response.status == 400
+        assert "queue name 'no spaces' is invalid" in operator.locator("#error").inner_text()
+
+
+class TestActions:
+    def test_retry_a_failed_job(self, operator: Any, dashboard: DashboardServer):
+        job_id = dashboard.seeded.failed[1]
+        operator.goto(f"{dashboard.url}/jobs/{job_id}")
+        navigate(operator, "#retry")
+        assert operator.locator("#done").inner_text() == "Queued again with fresh attempts."
+        assert operator.locator("#job-state").inner_text() == "queued"
+        assert state_of(dashboard, job_id) is JobState.QUEUED
+
+    def test_cancel_a_queued_job(self, operator: Any, dashboard: DashboardServer):
+        job_id = dashboard.seeded.queued[0]
+        operator.goto(f"{dashboard.url}/jobs/{job_id}")
+        navigate(operator, "#cancel")
+        assert operator.locator("#job-state").inner_text() == "cancelled"
+        assert state_of(dashboard, job_id) is JobState.CANCELLED
+
+    def test_cancel_all_matching_a_filter_after_seeing_the_count(
+        self, operator: Any, dashboard: DashboardServer
+    ):
+        async def bulk(backend: PostgresBackend) -> list[int]:
+            return await backend.enqueue_many("bulk", ["a", "b", "c"])
+
+        async def bulk_one(backend: PostgresBackend) -> list[int]:
+            return await backend.enqueue_many("bulk", ["d"])
+
+        ids = dashboard.call(bulk)
+        operator.goto(dashboard.url + "/jobs?queue=bulk")
+        navigate(operator, "#cancel-matching")
+        assert (
+            "This cancels 3 queued or running jobs"
+            in operator.locator("#cancel-count").inner_text()
+        )
+        [late] = dashboard.call(bulk_one)  # enqueued while the operator reads the count
+        navigate(operator, "#confirm-cancel")
+        assert operator.locator("#message").inner_text() == (
+            "Cancelled 3 jobs (the confirmation showed 3)."
+        )
+        assert [state_of(dashboard, job_id) for job_id in ids] == [JobState.CANCELLED] * 3
+        assert state_of(dashboard, late) is JobState.QUEUED
+
+    def test_run_a_schedule_now(self, operator: Any, dashboard: DashboardServer):
+        operator.goto(dashboard.url + "/schedules")
+        navigate(operator, 'tr[data-schedule="nightly-report"] button[data-action=run]')
+        assert operator.locator("#done").inner_text() == "Enqueued a manual run of the schedule."
+        job_id = int(operator.url.rsplit("/", 1)[1].split("?")[0])
+
+        async def record(backend: PostgresBackend) -> tuple[str | None, Any]:
+            job = await backend.get_job(job_id)
+            assert job is not None
+            return job.schedule, job.scheduled_for
+
+        assert dashboard.call(record) == ("nightly-report", None)
+
+    def test_pause_and_resume_a_schedule(self, operator: Any, dashboard: DashboardServer):
+        async def paused(backend: PostgresBackend) -> bool:
+            listing = await backend.schedules()
+            [state] = [s for s in listing.schedules if s.name == "nightly-report"]
+            return state.paused
+
+        row = 'tr[data-schedule="nightly-report"]'
+        operator.goto(dashboard.url + "/schedules")
+        navigate(operator, f"{row} button[data-action=pause]")
+        assert operator.locator("#done").inner_text().startswith("Paused")
+        assert "paused" in operator.locator(row).inner_text()
+        assert dashboard.call(paused) is True
+        navigate(operator, f"{row} button[data-action=resume]")
+        assert operator.locator("#done").inner_text().startswith("Resumed")
+        assert dashboard.call(paused) is False
+
+
+class TestUntrustedText:
+    def test_script_and_onerror_payloads_render_as_text(
+        self, operator: Any, dashboard: DashboardServer
+    ):
+        dialogs: list[str] = []
+        operator.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        seeded = dashboard.seeded
+        xss_result = seeded.succeeded[-1]  # the last two succeeded jobs returned XSS_SCRIPT
+        for path in (f"/jobs/{seeded.xss}", f"/jobs/{xss_result}", "/jobs?queue=emails", "/"):
+            operator.goto(dashboard.url + path)
+            operator.wait_for_load_state("load")  # an <img src=x> would have errored by now
+            assert operator.evaluate("typeof window.__xss") == "undefined", path
+            assert operator.locator("img").count() == 0, path
+            assert operator.locator("main script").count() == 0, path
+        assert dialogs == []
+        operator.goto(f"{dashboard.url}/jobs/{seeded.xss}")
+        payload = operator.locator("#payload").inner_text()
+        assert XSS_SCRIPT in payload and XSS_IMG.replace('"', '\\"') in payload
+        assert XSS_IMG in operator.locator("details.attempt .error-text").inner_text()
+        operator.goto(f"{dashboard.url}/jobs/{xss_result}")
+        assert XSS_SCRIPT in operator.locator("#result").inner_text()
+
+
+class TestAccess:
+    def test_no_credentials_no_page(self, stranger: Any, dashboard: DashboardServer):
+        # (a navigation would end in ERR_INVALID_AUTH_CREDENTIALS: headless has no login dialog)
+        response = stranger.context.request.get(dashboard.url + "/")
+        assert response.status == 401
+        assert response.headers["www-authenticate"].startswith("Basic")
+        wrong = stranger.context.request.get(
+            dashboard.url + "/",
+            headers={"authorization": "Basic YWRhOndyb25n"},  # ada:wrong
+        )
+        assert wrong.status == 403
+
+    def test_a_read_only_user_sees_no_action_and_a_forged_post_is_refused(
+        self, reader: Any, dashboard: DashboardServer
+    ):
+        seeded = dashboard.seeded
+        failed, queued = seeded.failed[2], seeded.queued[1]
+        reader.goto(f"{dashboard.url}/jobs/{failed}")
+        assert reader.locator("#access").inner_text() == "read-only"
+        assert reader.locator("#retry, #cancel, form[method=post]").count() == 0
+        reader.goto(f"{dashboard.url}/jobs/{queued}")
+        assert reader.locator("#cancel, form[method=post]").count() == 0
+        reader.goto(dashboard.url + "/jobs")
+        assert reader.locator("#cancel-matching").count() == 0
+        reader.goto(dashboard.url + "/schedules")
+        assert reader.locator("button").count() == 1  # the live toggle only: no "Run now"
+        assert reader.goto(dashboard.url + "/jobs/cancel").status == 403
+
+        # A forged POST with everything a browser could send, a valid CSRF token included.
+        [cookie] = [c for c in reader.context.cookies() if c["name"] == "batchworks_csrf"]
+        for path in (f"/jobs/{failed}/retry", f"/jobs/{queued}/cancel", "/jobs/cancel"):
+            response = reader.context.request.post(
+                dashboard.url + path, form={"csrf": cookie["value"], "queue": "reports"}
+            )
+            assert response.status == 403, path
+        assert state_of(dashboard, failed) is JobState.FAILED
+        assert state_of(dashboard, queued) is JobState.QUEUED
+
+    def test_csrf_refuses_a_cross_site_post_and_one_without_the_token(
+        self, operator: Any, dashboard: DashboardServer
+    ):
+        queued = dashboard.seeded.queued[2]
+        operator.goto(f"{dashboard.url}/jobs/{queued}")  # the operator is logged in, with a cookie
+        target = f"{dashboard.url}/jobs/{queued}/cancel"
+        attacker = (
+            f'<form id="f" method="post" action="{target}">'
+            '<input name="csrf" value="guessed"></form>'
+            "<script>document.getElementById('f').submit()</script>"
+        )
+        operator.route(
+            "http://attacker.test/",
+            lambda route: route.fulfill(status=200, content_type="text/html", body=attacker),
+        )
+        with operator.expect_navigation(url=target):
+            operator.goto("http://attacker.test/")
+        assert operator.locator("#message").inner_text().startswith("Refused:")
+        assert state_of(dashboard, queued) is JobState.QUEUED
+
+        # same origin, the cookie sent, the form field missing
+        operator.goto(f"{dashboard.url}/jobs/{queued}")
+        status = operator.evaluate(
+            "url => fetch(url, {method: 'POST', headers: {'content-type': "
+            "'application/x-www-form-urlencoded'}, body: 'x=1'}).then(r => r.status)",
+            target,
+        )
+        assert status == 403
+        assert state_of(dashboard, queued) is JobState.QUEUED
+
+        async def count(backend: PostgresBackend) -> int:
+            return await backend.count_jobs(JobFilter(queue="reports", state="queued"))
+
+        assert dashboard.call(count) >= 1
