@@ -110,7 +110,8 @@ class SettleBuffer:
             while self._pending:
                 # At most max_size a write: outcomes that piled up behind a slow write go in
                 # several writes of the usual size rather than one that grows with the pile
-                # (a settle statement of 9,000 outcomes took 9 s where 90 of 100 take 0.1 s).
+                # (the statements are linear in their size now, bench/settle_size.py, but a
+                # write of the usual size keeps its time, and its lock of the rows, bounded).
                 batch = self._pending[: self._max_size]
                 self._pending = self._pending[self._max_size :]
                 if not self._stopping:

@@ -37,6 +37,7 @@ BENCHMARKS = [
     "retention.py",
     "server_bound.py",
     "flow.py",
+    "settle_size.py",
 ]
 RATIO = re.compile(r"^ratio\b.*\d+\.\d+x", re.MULTILINE)
 
