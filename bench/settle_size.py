@@ -24,17 +24,8 @@ import sys
 import time
 from typing import Any
 
+import _common as common
 import asyncpg
-from _common import (
-    RESULTS,
-    describe_machine,
-    dsn_of,
-    parser,
-    ratio_line,
-    run,
-    scratch_schema,
-    write_json,
-)
 
 from batchworks import PostgresBackend
 from batchworks.outcome import Outcome, OutcomeKind
@@ -88,13 +79,13 @@ async def _once(
 
 
 async def main() -> int:
-    args = parser(__doc__).parse_args()
-    dsn = dsn_of(args)
+    args = common.parser(__doc__).parse_args()
+    dsn = common.dsn_of(args)
     sizes = SIZES[:2] if args.quick else SIZES
     rounds = 1 if args.quick else 3
-    print(await describe_machine(dsn, False))
+    print(await common.describe_machine(dsn, False))
     figures: dict[str, Any] = {}
-    async with scratch_schema(dsn, "bench_settle_size") as schema:
+    async with common.scratch_schema(dsn, "bench_settle_size") as schema:
         conn = await asyncpg.connect(dsn)
         async with PostgresBackend(dsn, schema=schema) as backend:
             await backend.migrate()
@@ -118,7 +109,7 @@ async def main() -> int:
                         )
                     for smaller, size in itertools.pairwise(sizes):
                         print(
-                            ratio_line(
+                            common.ratio_line(
                                 f"{name} us/outcome at {size:,} over {smaller:,}",
                                 per[size],
                                 per[smaller],
@@ -126,9 +117,11 @@ async def main() -> int:
                         )
                     figures[name] = per
         await conn.close()
-    write_json(None if args.quick else RESULTS / "settle_size.json", "settle_size", figures)
+    common.write_json(
+        None if args.quick else common.RESULTS / "settle_size.json", "settle_size", figures
+    )
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(main()))
+    sys.exit(common.run(main()))
