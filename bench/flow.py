@@ -79,7 +79,8 @@ WITH claimed AS (
               j.priority, j.run_at, j.schedule, j.scheduled_for
 )
 SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
-       lost, schedule, scheduled_for
+       lost, schedule, scheduled_for,
+       NULL::bigint AS batch_id  -- no batches then; today's row decoder reads the column
 FROM claimed ORDER BY priority DESC, run_at, id
 """
 
