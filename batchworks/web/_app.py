@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from batchworks._checks import check_before, check_filters
+from batchworks._checks import check_before, check_filters, check_queue
 from batchworks._text import age
 from batchworks.backends.base import Backend, JobFilter, JobSummary
 from batchworks.errors import BackendError, ConfigurationError
@@ -59,6 +59,8 @@ _DONE = {
     "ran": "Enqueued a manual run of the schedule.",
     "paused": "Paused: its ticks are skipped (and counted) until it is resumed.",
     "resumed": "Resumed: it goes on from its next tick after now.",
+    "queue-paused": "Queue paused: no new job of it starts; running ones finish.",
+    "queue-resumed": "Queue resumed: its jobs start again.",
 }
 _HEADERS = {
     "content-security-policy": (
@@ -133,49 +135,25 @@ class _Dashboard:
     def routes(self) -> list[Route | Mount]:
         read: Access = "read"
         operate: Access = "operate"
+
+        def post(path: str, handler: Endpoint, name: str) -> Route:
+            return Route(path, self._guard(handler, operate), methods=["POST"], name=name)
+
         return [
             Route("/", self._guard(self.overview, read), name="overview"),
             Route("/jobs", self._guard(self.jobs, read), name="jobs"),
             Route("/jobs/cancel", self._guard(self.confirm_cancel, operate), name="confirm_cancel"),
-            Route(
-                "/jobs/cancel",
-                self._guard(self.cancel_jobs, operate),
-                methods=["POST"],
-                name="cancel_jobs",
-            ),
+            post("/jobs/cancel", self.cancel_jobs, "cancel_jobs"),
             Route("/jobs/{job_id:int}", self._guard(self.job, read), name="job"),
-            Route(
-                "/jobs/{job_id:int}/retry",
-                self._guard(self.retry, operate),
-                methods=["POST"],
-                name="retry_job",
-            ),
-            Route(
-                "/jobs/{job_id:int}/cancel",
-                self._guard(self.cancel, operate),
-                methods=["POST"],
-                name="cancel_job",
-            ),
+            post("/jobs/{job_id:int}/retry", self.retry, "retry_job"),
+            post("/jobs/{job_id:int}/cancel", self.cancel, "cancel_job"),
             Route("/workers", self._guard(self.workers, read), name="workers"),
             Route("/schedules", self._guard(self.schedules, read), name="schedules"),
-            Route(
-                "/schedules/{name:str}/run",
-                self._guard(self.run_schedule, operate),
-                methods=["POST"],
-                name="run_schedule",
-            ),
-            Route(
-                "/schedules/{name:str}/pause",
-                self._guard(self.pause_schedule, operate),
-                methods=["POST"],
-                name="pause_schedule",
-            ),
-            Route(
-                "/schedules/{name:str}/resume",
-                self._guard(self.resume_schedule, operate),
-                methods=["POST"],
-                name="resume_schedule",
-            ),
+            post("/schedules/{name:str}/run", self.run_schedule, "run_schedule"),
+            post("/schedules/{name:str}/pause", self.pause_schedule, "pause_schedule"),
+            post("/schedules/{name:str}/resume", self.resume_schedule, "resume_schedule"),
+            post("/queues/{name:str}/pause", self.pause_queue, "pause_queue"),
+            post("/queues/{name:str}/resume", self.resume_queue, "resume_queue"),
             Mount("/static", StaticFiles(packages=[("batchworks.web", "static")]), name="static"),
         ]
 
@@ -270,7 +248,8 @@ class _Dashboard:
         queues = await self._backend.overview()
         seen = await self._backend.throughput(window=3600.0, buckets=60)
         workers = await self._backend.workers()
-        names = sorted(set(queues) | set(seen.queues))
+        flow = {state.name: state for state in await self._backend.queues()}
+        names = sorted(set(queues) | set(seen.queues) | set(flow))
         charts = {}
         for name in names:
             counts = seen.queues.get(name)
@@ -281,6 +260,7 @@ class _Dashboard:
             "overview.html",
             names=names,
             queues=queues,
+            flow=flow,
             charts=charts,
             states=[state.value for state in JobState],
             workers=workers,
@@ -429,6 +409,26 @@ class _Dashboard:
         done = "paused" if paused else "resumed"
         self._log(request, f"{done[:-1]}_schedule", f"schedule {name!r} {done}")
         return self._redirect(request, "schedules", done)
+
+    async def pause_queue(self, request: Request) -> Response:
+        return await self._set_queue_paused(request, paused=True)
+
+    async def resume_queue(self, request: Request) -> Response:
+        return await self._set_queue_paused(request, paused=False)
+
+    async def _set_queue_paused(self, request: Request, *, paused: bool) -> Response:
+        name = request.path_params["name"]
+        try:
+            queue = check_queue(name)
+        except ConfigurationError as exc:
+            return self._message(request, f"Nothing changed: {exc}", 400)
+        if paused:
+            await self._backend.pause_queue(queue)
+        else:
+            await self._backend.resume_queue(queue)
+        done = "paused" if paused else "resumed"
+        self._log(request, f"{done[:-1]}_queue", f"queue {queue!r} {done}", queue=queue)
+        return self._redirect(request, "overview", f"queue-{done}")
 
 
 _TOO_LARGE: dict[str, str] = {}

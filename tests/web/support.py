@@ -123,6 +123,8 @@ async def seed(backend: PostgresBackend) -> Seeded:
         (seeded.succeeded if record.state.value == "succeeded" else seeded.failed).append(job_id)
     seeded.failed.remove(seeded.xss)
 
+    # Flow control (#14) on the reports queue: the overview shows its limits and their use.
+    await backend.configure_queue("reports", concurrency=2, key_concurrency=1, rate=(30, 60.0))
     seeded.queued = await backend.enqueue_many(
         "reports", [{"report": f"r{i}"} for i in range(5)], priority=1
     )

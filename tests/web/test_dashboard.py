@@ -5,13 +5,14 @@ text stays text, a read-only user can act on nothing, and CSRF refuses a cross-s
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 import pytest
 
 from batchworks import JobState, PostgresBackend
-from batchworks.backends.base import JobFilter
+from batchworks.backends.base import JobFilter, QueueState
 from tests.web.support import PAGE_SIZE, PREFIX, XSS_IMG, XSS_SCRIPT, DashboardServer
 
 pytestmark = pytest.mark.postgres
@@ -24,6 +25,10 @@ def state_of(dashboard: DashboardServer, job_id: int) -> JobState:
         return record.state
 
     return dashboard.call(get)
+
+
+async def queues(backend: PostgresBackend) -> list[QueueState]:
+    return await backend.queues()
 
 
 def navigate(page: Any, selector: str) -> None:
@@ -56,6 +61,12 @@ class TestPages:
         assert emails.locator("svg.throughput rect.succeeded").count() >= 1
         assert emails.locator("svg.throughput rect.failed").count() >= 1
         assert "reports-1" in operator.locator("#live-workers").inner_text()
+        # flow control (#14): the limits of reports and the slots its running job holds
+        limits = operator.locator('tr[data-queue="reports"] td.flow')
+        assert limits.locator("[data-limit=concurrency]").inner_text() == "1 running / 2 slots"
+        assert limits.locator("[data-limit=key_concurrency]").inner_text() == "1 per key"
+        assert limits.locator("[data-limit=rate]").inner_text() == "1 / 30 starts per 60 s"
+        assert "no limits" in operator.locator('tr[data-queue="thumbnails"] td.flow').inner_text()
         hrefs = operator.locator("a").evaluate_all("links => links.map(a => a.pathname)")
         assert hrefs and all(href.startswith(PREFIX + "/") for href in hrefs), hrefs
 
@@ -194,6 +205,38 @@ class TestActions:
         assert [state_of(dashboard, job_id) for job_id in ids] == [JobState.CANCELLED] * 3
         assert state_of(dashboard, late) is JobState.QUEUED
 
+    def test_pause_and_resume_a_queue(
+        self, operator: Any, dashboard: DashboardServer, caplog: pytest.LogCaptureFixture
+    ):
+        def paused() -> bool:
+            [state] = [q for q in dashboard.call(queues) if q.name == "reports"]
+            return state.paused
+
+        caplog.set_level(logging.INFO, logger="batchworks.web")
+        row = 'tr[data-queue="reports"]'
+        waiting = dashboard.seeded.queued[3]
+        operator.goto(dashboard.url + "/")
+        assert operator.locator(f"{row} .queue-paused").count() == 0
+        navigate(operator, f"{row} button[data-action=pause]")
+        assert operator.locator("#done").inner_text().startswith("Queue paused")
+        assert operator.locator(f"{row} .queue-paused").inner_text() == "paused"
+        assert paused() is True
+        operator.goto(f"{dashboard.url}/jobs/{waiting}")
+        reasons = operator.locator("#why li").evaluate_all(
+            "items => items.map(i => i.dataset.reason)"
+        )
+        assert "paused" in reasons, reasons
+
+        operator.goto(dashboard.url + "/")
+        navigate(operator, f"{row} button[data-action=resume]")
+        assert operator.locator("#done").inner_text().startswith("Queue resumed")
+        assert operator.locator(f"{row} .queue-paused").count() == 0
+        assert operator.locator(f"{row} button[data-action=pause]").count() == 1
+        assert paused() is False
+        logged = [(r.getMessage(), r.__dict__.get("who")) for r in caplog.records]
+        assert ("queue 'reports' paused by ada", "ada") in logged, logged
+        assert ("queue 'reports' resumed by ada", "ada") in logged, logged
+
     def test_run_a_schedule_now(self, operator: Any, dashboard: DashboardServer):
         operator.goto(dashboard.url + "/schedules")
         navigate(operator, 'tr[data-schedule="nightly-report"] button[data-action=run]')
@@ -271,19 +314,23 @@ class TestAccess:
         assert reader.locator("#cancel, form[method=post]").count() == 0
         reader.goto(dashboard.url + "/jobs")
         assert reader.locator("#cancel-matching").count() == 0
+        reader.goto(dashboard.url + "/")
+        assert reader.locator("button[data-action], form[method=post]").count() == 0
         reader.goto(dashboard.url + "/schedules")
         assert reader.locator("button").count() == 1  # the live toggle only: no "Run now"
         assert reader.goto(dashboard.url + "/jobs/cancel").status == 403
 
         # A forged POST with everything a browser could send, a valid CSRF token included.
         [cookie] = [c for c in reader.context.cookies() if c["name"] == "batchworks_csrf"]
-        for path in (f"/jobs/{failed}/retry", f"/jobs/{queued}/cancel", "/jobs/cancel"):
+        forged = (f"/jobs/{failed}/retry", f"/jobs/{queued}/cancel", "/jobs/cancel")
+        for path in (*forged, "/queues/reports/pause"):
             response = reader.context.request.post(
                 dashboard.url + path, form={"csrf": cookie["value"], "queue": "reports"}
             )
             assert response.status == 403, path
         assert state_of(dashboard, failed) is JobState.FAILED
         assert state_of(dashboard, queued) is JobState.QUEUED
+        assert not [q for q in dashboard.call(queues) if q.name == "reports" and q.paused]
 
     def test_csrf_refuses_a_cross_site_post_and_one_without_the_token(
         self, operator: Any, dashboard: DashboardServer
