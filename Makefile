@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
 BENCH_STAMP := $(VENV)/.installed-bench
-BENCHMARKS := overhead drain matrix enqueue latency scale memory tracing_cost refusal schedule_idle web_list wal retention server_bound flow
+BENCHMARKS := overhead drain matrix enqueue latency scale memory tracing_cost refusal schedule_idle web_list wal retention server_bound flow batches
 
 .PHONY: demo test check lint typecheck bench bench-quick chaos clean
 

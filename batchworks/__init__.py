@@ -9,8 +9,11 @@ from __future__ import annotations
 from batchworks.backends.base import Backend, JobFilter, QueueState
 from batchworks.backends.memory import MemoryBackend
 from batchworks.backends.postgres import PostgresBackend
+from batchworks.batch import Batch, BatchFailure, BatchRecord, BatchState, Callback
 from batchworks.errors import (
     BackendError,
+    BatchClosed,
+    BatchNotFound,
     BatchworksError,
     ConfigurationError,
     HandlerSignal,
@@ -37,7 +40,14 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "Backend",
     "BackendError",
+    "Batch",
+    "BatchClosed",
+    "BatchFailure",
+    "BatchNotFound",
+    "BatchRecord",
+    "BatchState",
     "BatchworksError",
+    "Callback",
     "ConfigurationError",
     "Handler",
     "HandlerSignal",

@@ -114,7 +114,7 @@ class Attempts:
         if not (telemetry.tracing or telemetry.metrics):  # no SDK: nothing to start or end
             return (await self._run_handler(job))[0]
         watch = telemetry.start_job(
-            job.id, job.queue, job.attempt, claim.trace_context, claim.waited
+            job.id, job.queue, job.attempt, claim.trace_context, claim.waited, claim.batch_id
         )
         outcome: Outcome | None = None
         error: BaseException | None = None

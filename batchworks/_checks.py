@@ -154,6 +154,19 @@ def check_max_attempts(max_attempts: object) -> int | None:
     return checked
 
 
+def check_label(value: object, name: str, most: int) -> str | None:
+    """A dedupe key or a batch name: None, or a non-empty str of at most ``most`` characters
+    without NUL; else :class:`ConfigurationError`."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > most or "\x00" in value:
+        raise ConfigurationError(
+            f"{name} must be a non-empty str of at most {most} characters "
+            f"without NUL, got {value!r:.80}"
+        )
+    return value
+
+
 def check_dedupe_key(key: object) -> str | None:
     """Return a valid dedupe key (or None), or raise :class:`ConfigurationError`."""
     return _check_key(key, "dedupe_key")
@@ -175,13 +188,9 @@ def check_concurrency_keys(keys: Sequence[str | None] | None, count: int) -> lis
 
 
 def _check_key(key: object, name: str) -> str | None:
+    key = check_label(key, name, MAX_DEDUPE_KEY)
     if key is None:
         return None
-    if not isinstance(key, str) or not key or len(key) > MAX_DEDUPE_KEY or "\x00" in key:
-        raise ConfigurationError(
-            f"{name} must be a non-empty str of at most {MAX_DEDUPE_KEY} characters "
-            f"without NUL, got {key!r:.80}"
-        )
     try:
         key.encode("utf-8")
     except UnicodeEncodeError:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, TextIO
 
-from batchworks import _cli_queues, _cli_web
+from batchworks import _cli_batches, _cli_queues, _cli_web
 from batchworks._text import age as _age
 from batchworks.backends.base import Backend
 from batchworks.backends.postgres import PostgresBackend
@@ -180,9 +180,11 @@ def _parser() -> argparse.ArgumentParser:
         command(name, func, text, schedule_commands).add_argument("name", metavar="NAME")
 
     _cli_queues.register(command, backend=_backend, table=_table, duration=_duration)
-    retry = command("retry", _retry, "queue failed jobs again (by id, by queue, or all)")
+    _cli_batches.add_commands(command, _number("--limit", 1, MAX_LIMIT))
+    retry = command("retry", _retry, "queue failed jobs again (by id, by queue, batch, or all)")
     retry.add_argument("ids", type=_job_id, nargs="*")
     retry.add_argument("--queue")
+    retry.add_argument("--batch", type=_job_id, help="only the failed members of this batch")
     cancel = command("cancel", _cancel, "cancel a queued job, or a running one at its heartbeat")
     cancel.add_argument("id", type=_job_id)
     purge = command("purge", _purge, "delete finished jobs older than a duration")
@@ -802,10 +804,15 @@ async def _retry(args: argparse.Namespace) -> int:
                 skipped.append(f"job {job_id} is {record.state.value}")
             elif args.queue is not None and record.queue != args.queue:
                 skipped.append(f"job {job_id} is in queue {record.queue!r}")
-        count = await backend.retry_failed(queue=args.queue, ids=args.ids or None)
+        if args.batch is not None and await backend.get_batch(args.batch) is None:
+            raise UsageError(f"no batch {args.batch} in schema {args.schema!r}")
+        count = await backend.retry_failed(
+            queue=args.queue, ids=args.ids or None, batch_id=args.batch
+        )
         if not count and args.queue is not None:
             await _check_known_queue(backend, args.queue)
     where = "" if args.queue is None else f" in queue {args.queue!r}"
+    where += "" if args.batch is None else f" of batch {args.batch}"
     print(f"queued {count} failed {_plural(count, 'job')}{where} again")
     if skipped:
         print(f"not queued again: {', '.join(skipped)}")

@@ -16,6 +16,8 @@ backend::
         ├── BackendError               the backend failed (driver errors are its __cause__)
         │   └── SchemaNotMigrated      the database has no batchworks schema yet
         ├── JobNotFound                (also LookupError) no job has that id (or it was purged)
+        ├── BatchNotFound              (also LookupError) no batch has that id (or it was purged)
+        ├── BatchClosed                (also RuntimeError) the batch takes no more members
         ├── LeaseLost                  this worker no longer holds the job
         ├── RunnerFailed               (also RuntimeError) a Runner's background task broke
         └── WorkerLost                 recorded on a job whose worker died or hung
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "BatchClosed",
+    "BatchNotFound",
     "BatchworksError",
     "ConfigurationError",
     "HandlerSignal",
@@ -109,6 +113,32 @@ class JobNotFound(BatchworksError, LookupError):
             "gone once purge() deleted it)"
         )
         self.job_id = job_id
+
+
+class BatchNotFound(BatchworksError, LookupError):
+    """No batch has the id asked for: it never existed, or ``purge()`` deleted it."""
+
+    def __init__(self, batch_id: int) -> None:
+        super().__init__(
+            f"no batch has id {batch_id!r}: check the id enqueue_batch() returned (a finished "
+            "batch is gone once purge() deleted it)"
+        )
+        self.batch_id = batch_id
+
+
+class BatchClosed(BatchworksError, RuntimeError):
+    """The batch takes no more members: it is closed with none pending, finished or
+    cancelled. A closed batch takes members only while some are pending (from a running
+    member's handler, say); open a new batch instead."""
+
+    def __init__(self, batch_id: int, state: str) -> None:
+        super().__init__(
+            f"batch {batch_id} is {state} and takes no more members: add to a batch while it "
+            "is open (before close_batch) or from a handler of one of its pending members, or "
+            "enqueue a new batch"
+        )
+        self.batch_id = batch_id
+        self.state = state
 
 
 class LeaseLost(BatchworksError):

@@ -76,6 +76,9 @@ class Job(Generic[PayloadT]):
     #: the tick this job stands for (aware; not when it was enqueued); None for a job of no
     #: schedule, or a manual run (``batchworks schedules run``)
     scheduled_for: datetime | None = None
+    #: the batch this job is a member of (``backend.add_to_batch(job.batch_id, ...)`` adds to
+    #: it while this job runs), or None
+    batch_id: int | None = None
     _saver: CheckpointSaver | None = field(default=None, repr=False)
 
     async def save_checkpoint(self, value: Any) -> None:

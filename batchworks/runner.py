@@ -737,6 +737,7 @@ class Runner:
             timeout=claim.timeout if claim.timeout is not None else self._job_timeout,
             schedule=claim.schedule,
             scheduled_for=claim.scheduled_for,
+            batch_id=claim.batch_id,
             _saver=self._saver(claim.id),
         )
         self._held[job.id] = Held(job, claim)
@@ -921,6 +922,14 @@ class Runner:
                 within=self._beat_timeout(self._loop_time()),
             )
             self._telemetry.recovered(recovered)
+            if self._telemetry.wants_open_batches:  # a count over a partial index, when metered
+                self._telemetry.open_batches(
+                    await self._calls.run(
+                        "open_batches",
+                        self._backend.open_batches(),
+                        within=self._beat_timeout(self._loop_time()),
+                    )
+                )
 
     async def _not_alive(self, beat: Heartbeat) -> None:
         """The backend no longer counts this incarnation alive: its jobs have moved on."""

@@ -15,7 +15,9 @@ Spans follow the OpenTelemetry messaging conventions:
   commits, which the span, ended when the insert returns, cannot know;
 - ``receive <queues>`` (CONSUMER) for a claim that found jobs, with the batch size, timed from
   the claim's start; a claim that found nothing (an idle worker polling) makes no span;
-- ``process <queue>`` (CONSUMER) around one attempt of one job, linked to its ``send`` span,
+- ``process <queue>`` (CONSUMER) around one attempt of one job, linked to its ``send`` span
+  (for a member of a batch, the ``send`` span of ``enqueue_batch``, or of the ``add_to_batch``
+  that added it; ``batchworks.batch.id`` says which batch),
   current while the handler runs (so the handler's own spans are its children), with the
   attempt, the worker and the outcome; a failed attempt records the exception and sets ERROR.
 
@@ -115,6 +117,12 @@ class SendSpan:
         self.carrier = carrier
         self._span = span
 
+    def batch(self, batch_id: int) -> None:
+        """The enqueue adds members to this batch."""
+        span = self._span
+        if span is not None and span.is_recording():
+            span.set_attribute("batchworks.batch.id", str(batch_id))
+
     def sent(self, ids: Sequence[int]) -> None:
         """The enqueue stored (or, for a live dedupe key, found) these jobs."""
         span = self._span
@@ -164,6 +172,7 @@ class _Instruments:
         "in_flight",
         "latency",
         "lost",
+        "open_batches",
         "recovered",
         "settled",
         "slots",
@@ -213,6 +222,11 @@ class _Instruments:
             "batchworks.jobs.recovered",
             unit="{job}",
             description="Jobs of dead or hung workers put back (or failed)",
+        )
+        self.open_batches = meter.create_gauge(
+            "batchworks.batches.open",
+            unit="{batch}",
+            description="Batches not done: open, or with members pending",
         )
         self.ticks_enqueued = meter.create_counter(
             "batchworks.schedule.ticks.enqueued",
@@ -392,6 +406,7 @@ class Telemetry:
         attempt: int,
         trace_context: Mapping[str, str] | None,
         waited: float,
+        batch_id: int | None = None,
     ) -> JobTelemetry:
         """Start an attempt's telemetry: its ``process`` span, made current, and its metrics."""
         tracer, span, token = self._tracer, None, None
@@ -417,6 +432,8 @@ class Telemetry:
                     "batchworks.worker.name": worker,
                 },
             )
+            if batch_id is not None and span.is_recording():
+                span.set_attribute("batchworks.batch.id", str(batch_id))
             # Current even when the sampler dropped it: the handler's own spans are then its
             # children, and a parent-based sampler drops them too.
             token = otel_context.attach(trace.set_span_in_context(span))
@@ -476,6 +493,16 @@ class Telemetry:
     def recovered(self, count: int) -> None:
         if self._instruments is not None and count:
             self._instruments.recovered.add(count)
+
+    @property
+    def wants_open_batches(self) -> bool:
+        """Whether :meth:`open_batches` records anything (a meter provider is installed)."""
+        return self._instruments is not None
+
+    def open_batches(self, count: int) -> None:
+        """The batches not done, as the backend counted them (a gauge: the latest wins)."""
+        if self._instruments is not None:
+            self._instruments.open_batches.set(count)
 
     @contextlib.contextmanager
     def tick_span(self, schedule: str, queue: str) -> Iterator[tuple[trace.Span | None, Any]]:

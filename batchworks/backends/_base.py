@@ -12,7 +12,7 @@ protocol stays the type that code written against a backend names.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Self, TypeVar
@@ -23,14 +23,21 @@ from batchworks._checks import (
     check_concurrency_keys,
     check_dedupe_key,
     check_dedupe_keys,
+    check_label,
     check_limit,
     check_queue,
     check_rate,
+    positive_int,
 )
-from batchworks.backends.base import EnqueueOptions, Limits
+from batchworks.backends.base import BatchSpec, EnqueueOptions, Limits
+from batchworks.batch import Batch, Callback
+from batchworks.errors import ConfigurationError
+from batchworks.job import JobRecord
 from batchworks.tracing import send_span
 
 __all__ = ["BackendBase", "payload_label"]
+
+MAX_BATCH_NAME = 200  # characters
 
 #: what a backend's :meth:`BackendBase._encode_payloads` makes of a batch of payloads
 Encoded = TypeVar("Encoded")
@@ -151,6 +158,139 @@ class BackendBase(abc.ABC, Generic[Encoded]):
             ids = await self._insert(options, encoded, keys, groups, connection, span.carrier)
             span.sent(ids)
             return ids
+
+    # -- batches --------------------------------------------------------------------------------
+
+    async def enqueue_batch(
+        self,
+        queue: str,
+        payloads: Sequence[Any],
+        *,
+        on_complete: Callback | None = None,
+        on_success: Callback | None = None,
+        name: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        close: bool = True,
+        connection: Any = None,
+    ) -> Batch:
+        """Add a batch and its members at once; see :meth:`Backend.enqueue_batch`."""
+        options = EnqueueOptions.build(
+            queue,
+            delay=delay,
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
+        )
+        self._check_connection(connection)
+        spec = BatchSpec(
+            name=check_label(name, "batch name", MAX_BATCH_NAME),
+            on_complete=self._callback_json(on_complete, "on_complete"),
+            on_success=self._callback_json(on_success, "on_success"),
+        )
+        encoded = self._encode_payloads(queue, payloads, numbered=True)
+        in_transaction = self._in_transaction(connection)
+        with send_span(queue, len(payloads), in_transaction=in_transaction) as span:
+            batch = await self._insert_batch(
+                options, encoded, spec, close=close, connection=connection, carrier=span.carrier
+            )
+            span.batch(batch.id)
+            return batch
+
+    async def add_to_batch(
+        self,
+        batch_id: int,
+        payloads: Sequence[Any],
+        *,
+        queue: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        connection: Any = None,
+    ) -> Batch:
+        """Add members to a batch; see :meth:`Backend.add_to_batch`."""
+        positive_int(batch_id, "batch_id")
+        self._check_connection(connection)
+        if queue is None:
+            queue = await self._batch_queue(batch_id, connection)
+        options = EnqueueOptions.build(
+            queue,
+            delay=delay,
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
+        )
+        self._check_connection(connection)
+        encoded = self._encode_payloads(queue, payloads, numbered=True)
+        in_transaction = self._in_transaction(connection)
+        with send_span(queue, len(payloads), in_transaction=in_transaction) as span:
+            span.batch(batch_id)
+            ids = await self._add_members(
+                batch_id, options, encoded, connection=connection, carrier=span.carrier
+            )
+            return Batch(batch_id, ids)
+
+    async def batch_results(
+        self, batch_id: int, *, page_size: int = 500
+    ) -> AsyncIterator[JobRecord]:
+        """The batch's members in id order, ``page_size`` read at a time."""
+        positive_int(page_size, "page_size")
+        after = 0
+        while True:
+            page = await self._batch_page(batch_id, after, page_size)
+            for record in page:
+                yield record
+            if len(page) < page_size:
+                return
+            after = page[-1].id
+
+    def _callback_json(self, callback: Callback | None, which: str) -> str | None:
+        if callback is None:
+            return None
+        if not isinstance(callback, Callback):
+            raise ConfigurationError(f"{which} takes a Callback(queue, payload), got {callback!r}")
+        return self._encode(callback.spec(), f"payload of the {which} callback")
+
+    @abc.abstractmethod
+    async def _insert_batch(
+        self,
+        options: EnqueueOptions,
+        payloads: Encoded,
+        spec: BatchSpec,
+        *,
+        close: bool,
+        connection: Any,
+        carrier: dict[str, str] | None,
+    ) -> Batch:
+        """Store a batch and its members (closed at once with ``close``: an empty one then
+        finishes, its callbacks enqueued) with the enqueue's trace context."""
+
+    @abc.abstractmethod
+    async def _add_members(
+        self,
+        batch_id: int,
+        options: EnqueueOptions,
+        payloads: Encoded,
+        *,
+        connection: Any,
+        carrier: dict[str, str] | None,
+    ) -> list[int]:
+        """Store members of an existing batch; raises BatchNotFound or BatchClosed."""
+
+    @abc.abstractmethod
+    async def _batch_queue(self, batch_id: int, connection: Any) -> str:
+        """The queue the batch was enqueued to; raises BatchNotFound."""
+
+    @abc.abstractmethod
+    async def _batch_page(self, batch_id: int, after: int, limit: int) -> list[JobRecord]:
+        """Up to ``limit`` members of the batch with ids above ``after``, in id order."""
 
     # -- flow control (#14) -----------------------------------------------------------------
 

@@ -15,7 +15,7 @@ token. A worker that lost a job (pruned, replaced, lease expired) writes nothing
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -31,11 +31,13 @@ from batchworks._checks import (
     check_timeout,
     seconds,
 )
+from batchworks.batch import Batch, BatchFailure, BatchRecord, Callback
 from batchworks.job import JobRecord, JobState
 from batchworks.outcome import Outcome
 
 __all__ = [
     "Backend",
+    "BatchSpec",
     "ClaimedJob",
     "EnqueueOptions",
     "Heartbeat",
@@ -82,6 +84,8 @@ class ClaimedJob:
     #: the schedule that enqueued it, and the tick it stands for (None: a manual run)
     schedule: str | None = None
     scheduled_for: datetime | None = None
+    #: the batch it is a member of, or None
+    batch_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,9 +456,14 @@ class Backend(Protocol):
         """Jobs that ended in each of ``buckets`` equal parts of the last ``window`` seconds."""
 
     async def retry_failed(
-        self, *, queue: str | None = None, ids: Sequence[int] | None = None
+        self,
+        *,
+        queue: str | None = None,
+        ids: Sequence[int] | None = None,
+        batch_id: int | None = None,
     ) -> int:
-        """Queue failed jobs again with fresh attempts; returns how many."""
+        """Queue failed jobs again with fresh attempts (those of batch ``batch_id`` only, when
+        given; its counters follow); returns how many."""
 
     async def cancel(self, job_id: int) -> bool:
         """Cancel a queued job now, or a running one at its worker's next heartbeat."""
@@ -503,6 +512,88 @@ class Backend(Protocol):
         """For each of ``queues`` that a worker ever registered for, the ``max_attempts`` of
         the retry policy of the latest such worker (a live one first): what a claim there
         gives a job enqueued without its own."""
+
+    # -- batches (#16) ---------------------------------------------------------------------
+
+    async def enqueue_batch(
+        self,
+        queue: str,
+        payloads: Sequence[Any],
+        *,
+        on_complete: Callback | None = None,
+        on_success: Callback | None = None,
+        name: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        close: bool = True,
+        connection: Any = None,
+    ) -> Batch:
+        """Add a batch and its members in one transaction (the caller's with ``connection=``).
+        It is closed at once, so its callbacks come when its members end (at once for no
+        members); with ``close=False`` it stays open for :meth:`add_to_batch` until
+        :meth:`close_batch`. The options are ``enqueue_many``'s but ``dedupe_keys``: a member
+        whose key a live job held would be no member."""
+
+    async def add_to_batch(
+        self,
+        batch_id: int,
+        payloads: Sequence[Any],
+        *,
+        queue: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        connection: Any = None,
+    ) -> Batch:
+        """Add members to a batch that is open, or closed with members still pending (so a
+        running member's handler can add to its own batch, ``job.batch_id``), in one
+        transaction. ``queue`` defaults to the queue the batch was enqueued to.
+
+        :raises BatchNotFound: no batch has that id.
+        :raises BatchClosed: the batch takes no more members.
+        """
+
+    async def close_batch(self, batch_id: int) -> BatchRecord:
+        """Close an open batch (idempotent): it finishes, and its callbacks are enqueued, once
+        no member is pending (at once if none is).
+
+        :raises BatchNotFound: no batch has that id."""
+
+    async def cancel_batch(self, batch_id: int) -> BatchRecord:
+        """Cancel the batch's queued members now and ask its running ones to stop (at their
+        worker's next heartbeat); closes it. ``on_complete`` still comes, once the last member
+        ended; ``on_success`` comes only if every member had succeeded.
+
+        :raises BatchNotFound: no batch has that id."""
+
+    async def get_batch(self, batch_id: int) -> BatchRecord | None:
+        """The batch with its counters as they stand, or None."""
+
+    async def wait_batch(self, batch_id: int, timeout: float | None = None) -> BatchRecord:
+        """Return the batch once it is done (closed or cancelled, no member pending): woken
+        by the backend (PostgreSQL: a NOTIFY as the last member ends), not by polling.
+
+        :raises TimeoutError: it was not done within ``timeout`` seconds.
+        :raises BatchNotFound: no batch has that id."""
+
+    def batch_results(self, batch_id: int, *, page_size: int = 500) -> AsyncIterator[JobRecord]:
+        """The batch's members in id order, read ``page_size`` at a time (a batch of millions
+        streams in bounded memory)."""
+
+    async def batches(self, *, limit: int = 20) -> list[BatchRecord]:
+        """The newest batches first."""
+
+    async def batch_failures(self, batch_id: int, *, limit: int = 10) -> list[BatchFailure]:
+        """The batch's failed members grouped by their last error's type and message, the
+        largest group first."""
+
+    async def open_batches(self) -> int:
+        """How many batches are not done (open, or closed with members pending)."""
 
     # -- worker-side operations (the Runner's) -----------------------------------------------
 
@@ -603,6 +694,15 @@ class Backend(Protocol):
     async def run_schedule(self, name: str) -> int | None:
         """Enqueue one job of schedule ``name`` now, outside its ticks (a manual run: its
         ``scheduled_for`` is None); None if no schedule has that name."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSpec:
+    """A new batch's checked settings, the callbacks as JSON text (what both backends store)."""
+
+    name: str | None
+    on_complete: str | None
+    on_success: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from batchworks._checks import (
 )
 from batchworks.backends._base import BackendBase, payload_label
 from batchworks.backends._flow import FLOW_RECHECK
+from batchworks.backends._memory_batches import MemoryBatchCalls, MemoryBatches
 from batchworks.backends._memory_flow import Entry, QueueFlow
 from batchworks.backends._memory_reads import MemoryReads
 from batchworks.backends._waiters import JobWaiters
@@ -88,6 +89,7 @@ class _Row:
     cancel_requested: bool = False
     schedule: str | None = None
     scheduled_for: datetime | None = None
+    batch_id: int | None = None
     concurrency_key: str | None = None
 
 
@@ -115,7 +117,7 @@ class _Worker:
     max_attempts: int | None = None
 
 
-class MemoryBackend(BackendBase[list[str]], MemoryReads):
+class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]], MemoryReads):
     """Jobs in this process's memory: for in-process batches, tests and the demo.
 
     :param clock: seconds since the epoch; tests pass a fake one to move time.
@@ -140,6 +142,7 @@ class MemoryBackend(BackendBase[list[str]], MemoryReads):
         self._closed = False
         self._wake: asyncio.Event | None = None
         self._job_waiters = JobWaiters()
+        self._batch_book = MemoryBatches(clock, self._enqueue_callback)
 
     def __repr__(self) -> str:
         return f"<MemoryBackend jobs={len(self._rows)} running={len(self._running)}>"
@@ -195,6 +198,7 @@ class MemoryBackend(BackendBase[list[str]], MemoryReads):
         *,
         schedule: str | None = None,
         scheduled_for: datetime | None = None,
+        batch_id: int | None = None,
         concurrency_key: str | None = None,
     ) -> int:
         queue = options.queue
@@ -217,6 +221,7 @@ class MemoryBackend(BackendBase[list[str]], MemoryReads):
             trace_context=trace_context,
             schedule=schedule,
             scheduled_for=scheduled_for,
+            batch_id=batch_id,
             concurrency_key=concurrency_key,
         )
         self._next_id += 1
@@ -349,7 +354,11 @@ class MemoryBackend(BackendBase[list[str]], MemoryReads):
         ]
 
     async def retry_failed(
-        self, *, queue: str | None = None, ids: Sequence[int] | None = None
+        self,
+        *,
+        queue: str | None = None,
+        ids: Sequence[int] | None = None,
+        batch_id: int | None = None,
     ) -> int:
         """Queue failed jobs again, now, with their attempts reset; returns how many."""
         if queue is not None:
@@ -360,11 +369,15 @@ class MemoryBackend(BackendBase[list[str]], MemoryReads):
         for row in list(self._rows.values()):
             if row.state is not JobState.FAILED:
                 continue
-            if (queue is not None and row.queue != queue) or (
-                wanted is not None and row.id not in wanted
+            if (
+                (queue is not None and row.queue != queue)
+                or (wanted is not None and row.id not in wanted)
+                or (batch_id is not None and row.batch_id != batch_id)
             ):
                 continue
             row.state, row.attempts, row.run_at, row.finished_at = JobState.QUEUED, 0, now, None
+            if row.batch_id is not None:
+                self._batch_book.reopened(row.batch_id)
             if row.dedupe_key is not None:
                 self._dedupe.setdefault((row.queue, row.dedupe_key), row.id)
             self._push(row, now)
@@ -388,13 +401,16 @@ class MemoryBackend(BackendBase[list[str]], MemoryReads):
 
     async def purge(self, older_than: float | timedelta) -> int:
         """Delete jobs that reached a final state more than ``older_than`` ago."""
-        return self._delete(self._purgeable(older_than))
+        old = self._purgeable(older_than)  # a member of a batch not done stays
+        self._batch_book.purge(self._clock() - seconds(older_than, name="older_than"))
+        return self._delete(old)
 
     async def purge_batch(self, older_than: float | timedelta, *, limit: int) -> int | None:
         """Delete up to ``limit`` of the jobs :meth:`purge` would delete, the longest finished
         first. Never None here: a call runs to its end before another starts."""
         limit = positive_int(limit, "limit")
         old = self._purgeable(older_than)
+        self._batch_book.purge(self._clock() - seconds(older_than, name="older_than"))
         return self._delete(heapq.nsmallest(limit, old, key=lambda row: (row.finished_at, row.id)))
 
     def _delete(self, old: list[_Row]) -> int:
@@ -417,7 +433,11 @@ class MemoryBackend(BackendBase[list[str]], MemoryReads):
         return [
             row
             for row in self._rows.values()
-            if row.state.is_final and row.finished_at is not None and row.finished_at < cutoff
+            if row.state.is_final
+            and row.finished_at is not None
+            and row.finished_at < cutoff
+            # a member of a batch not done yet stays: the callback reads its result
+            and self._batch_book.done_or_none(row.batch_id)
         ]
 
     async def pending_migrations(self) -> list[str]:
@@ -540,6 +560,7 @@ class MemoryBackend(BackendBase[list[str]], MemoryReads):
             _lost(row),
             row.schedule,
             row.scheduled_for,
+            row.batch_id,
         )
 
     async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:
@@ -585,6 +606,8 @@ class MemoryBackend(BackendBase[list[str]], MemoryReads):
             del self._dedupe[(row.queue, row.dedupe_key)]
         if self._job_waiters:  # one check per finished job when nobody waits
             self._job_waiters.wake(row.id)
+        if row.batch_id is not None:  # in the same step: the batch's counters stay exact
+            self._batch_book.ended(row.batch_id, state)
 
     async def heartbeat(
         self, worker: WorkerToken, job_ids: Sequence[int], *, lease: float

@@ -31,6 +31,7 @@ BENCHMARKS = [
     "tracing_cost.py",
     "refusal.py",
     "schedule_idle.py",
+    "batches.py",
     "web_list.py",
     "wal.py",
     "retention.py",

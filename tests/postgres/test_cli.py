@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 from asyncio.subprocess import PIPE
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Protocol
 
@@ -79,21 +79,11 @@ class TestRun:
         # Jobs that take 1.2 s, so the run outlasts a few progress ticks (0.5 s apart).
         await migrated.enqueue_many("q", [{"sleep": 1.2}] * 3)
         command = [sys.executable, "-m", "batchworks", "--dsn", pg_dsn, "--schema", pg_schema]
-        main, child = pty.openpty()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *command, "run", APP, "--until-empty", cwd=ROOT, stdout=PIPE, stderr=child
-            )
-            os.close(child)
-            child = -1
-            stdout, _ = await asyncio.wait_for(process.communicate(), timeout=60)
-            terminal = await asyncio.to_thread(_read_all, main)
-        finally:
-            os.close(main)
-            if child != -1:
-                os.close(child)
-        assert process.returncode == 0, terminal
-        assert stdout.decode().startswith("succeeded 3, failed 0")
+        code, stdout, terminal = await on_terminal(
+            [*command, "run", APP, "--until-empty"], "stderr"
+        )
+        assert code == 0, terminal
+        assert stdout.startswith("succeeded 3, failed 0")
         ticks = [line for line in terminal.split("\r") if "jobs/s" in line]
         assert ticks, f"no progress line on the terminal: {terminal!r}"
         assert ticks[0].startswith("succeeded 0 | failed 0 | retried 0 | ")
@@ -103,6 +93,30 @@ class TestRun:
         piped = await asyncio.to_thread(cli, "run", APP, "--until-empty")
         assert piped.returncode == 0, piped.stderr
         assert "\r" not in piped.stderr and "jobs/s" not in piped.stderr  # 10 s apart in a pipe
+
+
+async def on_terminal(
+    command: list[str], stream: str, during: Awaitable[object] | None = None
+) -> tuple[int, str, str]:
+    """Run ``command`` with its ``stream`` ("stdout" or "stderr") on a pseudo-terminal and the
+    other in a pipe, awaiting ``during`` meanwhile; its exit code, the piped output and what the
+    terminal got."""
+    main, child = pty.openpty()
+    try:
+        streams = {"stdout": PIPE, "stderr": PIPE, stream: child}
+        process = await asyncio.create_subprocess_exec(*command, cwd=ROOT, **streams)
+        os.close(child)
+        child = -1
+        if during is not None:
+            await during
+        piped, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+        terminal = await asyncio.to_thread(_read_all, main)
+    finally:
+        os.close(main)
+        if child != -1:
+            os.close(child)
+    assert process.returncode is not None
+    return process.returncode, (piped or b"").decode(), terminal
 
 
 def _read_all(fd: int) -> str:

@@ -9,23 +9,27 @@ import re
 import asyncpg
 import pytest
 
+from batchworks.backends.postgres import _batches as batches_module
 from batchworks.backends.postgres import backend as backend_module
 from batchworks.backends.postgres import queries
 from batchworks.backends.postgres._reads import OperatorReads
 from batchworks.backends.postgres.backend import STATEMENTS, PostgresBackend, Queries
 
 # The constants of queries.py that are a part of statements, not a statement.
-PARTS = {"NOTIFY_DONE_ITEM"}
+PARTS = {"NOTIFY_DONE_ITEM", "BATCH_DELTAS", "BATCH_FINISH"}
 
 # The copies queries.py's header comment lists, by statement.
 RECOVERING = ("REGISTER_WORKER", "UNREGISTER_WORKER", "RECOVER")
 WAKING = ("RETRY_FAILED", "SETTLE", *RECOVERING)
 CLAIMING = ("CLAIM_ONE", "CLAIM")
+# Statements that change members with a "bd" of their own (the batch's, not one per member).
+OWN_DELTAS = ("CANCEL_BATCH",)
 
 
 def _words(text: str) -> list[str]:
-    """The text without its layout: copies may be indented differently."""
-    return text.split()
+    """The text without its layout: copies may be indented differently (a comma is a word of
+    its own, so that a part ends the same before the comma that follows it in a statement)."""
+    return text.replace(",", " , ").split()
 
 
 def _constants() -> set[str]:
@@ -34,6 +38,22 @@ def _constants() -> set[str]:
         for name, value in vars(queries).items()
         if name.isupper() and isinstance(value, str) and not name.startswith("_")
     }
+
+
+def _occurrences(words: list[str], part: list[str]) -> int:
+    return sum(1 for i in range(len(words)) if words[i : i + len(part)] == part)
+
+
+def _without(words: list[str], part: list[str]) -> list[str]:
+    """``words`` with each run equal to ``part`` taken out."""
+    out, i = [], 0
+    while i < len(words):
+        if words[i : i + len(part)] == part:
+            i += len(part)
+        else:
+            out.append(words[i])
+            i += 1
+    return out
 
 
 def _between(text: str, start: str, end: str) -> str:
@@ -54,8 +74,12 @@ def test_every_statement_of_queries_py_has_its_field_and_no_field_lacks_one() ->
 
 
 def test_the_backend_uses_every_statement_and_only_statements_it_has() -> None:
-    # the class and its mixin of operators' reads (_reads.py)
-    source = inspect.getsource(backend_module.PostgresBackend) + inspect.getsource(OperatorReads)
+    # the class and its mixins: the operators' reads (_reads.py) and the batches (_batches.py)
+    source = (
+        inspect.getsource(backend_module.PostgresBackend)
+        + inspect.getsource(OperatorReads)
+        + inspect.getsource(batches_module.PostgresBatchCalls)
+    )
     used = set(re.findall(r"self\._q\.(\w+)", source))
     fields = set(STATEMENTS) | {"channel", "finished_channel", "waited", "names"}
     assert used <= fields, f"self._q has no {sorted(used - fields)}"
@@ -69,7 +93,7 @@ def test_the_recovery_of_a_lost_job_is_the_same_in_every_statement_that_recovers
         text = getattr(queries, name)
         tails[name] = _words(text[text.index("upd AS (") : text.rindex("\nSELECT")])
     first = tails[RECOVERING[0]]
-    assert "'WorkerLost'," in first  # the cut found the recovery
+    assert "'WorkerLost'" in first  # the cut found the recovery
     assert all(tail == first for tail in tails.values()), (
         "the recovery of a lost job differs between "
         f"{[name for name, tail in tails.items() if tail != first]} and {RECOVERING[0]}: "
@@ -80,7 +104,7 @@ def test_the_recovery_of_a_lost_job_is_the_same_in_every_statement_that_recovers
 def test_idle_runners_are_woken_the_same_way_by_every_statement_that_requeues() -> None:
     woke = {name: _words(_between(getattr(queries, name), "woke AS (", "\n)")) for name in WAKING}
     first = woke[WAKING[0]]
-    assert "pg_notify(__CHANNEL__," in first
+    assert "pg_notify(__CHANNEL__" in first
     assert all(copy == first for copy in woke.values()), woke
 
 
@@ -88,12 +112,63 @@ def test_every_statement_that_ends_a_job_notifies_waiters_with_the_same_item() -
     item = _words(queries.NOTIFY_DONE_ITEM)
     ending = [name for name in _constants() - PARTS if "__FINISHED__" in getattr(queries, name)]
     assert set(ending) >= {"CANCEL", "SETTLE", "SETTLE_SUCCEEDED", *RECOVERING}
+    finish = _words(queries.BATCH_FINISH)
     for name in ending:
-        words = _words(getattr(queries, name))
+        # BATCH_FINISH's own pg_notify on that channel is wait_batch()'s, not a job's
+        words = _without(_words(getattr(queries, name)), finish)
+        if not words.count("pg_notify(__FINISHED__"):
+            continue  # CLOSE_BATCH: it ends no job
         starts = [i for i in range(len(words)) if words[i : i + len(item)] == item]
-        assert len(starts) == words.count("pg_notify(__FINISHED__,") == 1, (
+        assert len(starts) == words.count("pg_notify(__FINISHED__") == 1, (
             f"{name} notifies wait_job() waiters other than by NOTIFY_DONE_ITEM"
         )
+
+
+# A statement that writes a job's state: an UPDATE of jobs whose SET clause assigns it.
+_JOBS_UPDATE = re.compile(r"UPDATE __SCHEMA__\.jobs(?: AS j)?\s+SET\s(.*?)\b(?:FROM|WHERE)\b", re.S)
+_ASSIGNS_STATE = re.compile(r"(?<![\w.])state\s*=")
+
+
+def _sets_state(text: str) -> bool:
+    return any(_ASSIGNS_STATE.search(clause) for clause in _JOBS_UPDATE.findall(text))
+
+
+def test_every_statement_that_changes_a_jobs_state_keeps_its_batch_counters() -> None:
+    # The claim is the exception: a batch's running members are counted when it is read, so
+    # the hot claim never takes a batch row's lock.
+    deltas, finish = _words(queries.BATCH_DELTAS), _words(queries.BATCH_FINISH)
+    statements = _constants() - PARTS
+    changing = {name for name in statements if _sets_state(getattr(queries, name))}
+    changing -= set(CLAIMING)
+    # The settles of flushes with no member (the backend knows from its claims) leave the
+    # bookkeeping out, and may touch no member: their UPDATE takes rows of no batch only.
+    unbatched = {name for name in changing if name.endswith("_UNBATCHED")}
+    assert unbatched == {"SETTLE_UNBATCHED", "SETTLE_SUCCEEDED_UNBATCHED"}
+    for name in unbatched:
+        [where] = re.findall(r"\bWHERE\b[^\n]*worker_token = \$1[^\n]*", getattr(queries, name))
+        assert where.endswith("batch_id IS NULL"), (name, where)
+        assert name.removesuffix("_UNBATCHED") in changing
+    changing -= unbatched
+    assert changing >= {
+        "SETTLE",
+        "SETTLE_SUCCEEDED",
+        "CANCEL",
+        "RETRY_FAILED",
+        "CANCEL_BATCH",
+        *RECOVERING,
+    }, changing
+    for name in sorted(changing):
+        words = _words(getattr(queries, name))
+        assert _occurrences(words, finish) == 1, (
+            f"{name} changes a job's state without BATCH_FINISH word for word: a batch's "
+            "counters would miss it (queries.py's header comment lists the copies)"
+        )
+        if name not in OWN_DELTAS:
+            assert _occurrences(words, deltas) == 1, (
+                f"{name} changes a job's state without BATCH_DELTAS word for word"
+            )
+    # And the statements that close a batch finish it the same way.
+    assert _occurrences(_words(queries.CLOSE_BATCH), finish) == 1
 
 
 def test_the_two_claims_differ_only_in_how_they_pick_due_jobs() -> None:

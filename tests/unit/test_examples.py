@@ -51,6 +51,12 @@ SUMMARY_LINES = {
         r"^heartbeat-report: next tick .*^ticks: (\d+) jobs for \1 ticks, 0 ticks twice$",
         re.MULTILINE | re.DOTALL,
     ),
+    "batches.py": re.compile(
+        r"^batch 1 done: 100% of 1010 members, 1006 succeeded, 4 failed\n"
+        r"^on_complete: batch 1 finished, 1006 of 1010 rows imported \(1006 results read\), 4 "
+        r"failed: 1x Terminal: row 3: no such customer;.*\n^on_success enqueued: False$",
+        re.MULTILINE,
+    ),
     "flow_control.py": re.compile(
         r"^exports: at most [123] at once across 2 runners \(limit 3\)\n"
         r"^sync: at most 1 per customer at once \(limit 1\).*\n"

@@ -35,6 +35,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util._once import Once
 
 from batchworks import (
+    Callback,
     Job,
     JobState,
     MemoryBackend,
@@ -256,6 +257,61 @@ class TestSpans:
 
 
 @pytest.mark.postgres
+class TestBatchSpans:
+    async def test_members_and_callbacks_link_to_the_batchs_send_span(
+        self, backend: Backend, otel: Otel
+    ) -> None:
+        async def handler(job: Job) -> None:
+            if job.payload == {"spawn": True}:
+                assert job.batch_id is not None
+                await backend.add_to_batch(job.batch_id, [{"late": True}])
+
+        batch = await backend.enqueue_batch(
+            "q", [{"spawn": True}, {}], on_complete=Callback("done", None)
+        )
+        await Runner(backend, {"q": handler, "done": handler}).run_until_empty()
+
+        sends = otel.finished("send q")
+        first = next(s for s in sends if s.attributes and s.attributes.get(
+            "messaging.batch.message_count") == 2)  # fmt: skip
+        added = next(s for s in sends if s is not first)
+        assert first.attributes is not None and added.attributes is not None
+        assert first.attributes["batchworks.batch.id"] == str(batch.id)
+        assert added.attributes["batchworks.batch.id"] == str(batch.id)
+        processes = otel.finished("process q")
+        assert len(processes) == 3
+        by_link = sorted(
+            (p.links[0].context.span_id, (p.attributes or {}).get("batchworks.batch.id"))
+            for p in processes
+        )
+        assert first.context is not None and added.context is not None
+        assert by_link == sorted(
+            [(first.context.span_id, str(batch.id))] * 2 + [(added.context.span_id, str(batch.id))]
+        )
+        # The callback's job carries the batch's trace context: its process span links there.
+        [callback] = otel.finished("process done")
+        assert [link.context.span_id for link in callback.links] == [first.context.span_id]
+
+    async def test_the_open_batches_gauge_follows_the_backend(
+        self, backend: Backend, otel: Otel
+    ) -> None:
+        await backend.enqueue_batch("q", [{}], close=False)
+        await backend.enqueue_batch("q", [])  # done at once
+
+        async def handler(job: Job) -> None:
+            return None
+
+        runner = Runner(backend, {"q": handler}, heartbeat_interval=0.05, prune_after=1.0)
+        async with runner:  # the gauge is read where a heartbeat recovers
+
+            def gauged() -> bool:
+                if otel.metrics.get_metrics_data() is None:  # nothing recorded yet
+                    return False
+                return [point.value for point in otel.points("batchworks.batches.open")] == [1]
+
+            await eventually(gauged, what="the open batches gauge to read 1")
+
+
 class TestEnqueueInACallersTransaction:
     async def test_the_send_span_says_its_outcome_is_the_callers_transaction(
         self, pg_backend: PostgresBackend, pg_dsn: str, otel: Otel

@@ -34,7 +34,7 @@ from batchworks._checks import (
 )
 from batchworks.backends._base import BackendBase, payload_label
 from batchworks.backends._flow import FLOW_RECHECK, lookahead, queue_state
-from batchworks.backends._waiters import JobWaiters
+from batchworks.backends._waiters import BatchWaiters, JobWaiters
 from batchworks.backends.base import (
     ClaimedJob,
     EnqueueOptions,
@@ -49,6 +49,7 @@ from batchworks.backends.base import (
     WorkerToken,
 )
 from batchworks.backends.postgres import queries
+from batchworks.backends.postgres._batches import PostgresBatchCalls, member_args
 from batchworks.backends.postgres._connect import (
     OPEN_TIMEOUT,
     check_connect_options,
@@ -134,6 +135,8 @@ class Queries:
     claim: str
     settle_succeeded: str
     settle: str
+    settle_succeeded_unbatched: str
+    settle_unbatched: str
     heartbeat: str
     recover: str
     save_checkpoint: str
@@ -147,6 +150,16 @@ class Queries:
     pause_schedule: str
     remove_schedule: str
     run_schedule: str
+    enqueue_batch: str
+    add_to_batch: str
+    batch_queue: str
+    close_batch: str
+    cancel_batch: str
+    get_batch: str
+    list_batches: str
+    batch_page: str
+    batch_failures: str
+    open_batches: str
 
     @classmethod
     def fill(cls, schema: str) -> Queries:
@@ -189,7 +202,7 @@ def _lock_key(schema: str, purpose: str) -> int:
     return zlib.crc32(f"batchworks:{schema}:{purpose}".encode()) - 2**31
 
 
-class PostgresBackend(BackendBase[str], OperatorReads):
+class PostgresBackend(PostgresBatchCalls, BackendBase[str], OperatorReads):
     """Jobs in PostgreSQL.
 
     :param dsn: a libpq connection string or URL; the backend opens its own pool.
@@ -254,6 +267,10 @@ class PostgresBackend(BackendBase[str], OperatorReads):
             self._q.channel, self._listen_connect, self._listen_release, self._notify
         )
         self._job_waiters = JobWaiters()
+        self._batch_waiters = BatchWaiters()
+        # Held jobs this backend claimed that are batch members: a flush of none of them
+        # takes the settles without the batch bookkeeping (see SETTLE_UNBATCHED).
+        self._members: set[int] = set()
         self._listener.subscribe(self._q.finished_channel, self._on_finished)
         self._closed = False
 
@@ -416,16 +433,7 @@ class PostgresBackend(BackendBase[str], OperatorReads):
         trace_context: dict[str, str] | None,
     ) -> list[int]:
         """Insert the batch in one statement."""
-        args = (
-            options.queue,
-            payloads,
-            options.priority,
-            options.run_at,
-            options.delay,
-            options.max_attempts,
-            options.timeout,
-            None if trace_context is None else json.dumps(trace_context),
-        )
+        args = member_args(options, payloads, trace_context)
         grouped = any(key is not None for key in concurrency_keys)
         if not grouped and all(key is None for key in dedupe_keys):
             rows = await self._fetch(self._q.enqueue_plain, *args, connection=connection)
@@ -488,6 +496,9 @@ class PostgresBackend(BackendBase[str], OperatorReads):
     def _on_finished(self, payload: str | None) -> None:
         if payload is None:  # (re)connected: what ended meanwhile was not heard
             self._job_waiters.wake_all()
+            self._batch_waiters.wake_all()
+        elif self._batch_finished(payload):
+            return
         elif self._job_waiters:
             with contextlib.suppress(ValueError):
                 self._job_waiters.wake(int(payload))
@@ -542,12 +553,17 @@ class PostgresBackend(BackendBase[str], OperatorReads):
         return counts
 
     async def retry_failed(
-        self, *, queue: str | None = None, ids: Sequence[int] | None = None
+        self,
+        *,
+        queue: str | None = None,
+        ids: Sequence[int] | None = None,
+        batch_id: int | None = None,
     ) -> int:
         """Queue failed jobs again, now, with their attempts reset; returns how many."""
         if queue is not None:
             check_queue(queue)
-        row = await self._fetchrow(self._q.retry_failed, queue, None if ids is None else list(ids))
+        listed = None if ids is None else list(ids)
+        row = await self._fetchrow(self._q.retry_failed, queue, listed, batch_id)
         return int(row["n"])
 
     async def cancel(self, job_id: int) -> bool:
@@ -671,22 +687,39 @@ class PostgresBackend(BackendBase[str], OperatorReads):
             room = [None if caps is None else caps.get(queue) for queue in queues]
         args = (worker, names, limit, lease, max_attempts, room, lookahead(limit))
         rows = await self._fetch(self._q.claim_one if one else self._q.claim, *args)
-        return [_claimed(row) for row in rows]  # in claim order
+        claimed = [_claimed(row) for row in rows]  # in claim order
+        self._members.update(job.id for job in claimed if job.batch_id is not None)
+        return claimed
 
     async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:
         """Write outcomes in one statement, fenced; returns the ids no longer held."""
         if not outcomes:
             return []
+        members = self._members
+        batched = any(o.job_id in members for o in outcomes)
+        settled = await self._settle(worker, outcomes, batched=batched)
+        if not batched and len(settled) < len(outcomes):
+            # Left by the statement for jobs of no batch: fenced out, or a member this backend
+            # did not claim. The statement that keeps batches takes them (or fences them out).
+            rest = [o for o in outcomes if o.job_id not in settled]
+            settled |= await self._settle(worker, rest, batched=True)
+        members.difference_update(o.job_id for o in outcomes)
+        return [o.job_id for o in outcomes if o.job_id not in settled]
+
+    async def _settle(
+        self, worker: WorkerToken, outcomes: Sequence[Outcome], *, batched: bool
+    ) -> set[int]:
         ids = [o.job_id for o in outcomes]
         attempts = [o.attempt for o in outcomes]  # the fence beside the token
         if all(
             o.kind is _SUCCEEDED and o.result_json is None and o.error is None for o in outcomes
         ):
-            rows = await self._fetch(self._q.settle_succeeded, worker, ids, attempts)
+            query = self._q.settle_succeeded if batched else self._q.settle_succeeded_unbatched
+            rows = await self._fetch(query, worker, ids, attempts)
         else:
             kinds = [o.kind for o in outcomes]
             rows = await self._fetch(
-                self._q.settle,
+                self._q.settle if batched else self._q.settle_unbatched,
                 worker,
                 ids,
                 [kind.state.value for kind in kinds],
@@ -697,8 +730,7 @@ class PostgresBackend(BackendBase[str], OperatorReads):
                 [None if o.error is None else json.dumps(o.error) for o in outcomes],
                 attempts,
             )
-        settled = {row["id"] for row in rows if row["id"] is not None}
-        return [o.job_id for o in outcomes if o.job_id not in settled]
+        return {row["id"] for row in rows if row["id"] is not None}
 
     async def heartbeat(
         self, worker: WorkerToken, job_ids: Sequence[int], *, lease: float
@@ -706,9 +738,11 @@ class PostgresBackend(BackendBase[str], OperatorReads):
         """Extend the leases of the held jobs; report lost and cancel-requested ones."""
         row = await self._fetchrow(self._q.heartbeat, worker, list(job_ids), lease)
         held = set(row["held"])
+        lost = tuple(job_id for job_id in job_ids if job_id not in held)
+        self._members.difference_update(lost)  # never settled by this worker
         return Heartbeat(
             alive=row["alive"],
-            lost=tuple(job_id for job_id in job_ids if job_id not in held),
+            lost=lost,
             cancel=tuple(row["cancel"]),
             replaced=row["replaced"],
         )
@@ -911,7 +945,7 @@ def _schedule(row: asyncpg.Record) -> ScheduleState:
 def _claimed(row: asyncpg.Record) -> ClaimedJob:
     values = tuple(row)
     job_id, queue, payload, attempt, most, checkpoint, timeout, context, waited, lost = values[:10]
-    schedule, scheduled_for = values[10:]
+    schedule, scheduled_for, batch_id = values[10:]
     return ClaimedJob(
         job_id,
         queue,
@@ -925,6 +959,7 @@ def _claimed(row: asyncpg.Record) -> ClaimedJob:
         lost,
         schedule,
         scheduled_for,
+        batch_id,
     )
 
 

@@ -28,10 +28,88 @@ from typing import LiteralString
 #   ALL over it cost a plain-success settle about 5% more (measured).
 # - the claim's UPDATE and RETURNING around the pick of due jobs, and the record of a rate
 #   limited queue's starts after it ("rated"): CLAIM_ONE and CLAIM.
+# - a batch's bookkeeping (#16), in two parts: BATCH_DELTAS, the CTE "bd" that sums, per batch,
+#   how many members of "upd" (with their new state and the state they had, "was") entered or
+#   left each final state; and BATCH_FINISH, the CTEs "bl", "bu" and "bcb" that apply "bd" to
+#   the batch rows. "bl" locks the batch rows in id order (so two statements touching several
+#   batches cannot deadlock; every statement takes its job rows first and its batch rows last)
+#   and computes their new counters from the locked, latest version; "bu" writes them, and for
+#   a closed batch that has no pending member any more it marks it finished and draws the ids
+#   of its callbacks' jobs (once: an id drawn stays), and "bcb" inserts those jobs, so a
+#   callback is enqueued by exactly one statement. BATCH_DELTAS is in every statement that
+#   changes a member's state but the claim (running is counted when a batch is read); BATCH_FINISH
+#   also in CLOSE_BATCH and CANCEL_BATCH, which bring their own "bd". A statement that touches
+#   no member runs them over no row. The wake-up of wait_batch() is the pg_notify in "bu".
 
 NOTIFY_DONE_ITEM: LiteralString = """
 CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
      THEN pg_notify(__FINISHED__, j.id::text) END
+"""
+
+BATCH_DELTAS: LiteralString = """
+bd AS (
+    SELECT batch_id AS id,
+           count(*) FILTER (WHERE state = 'succeeded')
+               - count(*) FILTER (WHERE was = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE state = 'failed') - count(*) FILTER (WHERE was = 'failed')
+               AS failed,
+           count(*) FILTER (WHERE state = 'cancelled')
+               - count(*) FILTER (WHERE was = 'cancelled') AS cancelled,
+           false AS closes, false AS cancels
+    FROM upd
+    WHERE batch_id IS NOT NULL
+      AND (state IN ('succeeded', 'failed', 'cancelled')
+           OR was IN ('succeeded', 'failed', 'cancelled'))
+    GROUP BY batch_id
+)
+"""
+
+BATCH_FINISH: LiteralString = """
+bl AS MATERIALIZED (
+    SELECT b.id, b.total, b.on_complete, b.on_success, b.complete_job, b.success_job,
+           b.succeeded + bd.succeeded AS succeeded, b.failed + bd.failed AS failed,
+           b.cancelled + bd.cancelled AS cancelled,
+           b.state = 'cancelled' OR (bd.cancels AND b.state <> 'finished') AS cancelling,
+           b.state <> 'open' OR bd.closes OR bd.cancels AS closed,
+           (b.state <> 'open' OR bd.closes OR bd.cancels)
+               AND b.total = b.succeeded + bd.succeeded + b.failed + bd.failed
+                             + b.cancelled + bd.cancelled AS done
+    FROM __SCHEMA__.batches AS b
+    JOIN bd ON bd.id = b.id
+    ORDER BY b.id
+    FOR UPDATE OF b
+), bu AS (
+    UPDATE __SCHEMA__.batches AS b
+    SET succeeded = bl.succeeded, failed = bl.failed, cancelled = bl.cancelled,
+        state = CASE WHEN bl.cancelling THEN 'cancelled' WHEN NOT bl.closed THEN 'open'
+                     WHEN bl.done THEN 'finished' ELSE 'closed' END,
+        finished_at = CASE WHEN bl.done THEN coalesce(b.finished_at, now()) END,
+        complete_job = CASE WHEN bl.done AND bl.on_complete IS NOT NULL
+                            THEN coalesce(bl.complete_job, nextval('__SCHEMA__.jobs_id_seq'))
+                            ELSE bl.complete_job END,
+        success_job = CASE WHEN bl.done AND bl.on_success IS NOT NULL
+                                AND bl.succeeded = bl.total
+                           THEN coalesce(bl.success_job, nextval('__SCHEMA__.jobs_id_seq'))
+                           ELSE bl.success_job END
+    FROM bl
+    WHERE b.id = bl.id
+    RETURNING b.id, b.complete_job, b.success_job, b.on_complete, b.on_success, b.trace_context,
+              bl.complete_job AS had_complete, bl.success_job AS had_success,
+              CASE WHEN bl.done THEN pg_notify(__FINISHED__, 'batch ' || b.id) END
+), bcb AS (
+    INSERT INTO __SCHEMA__.jobs (id, queue, payload, priority, max_attempts, trace_context)
+    SELECT c.id, c.spec ->> 'queue',
+           jsonb_build_object('batch_id', bu.id, 'callback', c.which, 'payload',
+                              c.spec -> 'payload'),
+           coalesce((c.spec ->> 'priority')::integer, 0), (c.spec ->> 'max_attempts')::integer,
+           bu.trace_context
+    FROM bu
+    CROSS JOIN LATERAL (VALUES ('on_complete', bu.complete_job, bu.had_complete, bu.on_complete),
+                               ('on_success', bu.success_job, bu.had_success, bu.on_success))
+        AS c(which, id, had, spec)
+    WHERE c.id IS NOT NULL AND c.had IS NULL
+    RETURNING pg_notify(__CHANNEL__, queue)
+)
 """
 
 MIGRATIONS_TABLE: LiteralString = """
@@ -180,9 +258,67 @@ WITH upd AS (
       AND ($3::text IS NULL OR schedule = $3)
       AND ($4::text IS NULL OR errors -> -1 ->> 'type' = $4)
       AND id <= coalesce($5::bigint, 9223372036854775807)
-    RETURNING j.id,
+    RETURNING j.id, j.state, 'queued'::text AS was, j.batch_id,
               CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
                    THEN pg_notify(__FINISHED__, j.id::text) END
+), bd AS (
+    SELECT batch_id AS id,
+           count(*) FILTER (WHERE state = 'succeeded')
+               - count(*) FILTER (WHERE was = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE state = 'failed') - count(*) FILTER (WHERE was = 'failed')
+               AS failed,
+           count(*) FILTER (WHERE state = 'cancelled')
+               - count(*) FILTER (WHERE was = 'cancelled') AS cancelled,
+           false AS closes, false AS cancels
+    FROM upd
+    WHERE batch_id IS NOT NULL
+      AND (state IN ('succeeded', 'failed', 'cancelled')
+           OR was IN ('succeeded', 'failed', 'cancelled'))
+    GROUP BY batch_id
+), bl AS MATERIALIZED (
+    SELECT b.id, b.total, b.on_complete, b.on_success, b.complete_job, b.success_job,
+           b.succeeded + bd.succeeded AS succeeded, b.failed + bd.failed AS failed,
+           b.cancelled + bd.cancelled AS cancelled,
+           b.state = 'cancelled' OR (bd.cancels AND b.state <> 'finished') AS cancelling,
+           b.state <> 'open' OR bd.closes OR bd.cancels AS closed,
+           (b.state <> 'open' OR bd.closes OR bd.cancels)
+               AND b.total = b.succeeded + bd.succeeded + b.failed + bd.failed
+                             + b.cancelled + bd.cancelled AS done
+    FROM __SCHEMA__.batches AS b
+    JOIN bd ON bd.id = b.id
+    ORDER BY b.id
+    FOR UPDATE OF b
+), bu AS (
+    UPDATE __SCHEMA__.batches AS b
+    SET succeeded = bl.succeeded, failed = bl.failed, cancelled = bl.cancelled,
+        state = CASE WHEN bl.cancelling THEN 'cancelled' WHEN NOT bl.closed THEN 'open'
+                     WHEN bl.done THEN 'finished' ELSE 'closed' END,
+        finished_at = CASE WHEN bl.done THEN coalesce(b.finished_at, now()) END,
+        complete_job = CASE WHEN bl.done AND bl.on_complete IS NOT NULL
+                            THEN coalesce(bl.complete_job, nextval('__SCHEMA__.jobs_id_seq'))
+                            ELSE bl.complete_job END,
+        success_job = CASE WHEN bl.done AND bl.on_success IS NOT NULL
+                                AND bl.succeeded = bl.total
+                           THEN coalesce(bl.success_job, nextval('__SCHEMA__.jobs_id_seq'))
+                           ELSE bl.success_job END
+    FROM bl
+    WHERE b.id = bl.id
+    RETURNING b.id, b.complete_job, b.success_job, b.on_complete, b.on_success, b.trace_context,
+              bl.complete_job AS had_complete, bl.success_job AS had_success,
+              CASE WHEN bl.done THEN pg_notify(__FINISHED__, 'batch ' || b.id) END
+), bcb AS (
+    INSERT INTO __SCHEMA__.jobs (id, queue, payload, priority, max_attempts, trace_context)
+    SELECT c.id, c.spec ->> 'queue',
+           jsonb_build_object('batch_id', bu.id, 'callback', c.which, 'payload',
+                              c.spec -> 'payload'),
+           coalesce((c.spec ->> 'priority')::integer, 0), (c.spec ->> 'max_attempts')::integer,
+           bu.trace_context
+    FROM bu
+    CROSS JOIN LATERAL (VALUES ('on_complete', bu.complete_job, bu.had_complete, bu.on_complete),
+                               ('on_success', bu.success_job, bu.had_success, bu.on_success))
+        AS c(which, id, had, spec)
+    WHERE c.id IS NOT NULL AND c.had IS NULL
+    RETURNING pg_notify(__CHANNEL__, queue)
 )
 SELECT count(*) FROM upd
 """
@@ -236,10 +372,69 @@ WITH upd AS (
     WHERE state = 'failed'
       AND ($1::text IS NULL OR queue = $1)
       AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
-    RETURNING id, queue, state, run_at
+      AND ($3::bigint IS NULL OR batch_id = $3)
+    RETURNING id, queue, state, run_at, 'failed'::text AS was, batch_id
 ), woke AS (
     SELECT pg_notify(__CHANNEL__, q.queue)
     FROM (SELECT DISTINCT queue FROM upd WHERE state = 'queued' AND run_at <= now()) AS q
+), bd AS (
+    SELECT batch_id AS id,
+           count(*) FILTER (WHERE state = 'succeeded')
+               - count(*) FILTER (WHERE was = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE state = 'failed') - count(*) FILTER (WHERE was = 'failed')
+               AS failed,
+           count(*) FILTER (WHERE state = 'cancelled')
+               - count(*) FILTER (WHERE was = 'cancelled') AS cancelled,
+           false AS closes, false AS cancels
+    FROM upd
+    WHERE batch_id IS NOT NULL
+      AND (state IN ('succeeded', 'failed', 'cancelled')
+           OR was IN ('succeeded', 'failed', 'cancelled'))
+    GROUP BY batch_id
+), bl AS MATERIALIZED (
+    SELECT b.id, b.total, b.on_complete, b.on_success, b.complete_job, b.success_job,
+           b.succeeded + bd.succeeded AS succeeded, b.failed + bd.failed AS failed,
+           b.cancelled + bd.cancelled AS cancelled,
+           b.state = 'cancelled' OR (bd.cancels AND b.state <> 'finished') AS cancelling,
+           b.state <> 'open' OR bd.closes OR bd.cancels AS closed,
+           (b.state <> 'open' OR bd.closes OR bd.cancels)
+               AND b.total = b.succeeded + bd.succeeded + b.failed + bd.failed
+                             + b.cancelled + bd.cancelled AS done
+    FROM __SCHEMA__.batches AS b
+    JOIN bd ON bd.id = b.id
+    ORDER BY b.id
+    FOR UPDATE OF b
+), bu AS (
+    UPDATE __SCHEMA__.batches AS b
+    SET succeeded = bl.succeeded, failed = bl.failed, cancelled = bl.cancelled,
+        state = CASE WHEN bl.cancelling THEN 'cancelled' WHEN NOT bl.closed THEN 'open'
+                     WHEN bl.done THEN 'finished' ELSE 'closed' END,
+        finished_at = CASE WHEN bl.done THEN coalesce(b.finished_at, now()) END,
+        complete_job = CASE WHEN bl.done AND bl.on_complete IS NOT NULL
+                            THEN coalesce(bl.complete_job, nextval('__SCHEMA__.jobs_id_seq'))
+                            ELSE bl.complete_job END,
+        success_job = CASE WHEN bl.done AND bl.on_success IS NOT NULL
+                                AND bl.succeeded = bl.total
+                           THEN coalesce(bl.success_job, nextval('__SCHEMA__.jobs_id_seq'))
+                           ELSE bl.success_job END
+    FROM bl
+    WHERE b.id = bl.id
+    RETURNING b.id, b.complete_job, b.success_job, b.on_complete, b.on_success, b.trace_context,
+              bl.complete_job AS had_complete, bl.success_job AS had_success,
+              CASE WHEN bl.done THEN pg_notify(__FINISHED__, 'batch ' || b.id) END
+), bcb AS (
+    INSERT INTO __SCHEMA__.jobs (id, queue, payload, priority, max_attempts, trace_context)
+    SELECT c.id, c.spec ->> 'queue',
+           jsonb_build_object('batch_id', bu.id, 'callback', c.which, 'payload',
+                              c.spec -> 'payload'),
+           coalesce((c.spec ->> 'priority')::integer, 0), (c.spec ->> 'max_attempts')::integer,
+           bu.trace_context
+    FROM bu
+    CROSS JOIN LATERAL (VALUES ('on_complete', bu.complete_job, bu.had_complete, bu.on_complete),
+                               ('on_success', bu.success_job, bu.had_success, bu.on_success))
+        AS c(which, id, had, spec)
+    WHERE c.id IS NOT NULL AND c.had IS NULL
+    RETURNING pg_notify(__CHANNEL__, queue)
 )
 SELECT (SELECT count(*) FROM upd) AS n, (SELECT count(*) FROM woke) AS woke
 """
@@ -247,14 +442,75 @@ SELECT (SELECT count(*) FROM upd) AS n, (SELECT count(*) FROM woke) AS woke
 # A queued job ends cancelled here and now; a running one is only marked, and its runner
 # cancels the handler on its next heartbeat (HEARTBEAT returns the mark).
 CANCEL: LiteralString = """
-UPDATE __SCHEMA__.jobs AS j
-SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
-    finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
-    cancel_requested = (state = 'running')
-WHERE id = $1 AND state IN ('queued', 'running')
-RETURNING id,
-          CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
-               THEN pg_notify(__FINISHED__, j.id::text) END
+WITH upd AS (
+    UPDATE __SCHEMA__.jobs AS j
+    SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
+        finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
+        cancel_requested = (state = 'running')
+    WHERE id = $1 AND state IN ('queued', 'running')
+    RETURNING j.id, j.state, 'queued'::text AS was, j.batch_id,
+              CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+                   THEN pg_notify(__FINISHED__, j.id::text) END
+), bd AS (
+    SELECT batch_id AS id,
+           count(*) FILTER (WHERE state = 'succeeded')
+               - count(*) FILTER (WHERE was = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE state = 'failed') - count(*) FILTER (WHERE was = 'failed')
+               AS failed,
+           count(*) FILTER (WHERE state = 'cancelled')
+               - count(*) FILTER (WHERE was = 'cancelled') AS cancelled,
+           false AS closes, false AS cancels
+    FROM upd
+    WHERE batch_id IS NOT NULL
+      AND (state IN ('succeeded', 'failed', 'cancelled')
+           OR was IN ('succeeded', 'failed', 'cancelled'))
+    GROUP BY batch_id
+), bl AS MATERIALIZED (
+    SELECT b.id, b.total, b.on_complete, b.on_success, b.complete_job, b.success_job,
+           b.succeeded + bd.succeeded AS succeeded, b.failed + bd.failed AS failed,
+           b.cancelled + bd.cancelled AS cancelled,
+           b.state = 'cancelled' OR (bd.cancels AND b.state <> 'finished') AS cancelling,
+           b.state <> 'open' OR bd.closes OR bd.cancels AS closed,
+           (b.state <> 'open' OR bd.closes OR bd.cancels)
+               AND b.total = b.succeeded + bd.succeeded + b.failed + bd.failed
+                             + b.cancelled + bd.cancelled AS done
+    FROM __SCHEMA__.batches AS b
+    JOIN bd ON bd.id = b.id
+    ORDER BY b.id
+    FOR UPDATE OF b
+), bu AS (
+    UPDATE __SCHEMA__.batches AS b
+    SET succeeded = bl.succeeded, failed = bl.failed, cancelled = bl.cancelled,
+        state = CASE WHEN bl.cancelling THEN 'cancelled' WHEN NOT bl.closed THEN 'open'
+                     WHEN bl.done THEN 'finished' ELSE 'closed' END,
+        finished_at = CASE WHEN bl.done THEN coalesce(b.finished_at, now()) END,
+        complete_job = CASE WHEN bl.done AND bl.on_complete IS NOT NULL
+                            THEN coalesce(bl.complete_job, nextval('__SCHEMA__.jobs_id_seq'))
+                            ELSE bl.complete_job END,
+        success_job = CASE WHEN bl.done AND bl.on_success IS NOT NULL
+                                AND bl.succeeded = bl.total
+                           THEN coalesce(bl.success_job, nextval('__SCHEMA__.jobs_id_seq'))
+                           ELSE bl.success_job END
+    FROM bl
+    WHERE b.id = bl.id
+    RETURNING b.id, b.complete_job, b.success_job, b.on_complete, b.on_success, b.trace_context,
+              bl.complete_job AS had_complete, bl.success_job AS had_success,
+              CASE WHEN bl.done THEN pg_notify(__FINISHED__, 'batch ' || b.id) END
+), bcb AS (
+    INSERT INTO __SCHEMA__.jobs (id, queue, payload, priority, max_attempts, trace_context)
+    SELECT c.id, c.spec ->> 'queue',
+           jsonb_build_object('batch_id', bu.id, 'callback', c.which, 'payload',
+                              c.spec -> 'payload'),
+           coalesce((c.spec ->> 'priority')::integer, 0), (c.spec ->> 'max_attempts')::integer,
+           bu.trace_context
+    FROM bu
+    CROSS JOIN LATERAL (VALUES ('on_complete', bu.complete_job, bu.had_complete, bu.on_complete),
+                               ('on_success', bu.success_job, bu.had_success, bu.on_success))
+        AS c(which, id, had, spec)
+    WHERE c.id IS NOT NULL AND c.had IS NULL
+    RETURNING pg_notify(__CHANNEL__, queue)
+)
+SELECT id FROM upd
 """
 
 # wait_job(): mark a job that has not ended, so that the statement that ends it notifies. Run
@@ -266,12 +522,20 @@ UPDATE __SCHEMA__.jobs SET waited = true
 WHERE id = $1 AND NOT waited AND state IN ('queued', 'running')
 """
 
+# A member of a batch that is not done stays, whatever its age: the batch's callback reads its
+# result. A batch goes once done for as long; the counters of one that stays are left as they
+# are (they count members ever added, purged or not).
 PURGE: LiteralString = """
 WITH gone AS (
-    DELETE FROM __SCHEMA__.jobs
+    DELETE FROM __SCHEMA__.jobs AS j
     WHERE state IN ('succeeded', 'failed', 'cancelled')
       AND finished_at < now() - make_interval(secs => $1)
+      AND (j.batch_id IS NULL
+           OR NOT EXISTS (SELECT FROM __SCHEMA__.batches AS b
+                          WHERE b.id = j.batch_id AND b.finished_at IS NULL))
     RETURNING 1
+), gone_batches AS (
+    DELETE FROM __SCHEMA__.batches WHERE finished_at < now() - make_interval(secs => $1)
 )
 SELECT count(*) FROM gone
 """
@@ -312,9 +576,12 @@ SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', '
 
 # What PURGE would delete: the same condition, counted.
 PURGEABLE: LiteralString = """
-SELECT queue, state, count(*) AS n FROM __SCHEMA__.jobs
+SELECT queue, state, count(*) AS n FROM __SCHEMA__.jobs AS j
 WHERE state IN ('succeeded', 'failed', 'cancelled')
   AND finished_at < now() - make_interval(secs => $1)
+  AND (j.batch_id IS NULL
+       OR NOT EXISTS (SELECT FROM __SCHEMA__.batches AS b
+                      WHERE b.id = j.batch_id AND b.finished_at IS NULL))
 GROUP BY queue, state
 """
 
@@ -360,12 +627,70 @@ WITH old AS (
         lease_until = NULL,
         cancel_requested = false
     FROM lost WHERE j.id = lost.id
-    RETURNING j.id, j.queue, j.state, j.run_at,
+    RETURNING j.id, j.queue, j.state, j.run_at, 'running'::text AS was, j.batch_id,
               CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
                    THEN pg_notify(__FINISHED__, j.id::text) END
 ), woke AS (
     SELECT pg_notify(__CHANNEL__, q.queue)
     FROM (SELECT DISTINCT queue FROM upd WHERE state = 'queued' AND run_at <= now()) AS q
+), bd AS (
+    SELECT batch_id AS id,
+           count(*) FILTER (WHERE state = 'succeeded')
+               - count(*) FILTER (WHERE was = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE state = 'failed') - count(*) FILTER (WHERE was = 'failed')
+               AS failed,
+           count(*) FILTER (WHERE state = 'cancelled')
+               - count(*) FILTER (WHERE was = 'cancelled') AS cancelled,
+           false AS closes, false AS cancels
+    FROM upd
+    WHERE batch_id IS NOT NULL
+      AND (state IN ('succeeded', 'failed', 'cancelled')
+           OR was IN ('succeeded', 'failed', 'cancelled'))
+    GROUP BY batch_id
+), bl AS MATERIALIZED (
+    SELECT b.id, b.total, b.on_complete, b.on_success, b.complete_job, b.success_job,
+           b.succeeded + bd.succeeded AS succeeded, b.failed + bd.failed AS failed,
+           b.cancelled + bd.cancelled AS cancelled,
+           b.state = 'cancelled' OR (bd.cancels AND b.state <> 'finished') AS cancelling,
+           b.state <> 'open' OR bd.closes OR bd.cancels AS closed,
+           (b.state <> 'open' OR bd.closes OR bd.cancels)
+               AND b.total = b.succeeded + bd.succeeded + b.failed + bd.failed
+                             + b.cancelled + bd.cancelled AS done
+    FROM __SCHEMA__.batches AS b
+    JOIN bd ON bd.id = b.id
+    ORDER BY b.id
+    FOR UPDATE OF b
+), bu AS (
+    UPDATE __SCHEMA__.batches AS b
+    SET succeeded = bl.succeeded, failed = bl.failed, cancelled = bl.cancelled,
+        state = CASE WHEN bl.cancelling THEN 'cancelled' WHEN NOT bl.closed THEN 'open'
+                     WHEN bl.done THEN 'finished' ELSE 'closed' END,
+        finished_at = CASE WHEN bl.done THEN coalesce(b.finished_at, now()) END,
+        complete_job = CASE WHEN bl.done AND bl.on_complete IS NOT NULL
+                            THEN coalesce(bl.complete_job, nextval('__SCHEMA__.jobs_id_seq'))
+                            ELSE bl.complete_job END,
+        success_job = CASE WHEN bl.done AND bl.on_success IS NOT NULL
+                                AND bl.succeeded = bl.total
+                           THEN coalesce(bl.success_job, nextval('__SCHEMA__.jobs_id_seq'))
+                           ELSE bl.success_job END
+    FROM bl
+    WHERE b.id = bl.id
+    RETURNING b.id, b.complete_job, b.success_job, b.on_complete, b.on_success, b.trace_context,
+              bl.complete_job AS had_complete, bl.success_job AS had_success,
+              CASE WHEN bl.done THEN pg_notify(__FINISHED__, 'batch ' || b.id) END
+), bcb AS (
+    INSERT INTO __SCHEMA__.jobs (id, queue, payload, priority, max_attempts, trace_context)
+    SELECT c.id, c.spec ->> 'queue',
+           jsonb_build_object('batch_id', bu.id, 'callback', c.which, 'payload',
+                              c.spec -> 'payload'),
+           coalesce((c.spec ->> 'priority')::integer, 0), (c.spec ->> 'max_attempts')::integer,
+           bu.trace_context
+    FROM bu
+    CROSS JOIN LATERAL (VALUES ('on_complete', bu.complete_job, bu.had_complete, bu.on_complete),
+                               ('on_success', bu.success_job, bu.had_success, bu.on_success))
+        AS c(which, id, had, spec)
+    WHERE c.id IS NOT NULL AND c.had IS NULL
+    RETURNING pg_notify(__CHANNEL__, queue)
 )
 SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS woke
 """
@@ -400,12 +725,70 @@ WITH w AS (
         lease_until = NULL,
         cancel_requested = false
     FROM lost WHERE j.id = lost.id
-    RETURNING j.id, j.queue, j.state, j.run_at,
+    RETURNING j.id, j.queue, j.state, j.run_at, 'running'::text AS was, j.batch_id,
               CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
                    THEN pg_notify(__FINISHED__, j.id::text) END
 ), woke AS (
     SELECT pg_notify(__CHANNEL__, q.queue)
     FROM (SELECT DISTINCT queue FROM upd WHERE state = 'queued' AND run_at <= now()) AS q
+), bd AS (
+    SELECT batch_id AS id,
+           count(*) FILTER (WHERE state = 'succeeded')
+               - count(*) FILTER (WHERE was = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE state = 'failed') - count(*) FILTER (WHERE was = 'failed')
+               AS failed,
+           count(*) FILTER (WHERE state = 'cancelled')
+               - count(*) FILTER (WHERE was = 'cancelled') AS cancelled,
+           false AS closes, false AS cancels
+    FROM upd
+    WHERE batch_id IS NOT NULL
+      AND (state IN ('succeeded', 'failed', 'cancelled')
+           OR was IN ('succeeded', 'failed', 'cancelled'))
+    GROUP BY batch_id
+), bl AS MATERIALIZED (
+    SELECT b.id, b.total, b.on_complete, b.on_success, b.complete_job, b.success_job,
+           b.succeeded + bd.succeeded AS succeeded, b.failed + bd.failed AS failed,
+           b.cancelled + bd.cancelled AS cancelled,
+           b.state = 'cancelled' OR (bd.cancels AND b.state <> 'finished') AS cancelling,
+           b.state <> 'open' OR bd.closes OR bd.cancels AS closed,
+           (b.state <> 'open' OR bd.closes OR bd.cancels)
+               AND b.total = b.succeeded + bd.succeeded + b.failed + bd.failed
+                             + b.cancelled + bd.cancelled AS done
+    FROM __SCHEMA__.batches AS b
+    JOIN bd ON bd.id = b.id
+    ORDER BY b.id
+    FOR UPDATE OF b
+), bu AS (
+    UPDATE __SCHEMA__.batches AS b
+    SET succeeded = bl.succeeded, failed = bl.failed, cancelled = bl.cancelled,
+        state = CASE WHEN bl.cancelling THEN 'cancelled' WHEN NOT bl.closed THEN 'open'
+                     WHEN bl.done THEN 'finished' ELSE 'closed' END,
+        finished_at = CASE WHEN bl.done THEN coalesce(b.finished_at, now()) END,
+        complete_job = CASE WHEN bl.done AND bl.on_complete IS NOT NULL
+                            THEN coalesce(bl.complete_job, nextval('__SCHEMA__.jobs_id_seq'))
+                            ELSE bl.complete_job END,
+        success_job = CASE WHEN bl.done AND bl.on_success IS NOT NULL
+                                AND bl.succeeded = bl.total
+                           THEN coalesce(bl.success_job, nextval('__SCHEMA__.jobs_id_seq'))
+                           ELSE bl.success_job END
+    FROM bl
+    WHERE b.id = bl.id
+    RETURNING b.id, b.complete_job, b.success_job, b.on_complete, b.on_success, b.trace_context,
+              bl.complete_job AS had_complete, bl.success_job AS had_success,
+              CASE WHEN bl.done THEN pg_notify(__FINISHED__, 'batch ' || b.id) END
+), bcb AS (
+    INSERT INTO __SCHEMA__.jobs (id, queue, payload, priority, max_attempts, trace_context)
+    SELECT c.id, c.spec ->> 'queue',
+           jsonb_build_object('batch_id', bu.id, 'callback', c.which, 'payload',
+                              c.spec -> 'payload'),
+           coalesce((c.spec ->> 'priority')::integer, 0), (c.spec ->> 'max_attempts')::integer,
+           bu.trace_context
+    FROM bu
+    CROSS JOIN LATERAL (VALUES ('on_complete', bu.complete_job, bu.had_complete, bu.on_complete),
+                               ('on_success', bu.success_job, bu.had_success, bu.on_success))
+        AS c(which, id, had, spec)
+    WHERE c.id IS NOT NULL AND c.had IS NULL
+    RETURNING pg_notify(__CHANNEL__, queue)
 )
 SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS woke
 """
@@ -452,7 +835,7 @@ WITH claimed AS (
               CASE WHEN jsonb_array_length(j.errors) = 0 THEN 0
                    ELSE (SELECT count(*)::int FROM jsonb_array_elements(j.errors) AS e
                          WHERE e ->> 'type' = 'WorkerLost') END AS lost,
-              j.priority, j.run_at, j.schedule, j.scheduled_for, j.started_at
+              j.priority, j.run_at, j.schedule, j.scheduled_for, j.started_at, j.batch_id
 ), rated AS (
     UPDATE __SCHEMA__.queues AS f
     SET rate_starts = ARRAY(
@@ -463,7 +846,7 @@ WITH claimed AS (
     WHERE f.name = c.queue AND f.rate_n IS NOT NULL
 )
 SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
-       lost, schedule, scheduled_for
+       lost, schedule, scheduled_for, batch_id
 FROM claimed ORDER BY priority DESC, run_at, id
 """
 
@@ -519,7 +902,7 @@ WITH claimed AS (
               CASE WHEN jsonb_array_length(j.errors) = 0 THEN 0
                    ELSE (SELECT count(*)::int FROM jsonb_array_elements(j.errors) AS e
                          WHERE e ->> 'type' = 'WorkerLost') END AS lost,
-              j.priority, j.run_at, j.schedule, j.scheduled_for, j.started_at
+              j.priority, j.run_at, j.schedule, j.scheduled_for, j.started_at, j.batch_id
 ), rated AS (
     UPDATE __SCHEMA__.queues AS f
     SET rate_starts = ARRAY(
@@ -530,7 +913,7 @@ WITH claimed AS (
     WHERE f.name = c.queue AND f.rate_n IS NOT NULL
 )
 SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
-       lost, schedule, scheduled_for
+       lost, schedule, scheduled_for, batch_id
 FROM claimed ORDER BY priority DESC, run_at, id
 """
 
@@ -542,15 +925,76 @@ FROM claimed ORDER BY priority DESC, run_at, id
 # Fenced like SETTLE, by the token and each job's attempt ($3, matched to its id in $2): the
 # primary-key look-up stays on id = ANY($2), the EXISTS only filters the rows it found.
 SETTLE_SUCCEEDED: LiteralString = """
-UPDATE __SCHEMA__.jobs AS j
-SET state = 'succeeded', finished_at = now(), result = NULL,
-    worker_token = NULL, lease_until = NULL, cancel_requested = false
-WHERE id = ANY($2::bigint[]) AND state = 'running' AND worker_token = $1
-  AND EXISTS (SELECT FROM unnest($2::bigint[], $3::int[]) AS o(id, attempt)
-              WHERE o.id = j.id AND (o.attempt IS NULL OR o.attempt = j.attempts))
-RETURNING id,
-          CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
-               THEN pg_notify(__FINISHED__, j.id::text) END
+WITH upd AS (
+    UPDATE __SCHEMA__.jobs AS j
+    SET state = 'succeeded', finished_at = now(), result = NULL,
+        worker_token = NULL, lease_until = NULL, cancel_requested = false
+    WHERE id = ANY($2::bigint[]) AND state = 'running' AND worker_token = $1
+      AND EXISTS (SELECT FROM unnest($2::bigint[], $3::int[]) AS o(id, attempt)
+                  WHERE o.id = j.id AND (o.attempt IS NULL OR o.attempt = j.attempts))
+    RETURNING j.id, j.state, 'running'::text AS was, j.batch_id,
+              CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+                   THEN pg_notify(__FINISHED__, j.id::text) END
+), bd AS (
+    SELECT batch_id AS id,
+           count(*) FILTER (WHERE state = 'succeeded')
+               - count(*) FILTER (WHERE was = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE state = 'failed') - count(*) FILTER (WHERE was = 'failed')
+               AS failed,
+           count(*) FILTER (WHERE state = 'cancelled')
+               - count(*) FILTER (WHERE was = 'cancelled') AS cancelled,
+           false AS closes, false AS cancels
+    FROM upd
+    WHERE batch_id IS NOT NULL
+      AND (state IN ('succeeded', 'failed', 'cancelled')
+           OR was IN ('succeeded', 'failed', 'cancelled'))
+    GROUP BY batch_id
+), bl AS MATERIALIZED (
+    SELECT b.id, b.total, b.on_complete, b.on_success, b.complete_job, b.success_job,
+           b.succeeded + bd.succeeded AS succeeded, b.failed + bd.failed AS failed,
+           b.cancelled + bd.cancelled AS cancelled,
+           b.state = 'cancelled' OR (bd.cancels AND b.state <> 'finished') AS cancelling,
+           b.state <> 'open' OR bd.closes OR bd.cancels AS closed,
+           (b.state <> 'open' OR bd.closes OR bd.cancels)
+               AND b.total = b.succeeded + bd.succeeded + b.failed + bd.failed
+                             + b.cancelled + bd.cancelled AS done
+    FROM __SCHEMA__.batches AS b
+    JOIN bd ON bd.id = b.id
+    ORDER BY b.id
+    FOR UPDATE OF b
+), bu AS (
+    UPDATE __SCHEMA__.batches AS b
+    SET succeeded = bl.succeeded, failed = bl.failed, cancelled = bl.cancelled,
+        state = CASE WHEN bl.cancelling THEN 'cancelled' WHEN NOT bl.closed THEN 'open'
+                     WHEN bl.done THEN 'finished' ELSE 'closed' END,
+        finished_at = CASE WHEN bl.done THEN coalesce(b.finished_at, now()) END,
+        complete_job = CASE WHEN bl.done AND bl.on_complete IS NOT NULL
+                            THEN coalesce(bl.complete_job, nextval('__SCHEMA__.jobs_id_seq'))
+                            ELSE bl.complete_job END,
+        success_job = CASE WHEN bl.done AND bl.on_success IS NOT NULL
+                                AND bl.succeeded = bl.total
+                           THEN coalesce(bl.success_job, nextval('__SCHEMA__.jobs_id_seq'))
+                           ELSE bl.success_job END
+    FROM bl
+    WHERE b.id = bl.id
+    RETURNING b.id, b.complete_job, b.success_job, b.on_complete, b.on_success, b.trace_context,
+              bl.complete_job AS had_complete, bl.success_job AS had_success,
+              CASE WHEN bl.done THEN pg_notify(__FINISHED__, 'batch ' || b.id) END
+), bcb AS (
+    INSERT INTO __SCHEMA__.jobs (id, queue, payload, priority, max_attempts, trace_context)
+    SELECT c.id, c.spec ->> 'queue',
+           jsonb_build_object('batch_id', bu.id, 'callback', c.which, 'payload',
+                              c.spec -> 'payload'),
+           coalesce((c.spec ->> 'priority')::integer, 0), (c.spec ->> 'max_attempts')::integer,
+           bu.trace_context
+    FROM bu
+    CROSS JOIN LATERAL (VALUES ('on_complete', bu.complete_job, bu.had_complete, bu.on_complete),
+                               ('on_success', bu.success_job, bu.had_success, bu.on_success))
+        AS c(which, id, had, spec)
+    WHERE c.id IS NOT NULL AND c.had IS NULL
+    RETURNING pg_notify(__CHANNEL__, queue)
+)
+SELECT id FROM upd
 """
 
 # Any mix of outcomes, one row of the arrays $2-$9 a job, fenced by the worker's token ($1)
@@ -581,6 +1025,116 @@ WITH o AS (
         cancel_requested = false
     FROM o
     WHERE j.id = o.id AND j.state = 'running' AND j.worker_token = $1
+      AND (o.attempt IS NULL OR o.attempt = j.attempts)
+    RETURNING j.id, j.queue, j.state, j.run_at, 'running'::text AS was, j.batch_id,
+              CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+                   THEN pg_notify(__FINISHED__, j.id::text) END
+), woke AS (
+    SELECT pg_notify(__CHANNEL__, q.queue)
+    FROM (SELECT DISTINCT queue FROM upd WHERE state = 'queued' AND run_at <= now()) AS q
+), bd AS (
+    SELECT batch_id AS id,
+           count(*) FILTER (WHERE state = 'succeeded')
+               - count(*) FILTER (WHERE was = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE state = 'failed') - count(*) FILTER (WHERE was = 'failed')
+               AS failed,
+           count(*) FILTER (WHERE state = 'cancelled')
+               - count(*) FILTER (WHERE was = 'cancelled') AS cancelled,
+           false AS closes, false AS cancels
+    FROM upd
+    WHERE batch_id IS NOT NULL
+      AND (state IN ('succeeded', 'failed', 'cancelled')
+           OR was IN ('succeeded', 'failed', 'cancelled'))
+    GROUP BY batch_id
+), bl AS MATERIALIZED (
+    SELECT b.id, b.total, b.on_complete, b.on_success, b.complete_job, b.success_job,
+           b.succeeded + bd.succeeded AS succeeded, b.failed + bd.failed AS failed,
+           b.cancelled + bd.cancelled AS cancelled,
+           b.state = 'cancelled' OR (bd.cancels AND b.state <> 'finished') AS cancelling,
+           b.state <> 'open' OR bd.closes OR bd.cancels AS closed,
+           (b.state <> 'open' OR bd.closes OR bd.cancels)
+               AND b.total = b.succeeded + bd.succeeded + b.failed + bd.failed
+                             + b.cancelled + bd.cancelled AS done
+    FROM __SCHEMA__.batches AS b
+    JOIN bd ON bd.id = b.id
+    ORDER BY b.id
+    FOR UPDATE OF b
+), bu AS (
+    UPDATE __SCHEMA__.batches AS b
+    SET succeeded = bl.succeeded, failed = bl.failed, cancelled = bl.cancelled,
+        state = CASE WHEN bl.cancelling THEN 'cancelled' WHEN NOT bl.closed THEN 'open'
+                     WHEN bl.done THEN 'finished' ELSE 'closed' END,
+        finished_at = CASE WHEN bl.done THEN coalesce(b.finished_at, now()) END,
+        complete_job = CASE WHEN bl.done AND bl.on_complete IS NOT NULL
+                            THEN coalesce(bl.complete_job, nextval('__SCHEMA__.jobs_id_seq'))
+                            ELSE bl.complete_job END,
+        success_job = CASE WHEN bl.done AND bl.on_success IS NOT NULL
+                                AND bl.succeeded = bl.total
+                           THEN coalesce(bl.success_job, nextval('__SCHEMA__.jobs_id_seq'))
+                           ELSE bl.success_job END
+    FROM bl
+    WHERE b.id = bl.id
+    RETURNING b.id, b.complete_job, b.success_job, b.on_complete, b.on_success, b.trace_context,
+              bl.complete_job AS had_complete, bl.success_job AS had_success,
+              CASE WHEN bl.done THEN pg_notify(__FINISHED__, 'batch ' || b.id) END
+), bcb AS (
+    INSERT INTO __SCHEMA__.jobs (id, queue, payload, priority, max_attempts, trace_context)
+    SELECT c.id, c.spec ->> 'queue',
+           jsonb_build_object('batch_id', bu.id, 'callback', c.which, 'payload',
+                              c.spec -> 'payload'),
+           coalesce((c.spec ->> 'priority')::integer, 0), (c.spec ->> 'max_attempts')::integer,
+           bu.trace_context
+    FROM bu
+    CROSS JOIN LATERAL (VALUES ('on_complete', bu.complete_job, bu.had_complete, bu.on_complete),
+                               ('on_success', bu.success_job, bu.had_success, bu.on_success))
+        AS c(which, id, had, spec)
+    WHERE c.id IS NOT NULL AND c.had IS NULL
+    RETURNING pg_notify(__CHANNEL__, queue)
+)
+SELECT id FROM upd
+UNION ALL
+SELECT NULL FROM woke
+"""
+
+# SETTLE_SUCCEEDED and SETTLE for a flush in which no job is a batch's member, as the backend
+# knows from its claims: the same statements without the batch bookkeeping, which costs a
+# settle of jobs of no batch about 8% of PostgreSQL's time (measured: 1.39 against 1.51 ms a
+# plain settle of 100 jobs). Each changes only rows of no batch (batch_id IS NULL), so a
+# member it was wrongly given is left alone, and the backend settles what it left with
+# SETTLE_SUCCEEDED or SETTLE: no member can end without being counted.
+SETTLE_SUCCEEDED_UNBATCHED: LiteralString = """
+UPDATE __SCHEMA__.jobs AS j
+SET state = 'succeeded', finished_at = now(), result = NULL,
+    worker_token = NULL, lease_until = NULL, cancel_requested = false
+WHERE id = ANY($2::bigint[]) AND state = 'running' AND worker_token = $1 AND batch_id IS NULL
+  AND EXISTS (SELECT FROM unnest($2::bigint[], $3::int[]) AS o(id, attempt)
+              WHERE o.id = j.id AND (o.attempt IS NULL OR o.attempt = j.attempts))
+RETURNING id,
+          CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+               THEN pg_notify(__FINISHED__, j.id::text) END
+"""
+
+SETTLE_UNBATCHED: LiteralString = """
+WITH o AS (
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::bool[], $5::float8[], $6::bool[],
+                         $7::jsonb[], $8::jsonb[], $9::int[])
+        AS o(id, state, given_back, due, finished, result, error, attempt)
+), upd AS (
+    UPDATE __SCHEMA__.jobs AS j
+    SET state = o.state,
+        attempts = j.attempts - o.given_back::int,
+        run_at = CASE WHEN o.due IS NULL THEN j.run_at
+                      ELSE now() + make_interval(secs => o.due) END,
+        finished_at = CASE WHEN o.finished THEN now() END,
+        result = o.result,
+        errors = CASE WHEN o.error IS NULL THEN j.errors
+                      ELSE j.errors || jsonb_build_array(o.error || jsonb_build_object('at', now()))
+                 END,
+        worker_token = NULL,
+        lease_until = NULL,
+        cancel_requested = false
+    FROM o
+    WHERE j.id = o.id AND j.state = 'running' AND j.worker_token = $1 AND j.batch_id IS NULL
       AND (o.attempt IS NULL OR o.attempt = j.attempts)
     RETURNING j.id, j.queue, j.state, j.run_at,
               CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
@@ -656,12 +1210,70 @@ WITH lock AS (
         lease_until = NULL,
         cancel_requested = false
     FROM lost WHERE j.id = lost.id
-    RETURNING j.id, j.queue, j.state, j.run_at,
+    RETURNING j.id, j.queue, j.state, j.run_at, 'running'::text AS was, j.batch_id,
               CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
                    THEN pg_notify(__FINISHED__, j.id::text) END
 ), woke AS (
     SELECT pg_notify(__CHANNEL__, q.queue)
     FROM (SELECT DISTINCT queue FROM upd WHERE state = 'queued' AND run_at <= now()) AS q
+), bd AS (
+    SELECT batch_id AS id,
+           count(*) FILTER (WHERE state = 'succeeded')
+               - count(*) FILTER (WHERE was = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE state = 'failed') - count(*) FILTER (WHERE was = 'failed')
+               AS failed,
+           count(*) FILTER (WHERE state = 'cancelled')
+               - count(*) FILTER (WHERE was = 'cancelled') AS cancelled,
+           false AS closes, false AS cancels
+    FROM upd
+    WHERE batch_id IS NOT NULL
+      AND (state IN ('succeeded', 'failed', 'cancelled')
+           OR was IN ('succeeded', 'failed', 'cancelled'))
+    GROUP BY batch_id
+), bl AS MATERIALIZED (
+    SELECT b.id, b.total, b.on_complete, b.on_success, b.complete_job, b.success_job,
+           b.succeeded + bd.succeeded AS succeeded, b.failed + bd.failed AS failed,
+           b.cancelled + bd.cancelled AS cancelled,
+           b.state = 'cancelled' OR (bd.cancels AND b.state <> 'finished') AS cancelling,
+           b.state <> 'open' OR bd.closes OR bd.cancels AS closed,
+           (b.state <> 'open' OR bd.closes OR bd.cancels)
+               AND b.total = b.succeeded + bd.succeeded + b.failed + bd.failed
+                             + b.cancelled + bd.cancelled AS done
+    FROM __SCHEMA__.batches AS b
+    JOIN bd ON bd.id = b.id
+    ORDER BY b.id
+    FOR UPDATE OF b
+), bu AS (
+    UPDATE __SCHEMA__.batches AS b
+    SET succeeded = bl.succeeded, failed = bl.failed, cancelled = bl.cancelled,
+        state = CASE WHEN bl.cancelling THEN 'cancelled' WHEN NOT bl.closed THEN 'open'
+                     WHEN bl.done THEN 'finished' ELSE 'closed' END,
+        finished_at = CASE WHEN bl.done THEN coalesce(b.finished_at, now()) END,
+        complete_job = CASE WHEN bl.done AND bl.on_complete IS NOT NULL
+                            THEN coalesce(bl.complete_job, nextval('__SCHEMA__.jobs_id_seq'))
+                            ELSE bl.complete_job END,
+        success_job = CASE WHEN bl.done AND bl.on_success IS NOT NULL
+                                AND bl.succeeded = bl.total
+                           THEN coalesce(bl.success_job, nextval('__SCHEMA__.jobs_id_seq'))
+                           ELSE bl.success_job END
+    FROM bl
+    WHERE b.id = bl.id
+    RETURNING b.id, b.complete_job, b.success_job, b.on_complete, b.on_success, b.trace_context,
+              bl.complete_job AS had_complete, bl.success_job AS had_success,
+              CASE WHEN bl.done THEN pg_notify(__FINISHED__, 'batch ' || b.id) END
+), bcb AS (
+    INSERT INTO __SCHEMA__.jobs (id, queue, payload, priority, max_attempts, trace_context)
+    SELECT c.id, c.spec ->> 'queue',
+           jsonb_build_object('batch_id', bu.id, 'callback', c.which, 'payload',
+                              c.spec -> 'payload'),
+           coalesce((c.spec ->> 'priority')::integer, 0), (c.spec ->> 'max_attempts')::integer,
+           bu.trace_context
+    FROM bu
+    CROSS JOIN LATERAL (VALUES ('on_complete', bu.complete_job, bu.had_complete, bu.on_complete),
+                               ('on_success', bu.success_job, bu.had_success, bu.on_success))
+        AS c(which, id, had, spec)
+    WHERE c.id IS NOT NULL AND c.had IS NULL
+    RETURNING pg_notify(__CHANNEL__, queue)
 )
 SELECT (SELECT count(*) FROM pruned) AS pruned, (SELECT count(*) FROM upd) AS recovered,
        (SELECT count(*) FROM woke) AS woke
@@ -878,4 +1490,279 @@ WITH ins AS (
     SELECT pg_notify(__CHANNEL__, queue) FROM ins
 )
 SELECT id, (SELECT count(*) FROM woke) AS woke FROM ins
+"""
+
+
+# -- batches (#16) --------------------------------------------------------------------------
+
+# A batch and its members in one statement: the members take its id (drawn first), its total
+# is their count, first_job and last_job the span of their ids. Closed at once with $12
+# (enqueue_batch) unless it has no member: then the backend closes it with CLOSE_BATCH in the
+# same transaction, which enqueues its callbacks. The last row carries the batch id with no
+# job id, so that a batch of no member still returns it.
+ENQUEUE_BATCH: LiteralString = """
+WITH bid AS (
+    SELECT nextval('__SCHEMA__.batches_id_seq') AS id
+), ins AS (
+    INSERT INTO __SCHEMA__.jobs
+        (queue, payload, priority, run_at, max_attempts, timeout, trace_context, batch_id)
+    SELECT $1, t.payload, $3, coalesce($4, now() + make_interval(secs => $5)), $6, $7, $8::jsonb,
+           bid.id
+    FROM bid CROSS JOIN jsonb_array_elements($2::jsonb) WITH ORDINALITY AS t(payload, ord)
+    ORDER BY t.ord
+    RETURNING id
+), b AS (
+    INSERT INTO __SCHEMA__.batches
+        (id, name, queue, state, total, on_complete, on_success, trace_context, first_job,
+         last_job)
+    SELECT bid.id, $9, $1,
+           CASE WHEN $12 AND jsonb_array_length($2::jsonb) > 0 THEN 'closed' ELSE 'open' END,
+           jsonb_array_length($2::jsonb), $10::jsonb, $11::jsonb, $8::jsonb,
+           (SELECT min(id) FROM ins), (SELECT max(id) FROM ins)
+    FROM bid
+    RETURNING id
+), woke AS (
+    SELECT pg_notify(__CHANNEL__, $1) WHERE EXISTS (SELECT FROM ins)
+)
+SELECT id FROM ins
+UNION ALL
+SELECT NULL FROM woke
+UNION ALL
+SELECT -id FROM b
+"""
+
+# Members for batch $9, if it takes them: open, or closed with members pending (a running
+# member's handler adding to its own batch). The batch row is locked first, so a concurrent
+# statement ending its last member either commits first (then this one sees it finished and
+# adds nothing) or waits for this one (and sees the new total). "took" is 0 when it added
+# nothing; "state" then says why (NULL: no such batch).
+ADD_TO_BATCH: LiteralString = """
+WITH b AS (
+    SELECT id FROM __SCHEMA__.batches
+    WHERE id = $9 AND (state = 'open' OR (state = 'closed' AND total > succeeded + failed
+                                                                        + cancelled))
+    FOR UPDATE
+), ins AS (
+    INSERT INTO __SCHEMA__.jobs
+        (queue, payload, priority, run_at, max_attempts, timeout, trace_context, batch_id)
+    SELECT $1, t.payload, $3, coalesce($4, now() + make_interval(secs => $5)), $6, $7, $8::jsonb,
+           b.id
+    FROM b CROSS JOIN jsonb_array_elements($2::jsonb) WITH ORDINALITY AS t(payload, ord)
+    ORDER BY t.ord
+    RETURNING id
+), grow AS (
+    UPDATE __SCHEMA__.batches AS g
+    SET total = g.total + (SELECT count(*) FROM ins),
+        first_job = coalesce(g.first_job, (SELECT min(id) FROM ins)),
+        last_job = greatest(g.last_job, (SELECT max(id) FROM ins))
+    FROM b WHERE g.id = b.id
+), woke AS (
+    SELECT pg_notify(__CHANNEL__, $1) WHERE EXISTS (SELECT FROM ins)
+)
+SELECT NULL::bigint AS id, (SELECT count(*) FROM b) AS took,
+       (SELECT state FROM __SCHEMA__.batches WHERE id = $9) AS state
+UNION ALL
+SELECT id, NULL, NULL FROM ins
+UNION ALL
+SELECT NULL, NULL, NULL FROM woke
+"""
+
+BATCH_QUEUE: LiteralString = """
+SELECT queue FROM __SCHEMA__.batches WHERE id = $1
+"""
+
+# Closing is BATCH_FINISH over a "bd" of the batch alone that closes it: a batch with no
+# pending member finishes here, its callbacks enqueued. Idempotent.
+CLOSE_BATCH: LiteralString = """
+WITH bd AS (
+    SELECT id, 0::bigint AS succeeded, 0::bigint AS failed, 0::bigint AS cancelled,
+           true AS closes, false AS cancels
+    FROM __SCHEMA__.batches WHERE id = $1
+), bl AS MATERIALIZED (
+    SELECT b.id, b.total, b.on_complete, b.on_success, b.complete_job, b.success_job,
+           b.succeeded + bd.succeeded AS succeeded, b.failed + bd.failed AS failed,
+           b.cancelled + bd.cancelled AS cancelled,
+           b.state = 'cancelled' OR (bd.cancels AND b.state <> 'finished') AS cancelling,
+           b.state <> 'open' OR bd.closes OR bd.cancels AS closed,
+           (b.state <> 'open' OR bd.closes OR bd.cancels)
+               AND b.total = b.succeeded + bd.succeeded + b.failed + bd.failed
+                             + b.cancelled + bd.cancelled AS done
+    FROM __SCHEMA__.batches AS b
+    JOIN bd ON bd.id = b.id
+    ORDER BY b.id
+    FOR UPDATE OF b
+), bu AS (
+    UPDATE __SCHEMA__.batches AS b
+    SET succeeded = bl.succeeded, failed = bl.failed, cancelled = bl.cancelled,
+        state = CASE WHEN bl.cancelling THEN 'cancelled' WHEN NOT bl.closed THEN 'open'
+                     WHEN bl.done THEN 'finished' ELSE 'closed' END,
+        finished_at = CASE WHEN bl.done THEN coalesce(b.finished_at, now()) END,
+        complete_job = CASE WHEN bl.done AND bl.on_complete IS NOT NULL
+                            THEN coalesce(bl.complete_job, nextval('__SCHEMA__.jobs_id_seq'))
+                            ELSE bl.complete_job END,
+        success_job = CASE WHEN bl.done AND bl.on_success IS NOT NULL
+                                AND bl.succeeded = bl.total
+                           THEN coalesce(bl.success_job, nextval('__SCHEMA__.jobs_id_seq'))
+                           ELSE bl.success_job END
+    FROM bl
+    WHERE b.id = bl.id
+    RETURNING b.id, b.complete_job, b.success_job, b.on_complete, b.on_success, b.trace_context,
+              bl.complete_job AS had_complete, bl.success_job AS had_success,
+              CASE WHEN bl.done THEN pg_notify(__FINISHED__, 'batch ' || b.id) END
+), bcb AS (
+    INSERT INTO __SCHEMA__.jobs (id, queue, payload, priority, max_attempts, trace_context)
+    SELECT c.id, c.spec ->> 'queue',
+           jsonb_build_object('batch_id', bu.id, 'callback', c.which, 'payload',
+                              c.spec -> 'payload'),
+           coalesce((c.spec ->> 'priority')::integer, 0), (c.spec ->> 'max_attempts')::integer,
+           bu.trace_context
+    FROM bu
+    CROSS JOIN LATERAL (VALUES ('on_complete', bu.complete_job, bu.had_complete, bu.on_complete),
+                               ('on_success', bu.success_job, bu.had_success, bu.on_success))
+        AS c(which, id, had, spec)
+    WHERE c.id IS NOT NULL AND c.had IS NULL
+    RETURNING pg_notify(__CHANNEL__, queue)
+)
+SELECT count(*) AS found FROM bd
+"""
+
+# The queued members end cancelled, the running ones are marked for their runners (as CANCEL
+# does), then BATCH_FINISH counts the cancelled and marks the batch cancelled (closed). Member
+# rows another statement holds (a claim taking them, a settle ending them) are skipped rather
+# than waited for, so no lock is waited for while this holds others; "left" counts members
+# still to cancel as the statement began, and the backend runs it again while it skipped any.
+CANCEL_BATCH: LiteralString = """
+WITH upd AS (
+    UPDATE __SCHEMA__.jobs AS j
+    SET state = CASE WHEN j.state = 'queued' THEN 'cancelled' ELSE j.state END,
+        finished_at = CASE WHEN j.state = 'queued' THEN now() ELSE j.finished_at END,
+        cancel_requested = (j.state = 'running')
+    WHERE j.id = ANY(ARRAY(
+        SELECT id FROM __SCHEMA__.jobs
+        WHERE id BETWEEN (SELECT first_job FROM __SCHEMA__.batches WHERE id = $1)
+                     AND (SELECT last_job FROM __SCHEMA__.batches WHERE id = $1)
+          AND batch_id = $1
+          AND (state = 'queued' OR (state = 'running' AND NOT cancel_requested))
+        ORDER BY id
+        FOR UPDATE SKIP LOCKED))
+      AND (j.state = 'queued' OR (j.state = 'running' AND NOT j.cancel_requested))
+    RETURNING j.id, j.state, 'queued'::text AS was, j.batch_id,
+              CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
+                   THEN pg_notify(__FINISHED__, j.id::text) END
+), bd AS (
+    SELECT id, 0::bigint AS succeeded, 0::bigint AS failed,
+           (SELECT count(*) FROM upd WHERE state = 'cancelled') AS cancelled,
+           false AS closes, true AS cancels
+    FROM __SCHEMA__.batches WHERE id = $1
+), bl AS MATERIALIZED (
+    SELECT b.id, b.total, b.on_complete, b.on_success, b.complete_job, b.success_job,
+           b.succeeded + bd.succeeded AS succeeded, b.failed + bd.failed AS failed,
+           b.cancelled + bd.cancelled AS cancelled,
+           b.state = 'cancelled' OR (bd.cancels AND b.state <> 'finished') AS cancelling,
+           b.state <> 'open' OR bd.closes OR bd.cancels AS closed,
+           (b.state <> 'open' OR bd.closes OR bd.cancels)
+               AND b.total = b.succeeded + bd.succeeded + b.failed + bd.failed
+                             + b.cancelled + bd.cancelled AS done
+    FROM __SCHEMA__.batches AS b
+    JOIN bd ON bd.id = b.id
+    ORDER BY b.id
+    FOR UPDATE OF b
+), bu AS (
+    UPDATE __SCHEMA__.batches AS b
+    SET succeeded = bl.succeeded, failed = bl.failed, cancelled = bl.cancelled,
+        state = CASE WHEN bl.cancelling THEN 'cancelled' WHEN NOT bl.closed THEN 'open'
+                     WHEN bl.done THEN 'finished' ELSE 'closed' END,
+        finished_at = CASE WHEN bl.done THEN coalesce(b.finished_at, now()) END,
+        complete_job = CASE WHEN bl.done AND bl.on_complete IS NOT NULL
+                            THEN coalesce(bl.complete_job, nextval('__SCHEMA__.jobs_id_seq'))
+                            ELSE bl.complete_job END,
+        success_job = CASE WHEN bl.done AND bl.on_success IS NOT NULL
+                                AND bl.succeeded = bl.total
+                           THEN coalesce(bl.success_job, nextval('__SCHEMA__.jobs_id_seq'))
+                           ELSE bl.success_job END
+    FROM bl
+    WHERE b.id = bl.id
+    RETURNING b.id, b.complete_job, b.success_job, b.on_complete, b.on_success, b.trace_context,
+              bl.complete_job AS had_complete, bl.success_job AS had_success,
+              CASE WHEN bl.done THEN pg_notify(__FINISHED__, 'batch ' || b.id) END
+), bcb AS (
+    INSERT INTO __SCHEMA__.jobs (id, queue, payload, priority, max_attempts, trace_context)
+    SELECT c.id, c.spec ->> 'queue',
+           jsonb_build_object('batch_id', bu.id, 'callback', c.which, 'payload',
+                              c.spec -> 'payload'),
+           coalesce((c.spec ->> 'priority')::integer, 0), (c.spec ->> 'max_attempts')::integer,
+           bu.trace_context
+    FROM bu
+    CROSS JOIN LATERAL (VALUES ('on_complete', bu.complete_job, bu.had_complete, bu.on_complete),
+                               ('on_success', bu.success_job, bu.had_success, bu.on_success))
+        AS c(which, id, had, spec)
+    WHERE c.id IS NOT NULL AND c.had IS NULL
+    RETURNING pg_notify(__CHANNEL__, queue)
+)
+SELECT (SELECT count(*) FROM bd) AS found,
+       (SELECT count(*) FROM __SCHEMA__.jobs
+        WHERE id BETWEEN (SELECT first_job FROM __SCHEMA__.batches WHERE id = $1)
+                     AND (SELECT last_job FROM __SCHEMA__.batches WHERE id = $1)
+          AND batch_id = $1
+          AND (state = 'queued' OR (state = 'running' AND NOT cancel_requested)))
+       - (SELECT count(*) FROM upd) AS left
+"""
+
+# Running members are counted from the running jobs (jobs_running: a few rows a worker), not
+# from the batch's members (the MATERIALIZED keeps it to that scan), so a read costs
+# the same for 10 members as for 10 million.
+GET_BATCH: LiteralString = """
+WITH r AS MATERIALIZED (
+    SELECT batch_id FROM __SCHEMA__.jobs WHERE state = 'running'
+)
+SELECT b.id, b.name, b.state, b.total, b.succeeded, b.failed, b.cancelled, b.created_at,
+       b.finished_at, b.on_complete, b.on_success, b.complete_job, b.success_job,
+       (SELECT count(*) FROM r WHERE r.batch_id = $1) AS running
+FROM __SCHEMA__.batches AS b WHERE b.id = $1
+"""
+
+LIST_BATCHES: LiteralString = """
+WITH b AS (
+    SELECT * FROM __SCHEMA__.batches ORDER BY id DESC LIMIT $1
+), r AS MATERIALIZED (
+    SELECT batch_id, count(*) AS n FROM __SCHEMA__.jobs
+    WHERE state = 'running' AND batch_id IS NOT NULL
+    GROUP BY batch_id
+)
+SELECT b.id, b.name, b.state, b.total, b.succeeded, b.failed, b.cancelled, b.created_at,
+       b.finished_at, b.on_complete, b.on_success, b.complete_job, b.success_job,
+       coalesce(r.n, 0) AS running
+FROM b LEFT JOIN r ON r.batch_id = b.id
+ORDER BY b.id DESC
+"""
+
+# A page of members, by keyset on id within the batch's span of ids (first_job to last_job):
+# a range of the primary key, which holds the members in order, and the jobs enqueued between
+# them by others, skipped.
+BATCH_PAGE: LiteralString = """
+SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, created_at,
+       started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout,
+       schedule, scheduled_for, lease_until, cancel_requested, concurrency_key
+FROM __SCHEMA__.jobs
+WHERE id > $2
+  AND id BETWEEN (SELECT first_job FROM __SCHEMA__.batches WHERE id = $1)
+             AND (SELECT last_job FROM __SCHEMA__.batches WHERE id = $1)
+  AND batch_id = $1
+ORDER BY id LIMIT $3
+"""
+
+BATCH_FAILURES: LiteralString = """
+SELECT last.e ->> 'type' AS type, last.e ->> 'message' AS message, count(*) AS n,
+       min(j.id) AS example
+FROM __SCHEMA__.jobs AS j CROSS JOIN LATERAL (SELECT j.errors -> -1 AS e) AS last
+WHERE j.id BETWEEN (SELECT first_job FROM __SCHEMA__.batches WHERE id = $1)
+               AND (SELECT last_job FROM __SCHEMA__.batches WHERE id = $1)
+  AND j.batch_id = $1 AND j.state = 'failed'
+GROUP BY 1, 2
+ORDER BY n DESC, example
+LIMIT $2
+"""
+
+OPEN_BATCHES: LiteralString = """
+SELECT count(*) FROM __SCHEMA__.batches WHERE finished_at IS NULL
 """
