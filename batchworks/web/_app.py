@@ -31,6 +31,7 @@ from batchworks.backends.base import Backend, JobFilter, JobSummary
 from batchworks.errors import BackendError, ConfigurationError
 from batchworks.job import JobState
 from batchworks.schedule import Schedule
+from batchworks.web._batches import BatchPages
 from batchworks.web._chart import chart
 from batchworks.web._security import (
     CSRF_COOKIE,
@@ -51,6 +52,7 @@ PAGE_SIZE = 50  # jobs a page of the list shows
 REFRESH = 10.0  # seconds between the pages' live updates
 MAX_FORM_BYTES = 16_384  # a POST body larger than this is refused
 _FILTERS = ("queue", "state", "schedule", "error_type")
+_FIELDS = (*_FILTERS, "batch")  # the list's filters as query parameters
 _DONE = {
     "retried": "Queued again with fresh attempts.",
     "not-retried": "Not queued again: only a failed job can be retried.",
@@ -61,6 +63,8 @@ _DONE = {
     "resumed": "Resumed: it goes on from its next tick after now.",
     "queue-paused": "Queue paused: no new job of it starts; running ones finish.",
     "queue-resumed": "Queue resumed: its jobs start again.",
+    "batch-cancelled": "Batch cancelled: its queued members now, running ones at their next "
+    "heartbeat; on_complete comes once the last ended.",
 }
 _HEADERS = {
     "content-security-policy": (
@@ -108,7 +112,7 @@ def _closed(request: Request) -> Access | None:
     return None
 
 
-class _Dashboard:
+class _Dashboard(BatchPages):
     def __init__(
         self,
         backend: Backend,
@@ -152,6 +156,9 @@ class _Dashboard:
             post("/schedules/{name:str}/run", self.run_schedule, "run_schedule"),
             post("/schedules/{name:str}/pause", self.pause_schedule, "pause_schedule"),
             post("/schedules/{name:str}/resume", self.resume_schedule, "resume_schedule"),
+            Route("/batches", self._guard(self.batches, read), name="batches"),
+            Route("/batches/{batch_id:int}", self._guard(self.batch, read), name="batch"),
+            post("/batches/{batch_id:int}/cancel", self.cancel_batch, "cancel_batch"),
             post("/queues/{name:str}/pause", self.pause_queue, "pause_queue"),
             post("/queues/{name:str}/resume", self.resume_queue, "resume_queue"),
             Mount("/static", StaticFiles(packages=[("batchworks.web", "static")]), name="static"),
@@ -269,12 +276,12 @@ class _Dashboard:
 
     async def jobs(self, request: Request) -> Response:
         params = request.query_params
-        chosen = {name: params.get(name) or None for name in _FILTERS}
+        chosen = {name: params.get(name) or None for name in _FIELDS}
         records: list[JobSummary] = []
         error = None
         more = False
         try:
-            queue, state, schedule, error_type = check_filters(*chosen.values())
+            where = _checked_filter(params)
             before = check_before(_int(params.get("before"), "before"))
             job_id = _int(params.get("id"), "id")
             if job_id is not None:
@@ -282,9 +289,7 @@ class _Dashboard:
                 records = [JobSummary.of(found)] if found is not None else []
             else:
                 records = await self._backend.list_job_summaries(
-                    JobFilter(queue=queue, state=state, schedule=schedule, error_type=error_type),
-                    before=before,
-                    limit=self._page_size + 1,
+                    where, before=before, limit=self._page_size + 1
                 )
                 more = len(records) > self._page_size
                 records = records[: self._page_size]
@@ -451,20 +456,27 @@ def _int(text: str | None, name: str) -> int | None:
     try:
         value = int(text)
     except ValueError:
-        raise ConfigurationError(
-            f"{name} must be a job id (a whole number), got {text!r}"
-        ) from None
+        raise ConfigurationError(f"{name} must be an id (a whole number), got {text!r}") from None
     if not 1 <= value <= 2**63 - 1:
-        raise ConfigurationError(f"{name} must be a job id from 1 to 2**63-1, got {text!r}")
+        raise ConfigurationError(f"{name} must be an id from 1 to 2**63-1, got {text!r}")
     return value
+
+
+def _checked_filter(values: Any) -> JobFilter:
+    """The JobFilter of a query string or form; ConfigurationError if a value is bad."""
+    chosen = [values.get(name) or None for name in _FILTERS]
+    checked = dict(zip(_FILTERS, check_filters(*chosen), strict=True))
+    return JobFilter(
+        **checked,
+        batch_id=_int(values.get("batch"), "batch"),
+        up_to=_int(values.get("up_to"), "up_to"),
+    )
 
 
 def _filter_of(values: Any) -> tuple[JobFilter | None, str | None]:
     """The JobFilter of a query string or form, or None and why not."""
-    chosen = [values.get(name) or None for name in _FILTERS]
     try:
-        checked = dict(zip(_FILTERS, check_filters(*chosen), strict=True))
-        return JobFilter(**checked, up_to=_int(values.get("up_to"), "up_to")), None
+        return _checked_filter(values), None
     except ConfigurationError as exc:
         return None, str(exc)
 
@@ -472,7 +484,10 @@ def _filter_of(values: Any) -> tuple[JobFilter | None, str | None]:
 def _params_of(where: JobFilter | None) -> dict[str, str]:
     if where is None:
         return {}
-    return {name: value for name in _FILTERS if (value := getattr(where, name))}
+    params = {name: value for name in _FILTERS if (value := getattr(where, name))}
+    if where.batch_id is not None:
+        params["batch"] = str(where.batch_id)
+    return params
 
 
 def _path(url: URL) -> str:

@@ -52,6 +52,8 @@ class TestPages:
         queues = operator.locator("#queues tr[data-queue]")
         assert queues.evaluate_all("rows => rows.map(r => r.dataset.queue)") == [
             "emails",
+            "exports",
+            "imports",
             "reports",
             "thumbnails",
         ]
@@ -366,3 +368,87 @@ class TestAccess:
             return await backend.count_jobs(JobFilter(queue="reports", state="queued"))
 
         assert dashboard.call(count) >= 1
+
+
+class TestBatches:
+    def test_batches_page_shows_progress_state_and_counts(
+        self, operator: Any, dashboard: DashboardServer
+    ):
+        seeded = dashboard.seeded
+        operator.goto(dashboard.url + "/batches")
+        assert operator.title() == "Batches · batchworks"
+        row = operator.locator(f'tr[data-batch="{seeded.batch}"]')
+        assert row.locator("[data-state]").inner_text() == "finished"
+        counts = {
+            kind: row.locator(f'[data-count="{kind}"]').inner_text()
+            for kind in ("succeeded", "failed", "cancelled", "running", "queued")
+        }
+        assert counts == {"succeeded": "6", "failed": "2", "cancelled": "0", "running": "0",
+                          "queued": "0"}  # fmt: skip
+        # the bar is drawn on the server: 6 of 8 succeeded, 2 of 8 failed, of 200 units
+        widths = row.locator("svg.progress rect[data-kind]").evaluate_all(
+            "rects => rects.map(r => [r.dataset.kind, Number(r.getAttribute('width'))])"
+        )
+        assert widths == [["succeeded", 150.0], ["failed", 50.0]]
+        assert row.locator(".percent").inner_text() == "100%"
+        waiting = operator.locator(f'tr[data-batch="{seeded.open_batch}"]')
+        assert waiting.locator(".percent").inner_text() == "0%"
+        assert waiting.locator("svg.progress rect[data-kind]").count() == 0
+
+    def test_batch_page_groups_failures_links_callbacks_and_members(
+        self, operator: Any, dashboard: DashboardServer
+    ):
+        seeded = dashboard.seeded
+
+        async def batch(backend: PostgresBackend) -> Any:
+            return await backend.get_batch(seeded.batch)
+
+        record = dashboard.call(batch)
+        assert record is not None and record.complete_job is not None
+        operator.goto(f"{dashboard.url}/batches/{seeded.batch}")
+        assert operator.locator("#batch-state").inner_text() == "finished"
+        assert operator.locator('[data-count="failed"] td').inner_text() == "2"
+        [group] = operator.locator("#batch-failures tr[data-error]").all()
+        assert group.get_attribute("data-error") == "Terminal"
+        assert group.locator("td.num").inner_text() == "2"
+        assert "nobody@example.com" in group.locator("td.error-text").inner_text()
+        callback = operator.locator('tr[data-callback="on_complete"] a')
+        assert callback.inner_text() == f"job {record.complete_job}"
+        assert operator.locator("#cancel-batch").count() == 0  # finished: nothing to cancel
+
+        navigate(operator, "#members")
+        assert sorted(listed_ids(operator)) == sorted(seeded.batch_jobs)
+        assert operator.locator("#filters input[name=batch]").input_value() == str(seeded.batch)
+
+        operator.goto(f"{dashboard.url}/jobs/{seeded.batch_jobs[0]}")
+        why = operator.locator('#why li[data-reason="batch"]').inner_text()
+        batch_name = f"batch {seeded.batch} ('nightly-export')"
+        assert why == f"a member of {batch_name}, finished: 8 of 8 members ended"
+        navigate(operator, "#job-batch a >> nth=0")
+        assert operator.title() == f"Batch {seeded.batch} · batchworks"
+
+    def test_cancel_a_batch_from_its_page(self, operator: Any, dashboard: DashboardServer):
+        batch_id = dashboard.seeded.open_batch
+
+        async def batch(backend: PostgresBackend) -> Any:
+            record = await backend.get_batch(batch_id)
+            assert record is not None
+            members = [job.state async for job in backend.batch_results(batch_id)]
+            return record.state.value, members
+
+        assert dashboard.call(batch) == ("closed", [JobState.QUEUED] * 3)
+        operator.goto(f"{dashboard.url}/batches/{batch_id}")
+        navigate(operator, "#cancel-batch")
+        assert operator.locator("#done").inner_text().startswith("Batch cancelled")
+        assert operator.locator("#batch-state").inner_text() == "cancelled"
+        assert dashboard.call(batch) == ("cancelled", [JobState.CANCELLED] * 3)
+
+    def test_a_read_only_user_cannot_cancel_a_batch(self, reader: Any, dashboard: DashboardServer):
+        batch_id = dashboard.seeded.batch
+        reader.goto(f"{dashboard.url}/batches/{batch_id}")
+        assert reader.locator("#cancel-batch, form[method=post]").count() == 0
+        [cookie] = [c for c in reader.context.cookies() if c["name"] == "batchworks_csrf"]
+        response = reader.context.request.post(
+            f"{dashboard.url}/batches/{batch_id}/cancel", form={"csrf": cookie["value"]}
+        )
+        assert response.status == 403

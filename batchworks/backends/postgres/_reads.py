@@ -145,6 +145,7 @@ def record(row: asyncpg.Record) -> JobRecord:
         lease_until=row["lease_until"],
         cancel_requested=row["cancel_requested"],
         concurrency_key=row["concurrency_key"],
+        batch_id=row["batch_id"],
     )
 
 
