@@ -11,7 +11,8 @@ runs each statement as the backend sends it (``Queries.fill``), prepared, under 
 worse counted. The figure is the execution time PostgreSQL reports, best of ``--rounds``; the
 dashboard's target is under 200 ms for a page of the list. Three filters match few jobs (a
 queue and a schedule with one job in 20,000, a schedule with none): migration 0011's
-``jobs_schedule_list`` serves the schedule ones.
+``jobs_schedule_list`` serves the schedule ones; and a batch of 50 members half way down
+(read within the batch's span of ids).
 
 The reference, in the same run: the page at the same depth fetched with ``OFFSET`` instead of
 the keyset cursor, which the ratio compares with (keyset / OFFSET, lower is better).
@@ -59,6 +60,19 @@ FROM generate_series(1, $1) AS i,
 RARE = """
 UPDATE {schema}.jobs SET queue = 'rare' WHERE id % 20000 = 0;
 UPDATE {schema}.jobs SET schedule = 'hourly' WHERE id % 20000 = 10000;
+"""
+
+# A batch of 50 members half way down the history (#16), its span of ids as enqueue_batch
+# keeps it.
+BATCH = """
+WITH b AS (
+    INSERT INTO {schema}.batches (name, queue, state, total, succeeded, first_job, last_job)
+    VALUES ('bench', 'emails', 'finished', 50, 50, $1::bigint, $1::bigint + 49) RETURNING id
+), members AS (
+    UPDATE {schema}.jobs SET batch_id = (SELECT id FROM b)
+    WHERE id BETWEEN $1::bigint AND $1::bigint + 49
+)
+SELECT id FROM b
 """
 
 # The reference: the same rows as a deep keyset page, reached by OFFSET.
@@ -127,11 +141,14 @@ async def main() -> int:
                 "schedule=hourly (1 in 20,000)": [None, None, "hourly", None, None, PAGE],
                 "queue=none (no match)": ["none", None, None, None, None, PAGE],
             }
-            # LIST_JOB_SUMMARIES binds a JobFilter's up_to ($5, None here) before the cursor
-            summaries = {name: [*p[:4], None, *p[4:]] for name, p in cases.items()}
+            # LIST_JOB_SUMMARIES binds a JobFilter's up_to ($5, None here) and batch_id ($6)
+            # before the cursor
+            summaries = {name: [*p[:4], None, None, *p[4:]] for name, p in cases.items()}
+            batch = await conn.fetchval(BATCH.format(schema=f'"{schema}"'), middle)
+            summaries["batch (50 members half way)"] = [*[None] * 5, batch, None, PAGE]
             list_ms = {}
             wrong = []
-            for name in cases:
+            for name in summaries:
                 # The backend runs the list under plan_cache_mode = force_custom_plan
                 # (_reads.py: a generic plan cannot use an index for an optional filter).
                 ms, ids = await execution_ms(
@@ -140,6 +157,8 @@ async def main() -> int:
                 list_ms[name] = ms
                 print(f"list {name:<32} {ms:8.2f} ms  ({len(ids)} rows)")
                 if name.startswith("deep page (keyset") and ids[:1] != [middle]:
+                    wrong.append(name)
+                if name.startswith("batch") and ids != list(range(middle + 49, middle - 1, -1)):
                     wrong.append(name)
             offset_ms, offset_ids = await execution_ms(
                 conn, OFFSET_PAGE.format(schema=f'"{schema}"'), [top - middle, PAGE], rounds
