@@ -8,12 +8,21 @@ import argparse
 import contextlib
 import json
 import sys
-from collections.abc import Callable
 from typing import Any, TextIO
 
+from batchworks._cli_common import (
+    EXIT_OK,
+    MAX_LIMIT,
+    Command,
+    UsageError,
+    open_backend,
+    parse_number,
+    table,
+    when,
+)
 from batchworks.batch import BatchFailure, BatchRecord, Callback
 
-__all__ = ["add_commands"]
+__all__ = ["add", "bar", "counts", "record_dict"]
 
 BAR_WIDTH = 30  # characters of the progress bar
 WATCH_EVERY = 0.5  # seconds between redraws on a terminal
@@ -21,10 +30,12 @@ PLAIN_WATCH_EVERY = 10.0  # seconds between lines in a pipe or a log
 FAILURE_GROUPS = 10  # failure groups `batches show` prints
 
 
-def add_commands(command: Callable[..., argparse.ArgumentParser], limit: Any) -> None:
-    """Add ``batches`` (and its subcommands) through cli.py's ``command`` factory."""
+def add(command: Command) -> None:
+    """Add ``batches`` and its subcommands."""
     batches = command("batches", _list, "batches: the newest with progress (or show one)")
-    batches.add_argument("--limit", type=limit, default=20, help="default: 20")
+    batches.add_argument(
+        "--limit", type=parse_number("--limit", 1, MAX_LIMIT), default=20, help="default: 20"
+    )
     batches.add_argument("--json", action="store_true", help="print JSON")
     under = batches.add_subparsers(title="batches commands", required=False, metavar="COMMAND")
     show = command(
@@ -80,9 +91,8 @@ def record_dict(record: BatchRecord) -> dict[str, Any]:
 
 
 async def _list(args: argparse.Namespace) -> int:
-    from batchworks.cli import EXIT_OK, _backend, _table, _when
 
-    async with _backend(args) as backend:
+    async with open_backend(args) as backend:
         records = await backend.batches(limit=args.limit)
     if args.json:
         print(json.dumps([record_dict(r) for r in records], default=str))
@@ -97,16 +107,15 @@ async def _list(args: argparse.Namespace) -> int:
         rows.append(
             [str(r.id), r.name or "-", r.state.value, bar(r, 10)]
             + [str(n) for n in numbers]
-            + [_when(r.created_at)]
+            + [when(r.created_at)]
         )
-    print(_table(rows))
+    print(table(rows))
     return EXIT_OK
 
 
 async def _show(args: argparse.Namespace) -> int:
-    from batchworks.cli import EXIT_OK, UsageError, _backend
 
-    async with _backend(args) as backend:
+    async with open_backend(args) as backend:
         record = await backend.get_batch(args.id)
         if record is None:
             raise UsageError(f"no batch {args.id} in schema {args.schema!r}")
@@ -136,12 +145,11 @@ def _failure(failure: BatchFailure) -> dict[str, Any]:
 
 
 def _print_batch(record: BatchRecord, failures: list[BatchFailure], jobs: dict[int, str]) -> None:
-    from batchworks.cli import _when
 
     name = "" if record.name is None else f" {record.name!r}"
     print(f"batch {record.id}{name}: {record.state.value}  {bar(record)}")
     print(f"  {counts(record)}")
-    print(f"  created {_when(record.created_at)}, finished {_when(record.finished_at)}")
+    print(f"  created {when(record.created_at)}, finished {when(record.finished_at)}")
     for which, callback, job_id in (
         ("on_complete", record.on_complete, record.complete_job),
         ("on_success", record.on_success, record.success_job),
@@ -186,18 +194,16 @@ async def _watch(backend: Any, record: BatchRecord, out: TextIO) -> BatchRecord:
 
 
 async def _cancel(args: argparse.Namespace) -> int:
-    from batchworks.cli import EXIT_OK, _backend
 
-    async with _backend(args) as backend:
+    async with open_backend(args) as backend:
         record = await backend.cancel_batch(args.id)
     print(f"batch {record.id} cancelled: {counts(record)}")
     return EXIT_OK
 
 
 async def _close(args: argparse.Namespace) -> int:
-    from batchworks.cli import EXIT_OK, _backend
 
-    async with _backend(args) as backend:
+    async with open_backend(args) as backend:
         record = await backend.close_batch(args.id)
     print(f"batch {record.id} {record.state.value}: {counts(record)}")
     return EXIT_OK

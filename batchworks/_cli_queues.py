@@ -1,7 +1,7 @@
 """The flow-control commands of ``batchworks`` (#14): ``queues``, ``pause``, ``resume`` and
 ``limit``, and the "held back" column of ``stats``. They call the public API only
 (:meth:`~batchworks.backends.base.Backend.queues`, ``configure_queue``, ``pause_queue``,
-``resume_queue``); :mod:`batchworks.cli` wires them in with :func:`register`.
+``resume_queue``); :mod:`batchworks.cli` wires them in with :func:`add`.
 """
 
 from __future__ import annotations
@@ -10,34 +10,23 @@ import argparse
 import json
 import re
 from collections.abc import Callable, Mapping
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from batchworks.backends.base import HELD_BACK_BY, Backend, QueueState
+from batchworks._cli_common import Command, open_backend, parse_duration, table
+from batchworks.backends.base import HELD_BACK_BY, QueueState
 from batchworks.errors import ConfigurationError
 
-__all__ = ["held_back_text", "queue_dict", "register"]
+__all__ = ["add", "held_back_text", "queue_dict"]
 
 EXIT_OK = 0
 _RATE = re.compile(r"\s*(\d+)\s*/\s*(.+)")
 
-Command = Callable[..., argparse.ArgumentParser]
-Opener = Callable[[argparse.Namespace], AbstractAsyncContextManager[Backend]]
 
-
-def register(
-    command: Command,
-    *,
-    backend: Opener,
-    table: Callable[[list[list[str]]], str],
-    duration: Callable[[str], float],
-) -> None:
-    """Add the commands through ``command(name, func, help)`` (cli.py's), opening the backend
-    with ``backend(args)`` and printing tables with ``table``; ``duration`` parses the window
-    of ``--rate``."""
+def add(command: Command) -> None:
+    """Add ``queues``, ``pause``, ``resume`` and ``limit``."""
 
     async def queues(args: argparse.Namespace) -> int:
-        async with backend(args) as opened:
+        async with open_backend(args) as opened:
             states = await opened.queues()
         if args.json:
             print(json.dumps([queue_dict(state) for state in states]))
@@ -48,7 +37,7 @@ def register(
         return EXIT_OK
 
     async def pause(args: argparse.Namespace) -> int:
-        async with backend(args) as opened:
+        async with open_backend(args) as opened:
             await opened.pause_queue(args.queue)
         print(
             f"queue {args.queue!r} paused: running jobs finish, none starts until "
@@ -57,7 +46,7 @@ def register(
         return EXIT_OK
 
     async def resume(args: argparse.Namespace) -> int:
-        async with backend(args) as opened:
+        async with open_backend(args) as opened:
             await opened.resume_queue(args.queue)
         print(f"queue {args.queue!r} resumed")
         return EXIT_OK
@@ -72,7 +61,7 @@ def register(
             raise ConfigurationError(
                 "limit takes --clear, or one or more of --concurrency, --key-concurrency, --rate"
             )
-        async with backend(args) as opened:
+        async with open_backend(args) as opened:
             current = {state.name: state for state in await opened.queues()}.get(args.queue)
             kept: dict[str, Any] = {}
             if current is not None and not args.clear:
@@ -110,7 +99,7 @@ def register(
     )
     limits.add_argument(
         "--rate",
-        type=_rate(duration),
+        type=_rate,
         metavar="N/WINDOW",
         help="at most N starts in any window, e.g. 100/60s, 10/1m, 5/s",
     )
@@ -178,7 +167,7 @@ def _positive(name: str) -> Callable[[str], int]:
     return parse
 
 
-def _rate(duration: Callable[[str], float]) -> Callable[[str], tuple[int, float]]:
+def _rate_of(duration: Callable[[str], float]) -> Callable[[str], tuple[int, float]]:
     def parse(text: str) -> tuple[int, float]:
         match = _RATE.fullmatch(text)
         if match is None or int(match[1]) < 1:
@@ -193,3 +182,6 @@ def _rate(duration: Callable[[str], float]) -> Callable[[str], tuple[int, float]
         return int(match[1]), seconds
 
     return parse
+
+
+_rate = _rate_of(parse_duration)

@@ -16,9 +16,9 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Callable
 from typing import Any
 
+from batchworks._cli_common import EXIT_OK, Command, UsageError, open_backend, parse_job_id
 from batchworks.why import why_waiting
 
 __all__ = ["add"]
@@ -28,13 +28,11 @@ READ_PASSWORD_ENV = "BATCHWORKS_WEB_READ_PASSWORD"
 SECRET_ENV = "BATCHWORKS_WEB_SECRET"
 WEB_EXTRA = "pip install 'batchworks[web]'"
 
-Command = Callable[..., argparse.ArgumentParser]
 
-
-def add(command: Command, job_commands: Any, job_id: Callable[[str], int]) -> None:
+def add(command: Command, job_commands: Any) -> None:
     """Register ``web`` and ``jobs why`` through cli.py's ``command`` helper."""
     why = command("why", _why, "why a job is waiting (or that it is not)", job_commands)
-    why.add_argument("id", type=job_id)
+    why.add_argument("id", type=parse_job_id)
     why.add_argument("--json", action="store_true")
     web = command(
         "web",
@@ -51,9 +49,8 @@ def add(command: Command, job_commands: Any, job_id: Callable[[str], int]) -> No
 
 
 async def _why(args: argparse.Namespace) -> int:
-    from batchworks.cli import EXIT_OK, UsageError, _backend
 
-    async with _backend(args) as backend:
+    async with open_backend(args) as backend:
         found = await why_waiting(backend, args.id)
     if found is None:
         raise UsageError(f"no job {args.id} in schema {args.schema!r}")
@@ -79,7 +76,6 @@ def passwords(host: str) -> tuple[str, str | None, bool]:
     """The operate and read passwords, and whether the operate one was made up here.
 
     :raises UsageError: no password for a host that is not a loopback address."""
-    from batchworks.cli import UsageError
 
     operate = os.environ.get(PASSWORD_ENV) or None
     read = os.environ.get(READ_PASSWORD_ENV) or None
@@ -95,7 +91,6 @@ def passwords(host: str) -> tuple[str, str | None, bool]:
 
 
 async def _web(args: argparse.Namespace) -> int:
-    from batchworks.cli import EXIT_OK, UsageError, _backend
 
     try:
         import uvicorn
@@ -111,7 +106,7 @@ async def _web(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"{exc} (${PASSWORD_ENV}, ${READ_PASSWORD_ENV})") from None
     secret = os.environ.get(SECRET_ENV)
-    async with _backend(args) as backend:
+    async with open_backend(args) as backend:
         app = create_app(backend, authorize=authorize, secret=secret.encode() if secret else None)
         config = uvicorn.Config(
             app, host=args.host, port=args.port, root_path=args.root_path, log_level="info"

@@ -136,6 +136,8 @@ class JobRecord:
     cancel_requested: bool = False
     #: the group its queue's ``key_concurrency`` limits, given at enqueue
     concurrency_key: str | None = None
+    #: the batch it is a member of (#16), or None
+    batch_id: int | None = None
 
     @property
     def late_by(self) -> float | None:

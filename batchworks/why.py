@@ -24,6 +24,7 @@ from batchworks.backends.base import (
     ScheduleState,
     WorkerRecord,
 )
+from batchworks.batch import BatchRecord
 from batchworks.job import JobRecord, JobState
 from batchworks.runner import SUSPECT_AFTER
 
@@ -41,8 +42,8 @@ class WaitReason:
     """One reason a job is (or is not) waiting, for people and for programs."""
 
     #: a stable name: ``due_later``, ``no_live_worker``, ``suspect``, ``paused``,
-    #: ``concurrency``, ``rate``, ``key_concurrency``, ``behind``, ``schedule``, ``ready``,
-    #: ``not_waiting``
+    #: ``concurrency``, ``rate``, ``key_concurrency``, ``behind``, ``schedule``, ``batch``,
+    #: ``ready``, ``not_waiting``
     code: str
     #: one sentence saying it
     text: str
@@ -67,6 +68,8 @@ class WaitFacts:
     flow: QueueState | None = None
     #: running jobs of its queue with its ``concurrency_key`` (0 without a key)
     key_running: int = 0
+    #: the batch it is a member of (#16), if it is still stored
+    batch: BatchRecord | None = None
 
     @property
     def lost_workers(self) -> int:
@@ -94,6 +97,7 @@ async def gather(backend: Backend, job_id: int) -> WaitFacts | None:
     if flow is not None and flow.key_concurrency is not None and job.concurrency_key:
         running = await backend.list_jobs(queue=job.queue, state="running", limit=KEY_SCAN)
         key_running = sum(1 for r in running if r.concurrency_key == job.concurrency_key)
+    batch = None if job.batch_id is None else await backend.get_batch(job.batch_id)
     return WaitFacts(
         job=job,
         position=position,
@@ -101,6 +105,7 @@ async def gather(backend: Backend, job_id: int) -> WaitFacts | None:
         schedule=schedule,
         flow=flow,
         key_running=key_running,
+        batch=batch,
     )
 
 
@@ -194,6 +199,27 @@ def from_schedule(facts: WaitFacts) -> WaitReason | None:
     return WaitReason(code="schedule", text=text, details=details)
 
 
+def in_batch(facts: WaitFacts) -> WaitReason | None:
+    """The batch it belongs to (#16). A batch holds no member back (its members run as any
+    job of their queue); this says where the batch stands, and what its cancel did."""
+    job, batch = facts.job, facts.batch
+    if job.batch_id is None:
+        return None
+    if batch is None:
+        text = f"a member of batch {job.batch_id} (the batch is no longer stored)"
+        return WaitReason(code="batch", text=text, details={"batch_id": job.batch_id})
+    ended = batch.total - batch.pending
+    name = f" ({batch.name!r})" if batch.name else ""
+    text = (
+        f"a member of batch {batch.id}{name}, {batch.state.value}: {ended:,} of "
+        f"{batch.total:,} members ended"
+    )
+    if batch.state.value == "cancelled" and facts.waiting:
+        text += "; the batch was cancelled after this job was queued"
+    details = {"batch_id": batch.id, "state": batch.state.value, "ended": ended}
+    return WaitReason(code="batch", text=text, details={**details, "total": batch.total})
+
+
 def held_back(facts: WaitFacts) -> WaitReason | None:
     """Due, but its queue is paused, or a limit of the queue (or of its key) is full (#14)."""
     flow = facts.flow
@@ -250,6 +276,7 @@ REASONS: tuple[Callable[[WaitFacts], WaitReason | None], ...] = (
     behind,
     ready,
     from_schedule,
+    in_batch,
 )
 
 

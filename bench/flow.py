@@ -51,7 +51,8 @@ KEYS = 1000
 CONCURRENCY = 100
 BATCH_SIZE = 100
 
-# CLAIM_ONE as it is on main without flow control (#14), for the "today" drain.
+# CLAIM_ONE as it was on main without flow control (#14), for the "today" drain (with a NULL
+# batch_id, the column batches (#16) added, for _claimed).
 TODAY_CLAIM_ONE = """
 WITH claimed AS (
     UPDATE __SCHEMA__.jobs AS j
@@ -79,8 +80,7 @@ WITH claimed AS (
               j.priority, j.run_at, j.schedule, j.scheduled_for
 )
 SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
-       lost, schedule, scheduled_for,
-       NULL::bigint AS batch_id  -- no batches then; today's row decoder reads the column
+       lost, schedule, scheduled_for, NULL::bigint AS batch_id
 FROM claimed ORDER BY priority DESC, run_at, id
 """
 

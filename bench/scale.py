@@ -49,6 +49,7 @@ from _common import (
 )
 
 from batchworks import PostgresBackend
+from batchworks.backends._flow import lookahead
 
 CHUNK = 10_000
 
@@ -240,14 +241,14 @@ async def explain_claim(backend: PostgresBackend, conn: asyncpg.Connection) -> l
     try:
         claim = backend._q.claim_one  # a runner of one queue claims with this one
         async with conn.transaction():
-            rows = await conn.fetch(
-                "EXPLAIN (ANALYZE, BUFFERS) " + claim, token, QUEUE, 100, 30.0, 5
-            )
+            # The arguments PostgresBackend.claim passes: no runner cap, its key look-ahead.
+            args = (token, QUEUE, 100, 30.0, 5, None, lookahead(100))
+            rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + claim, *args)
             plan = [row[0] for row in rows]
             raise _Rollback
     except _Rollback:
         return plan
-    except (AttributeError, asyncpg.PostgresError) as exc:
+    except (AttributeError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return [f"could not explain the claim: {exc!r}"]
     finally:
         await backend.unregister_worker(token)

@@ -36,6 +36,8 @@ def pages(server: DashboardServer) -> dict[str, str]:
         "job-waiting.png": f"/jobs/{seeded.later}",
         "workers.png": "/workers",
         "schedules.png": "/schedules",
+        "batches.png": "/batches",
+        "batch.png": f"/batches/{seeded.batch}",
     }
 
 

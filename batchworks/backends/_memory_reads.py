@@ -67,31 +67,35 @@ class MemoryReads:
         error: str | None,
         *,
         up_to: int | None = None,
+        batch_id: int | None = None,
     ) -> list[_Row]:
         """The rows checked filters of ``list_jobs`` select (each None: no filter)."""
         return [
             row
             for row in self._rows.values()
-            if (up_to is None or row.id <= up_to) and _matches(row, queue, state, schedule, error)
+            if (up_to is None or row.id <= up_to)
+            and (batch_id is None or row.batch_id == batch_id)
+            and _matches(row, queue, state, schedule, error)
         ]
 
     async def list_job_summaries(
         self, where: JobFilter | None = None, *, before: int | None = None, limit: int = 50
     ) -> list[JobSummary]:
         """A page of :class:`JobSummary` rows, newest first."""
-        *filters, up_to = (where or JobFilter()).checked()
-        rows = self._matching(*filters, up_to=up_to)
+        *filters, up_to, batch_id = (where or JobFilter()).checked()
+        rows = self._matching(*filters, up_to=up_to, batch_id=batch_id)
         return [JobSummary.of(r) for r in await self._page(rows, check_before(before), limit)]
 
     async def count_jobs(self, where: JobFilter) -> int:
         """How many jobs match the filters of :meth:`list_jobs`."""
-        *filters, up_to = where.checked()
-        return len(self._matching(*filters, up_to=up_to))
+        *filters, up_to, batch_id = where.checked()
+        return len(self._matching(*filters, up_to=up_to, batch_id=batch_id))
 
     async def cancel_jobs(self, where: JobFilter) -> int:
         """Cancel every queued or running job matching ``where``."""
-        *filters, up_to = where.checked()
-        return sum([await self.cancel(row.id) for row in self._matching(*filters, up_to=up_to)])
+        *filters, up_to, batch_id = where.checked()
+        matching = self._matching(*filters, up_to=up_to, batch_id=batch_id)
+        return sum([await self.cancel(row.id) for row in matching])
 
     async def queue_position(self, job_id: int) -> QueuePosition | None:
         """Where the job stands in its queue."""

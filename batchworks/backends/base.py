@@ -257,11 +257,16 @@ class JobFilter:
     #: only jobs whose id is at most this: a cancel confirmed for the jobs that were there
     #: when its count was shown leaves alone the jobs enqueued since
     up_to: int | None = None
+    #: the members of this batch (#16) only
+    batch_id: int | None = None
 
-    def checked(self) -> tuple[str | None, str | None, str | None, str | None, int | None]:
+    def checked(
+        self,
+    ) -> tuple[str | None, str | None, str | None, str | None, int | None, int | None]:
         """The filters, checked, in the order the backends bind them."""
         filters = check_filters(self.queue, self.state, self.schedule, self.error_type)
-        return (*filters, check_job_id(self.up_to, "up_to"))
+        ids = check_job_id(self.up_to, "up_to"), check_job_id(self.batch_id, "batch_id")
+        return (*filters, *ids)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

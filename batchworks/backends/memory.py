@@ -299,6 +299,7 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]], MemoryReads):
             lease_until=_dt(row.lease_until) if row.state is JobState.RUNNING else None,
             cancel_requested=row.cancel_requested,
             concurrency_key=row.concurrency_key,
+            batch_id=row.batch_id,
         )
 
     async def wait_job(self, job_id: int, timeout: float | None = None) -> JobRecord:

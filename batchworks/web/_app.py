@@ -25,12 +25,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from batchworks._checks import check_before, check_filters
+from batchworks._checks import check_before, check_filters, check_queue
 from batchworks._text import age
 from batchworks.backends.base import Backend, JobFilter, JobSummary
 from batchworks.errors import BackendError, ConfigurationError
 from batchworks.job import JobState
 from batchworks.schedule import Schedule
+from batchworks.web._batches import BatchPages
 from batchworks.web._chart import chart
 from batchworks.web._security import (
     CSRF_COOKIE,
@@ -51,6 +52,7 @@ PAGE_SIZE = 50  # jobs a page of the list shows
 REFRESH = 10.0  # seconds between the pages' live updates
 MAX_FORM_BYTES = 16_384  # a POST body larger than this is refused
 _FILTERS = ("queue", "state", "schedule", "error_type")
+_FIELDS = (*_FILTERS, "batch")  # the list's filters as query parameters
 _DONE = {
     "retried": "Queued again with fresh attempts.",
     "not-retried": "Not queued again: only a failed job can be retried.",
@@ -59,6 +61,10 @@ _DONE = {
     "ran": "Enqueued a manual run of the schedule.",
     "paused": "Paused: its ticks are skipped (and counted) until it is resumed.",
     "resumed": "Resumed: it goes on from its next tick after now.",
+    "queue-paused": "Queue paused: no new job of it starts; running ones finish.",
+    "queue-resumed": "Queue resumed: its jobs start again.",
+    "batch-cancelled": "Batch cancelled: its queued members now, running ones at their next "
+    "heartbeat; on_complete comes once the last ended.",
 }
 _HEADERS = {
     "content-security-policy": (
@@ -106,7 +112,7 @@ def _closed(request: Request) -> Access | None:
     return None
 
 
-class _Dashboard:
+class _Dashboard(BatchPages):
     def __init__(
         self,
         backend: Backend,
@@ -133,49 +139,28 @@ class _Dashboard:
     def routes(self) -> list[Route | Mount]:
         read: Access = "read"
         operate: Access = "operate"
+
+        def post(path: str, handler: Endpoint, name: str) -> Route:
+            return Route(path, self._guard(handler, operate), methods=["POST"], name=name)
+
         return [
             Route("/", self._guard(self.overview, read), name="overview"),
             Route("/jobs", self._guard(self.jobs, read), name="jobs"),
             Route("/jobs/cancel", self._guard(self.confirm_cancel, operate), name="confirm_cancel"),
-            Route(
-                "/jobs/cancel",
-                self._guard(self.cancel_jobs, operate),
-                methods=["POST"],
-                name="cancel_jobs",
-            ),
+            post("/jobs/cancel", self.cancel_jobs, "cancel_jobs"),
             Route("/jobs/{job_id:int}", self._guard(self.job, read), name="job"),
-            Route(
-                "/jobs/{job_id:int}/retry",
-                self._guard(self.retry, operate),
-                methods=["POST"],
-                name="retry_job",
-            ),
-            Route(
-                "/jobs/{job_id:int}/cancel",
-                self._guard(self.cancel, operate),
-                methods=["POST"],
-                name="cancel_job",
-            ),
+            post("/jobs/{job_id:int}/retry", self.retry, "retry_job"),
+            post("/jobs/{job_id:int}/cancel", self.cancel, "cancel_job"),
             Route("/workers", self._guard(self.workers, read), name="workers"),
             Route("/schedules", self._guard(self.schedules, read), name="schedules"),
-            Route(
-                "/schedules/{name:str}/run",
-                self._guard(self.run_schedule, operate),
-                methods=["POST"],
-                name="run_schedule",
-            ),
-            Route(
-                "/schedules/{name:str}/pause",
-                self._guard(self.pause_schedule, operate),
-                methods=["POST"],
-                name="pause_schedule",
-            ),
-            Route(
-                "/schedules/{name:str}/resume",
-                self._guard(self.resume_schedule, operate),
-                methods=["POST"],
-                name="resume_schedule",
-            ),
+            post("/schedules/{name:str}/run", self.run_schedule, "run_schedule"),
+            post("/schedules/{name:str}/pause", self.pause_schedule, "pause_schedule"),
+            post("/schedules/{name:str}/resume", self.resume_schedule, "resume_schedule"),
+            Route("/batches", self._guard(self.batches, read), name="batches"),
+            Route("/batches/{batch_id:int}", self._guard(self.batch, read), name="batch"),
+            post("/batches/{batch_id:int}/cancel", self.cancel_batch, "cancel_batch"),
+            post("/queues/{name:str}/pause", self.pause_queue, "pause_queue"),
+            post("/queues/{name:str}/resume", self.resume_queue, "resume_queue"),
             Mount("/static", StaticFiles(packages=[("batchworks.web", "static")]), name="static"),
         ]
 
@@ -270,7 +255,8 @@ class _Dashboard:
         queues = await self._backend.overview()
         seen = await self._backend.throughput(window=3600.0, buckets=60)
         workers = await self._backend.workers()
-        names = sorted(set(queues) | set(seen.queues))
+        flow = {state.name: state for state in await self._backend.queues()}
+        names = sorted(set(queues) | set(seen.queues) | set(flow))
         charts = {}
         for name in names:
             counts = seen.queues.get(name)
@@ -281,6 +267,7 @@ class _Dashboard:
             "overview.html",
             names=names,
             queues=queues,
+            flow=flow,
             charts=charts,
             states=[state.value for state in JobState],
             workers=workers,
@@ -289,12 +276,12 @@ class _Dashboard:
 
     async def jobs(self, request: Request) -> Response:
         params = request.query_params
-        chosen = {name: params.get(name) or None for name in _FILTERS}
+        chosen = {name: params.get(name) or None for name in _FIELDS}
         records: list[JobSummary] = []
         error = None
         more = False
         try:
-            queue, state, schedule, error_type = check_filters(*chosen.values())
+            where = _checked_filter(params)
             before = check_before(_int(params.get("before"), "before"))
             job_id = _int(params.get("id"), "id")
             if job_id is not None:
@@ -302,9 +289,7 @@ class _Dashboard:
                 records = [JobSummary.of(found)] if found is not None else []
             else:
                 records = await self._backend.list_job_summaries(
-                    JobFilter(queue=queue, state=state, schedule=schedule, error_type=error_type),
-                    before=before,
-                    limit=self._page_size + 1,
+                    where, before=before, limit=self._page_size + 1
                 )
                 more = len(records) > self._page_size
                 records = records[: self._page_size]
@@ -430,6 +415,26 @@ class _Dashboard:
         self._log(request, f"{done[:-1]}_schedule", f"schedule {name!r} {done}")
         return self._redirect(request, "schedules", done)
 
+    async def pause_queue(self, request: Request) -> Response:
+        return await self._set_queue_paused(request, paused=True)
+
+    async def resume_queue(self, request: Request) -> Response:
+        return await self._set_queue_paused(request, paused=False)
+
+    async def _set_queue_paused(self, request: Request, *, paused: bool) -> Response:
+        name = request.path_params["name"]
+        try:
+            queue = check_queue(name)
+        except ConfigurationError as exc:
+            return self._message(request, f"Nothing changed: {exc}", 400)
+        if paused:
+            await self._backend.pause_queue(queue)
+        else:
+            await self._backend.resume_queue(queue)
+        done = "paused" if paused else "resumed"
+        self._log(request, f"{done[:-1]}_queue", f"queue {queue!r} {done}", queue=queue)
+        return self._redirect(request, "overview", f"queue-{done}")
+
 
 _TOO_LARGE: dict[str, str] = {}
 
@@ -451,20 +456,27 @@ def _int(text: str | None, name: str) -> int | None:
     try:
         value = int(text)
     except ValueError:
-        raise ConfigurationError(
-            f"{name} must be a job id (a whole number), got {text!r}"
-        ) from None
+        raise ConfigurationError(f"{name} must be an id (a whole number), got {text!r}") from None
     if not 1 <= value <= 2**63 - 1:
-        raise ConfigurationError(f"{name} must be a job id from 1 to 2**63-1, got {text!r}")
+        raise ConfigurationError(f"{name} must be an id from 1 to 2**63-1, got {text!r}")
     return value
+
+
+def _checked_filter(values: Any) -> JobFilter:
+    """The JobFilter of a query string or form; ConfigurationError if a value is bad."""
+    chosen = [values.get(name) or None for name in _FILTERS]
+    checked = dict(zip(_FILTERS, check_filters(*chosen), strict=True))
+    return JobFilter(
+        **checked,
+        batch_id=_int(values.get("batch"), "batch"),
+        up_to=_int(values.get("up_to"), "up_to"),
+    )
 
 
 def _filter_of(values: Any) -> tuple[JobFilter | None, str | None]:
     """The JobFilter of a query string or form, or None and why not."""
-    chosen = [values.get(name) or None for name in _FILTERS]
     try:
-        checked = dict(zip(_FILTERS, check_filters(*chosen), strict=True))
-        return JobFilter(**checked, up_to=_int(values.get("up_to"), "up_to")), None
+        return _checked_filter(values), None
     except ConfigurationError as exc:
         return None, str(exc)
 
@@ -472,7 +484,10 @@ def _filter_of(values: Any) -> tuple[JobFilter | None, str | None]:
 def _params_of(where: JobFilter | None) -> dict[str, str]:
     if where is None:
         return {}
-    return {name: value for name in _FILTERS if (value := getattr(where, name))}
+    params = {name: value for name in _FILTERS if (value := getattr(where, name))}
+    if where.batch_id is not None:
+        params["batch"] = str(where.batch_id)
+    return params
 
 
 def _path(url: URL) -> str:

@@ -1,11 +1,11 @@
-"""The overview's throughput chart, laid out on the server as SVG rectangles: no JavaScript,
-no inline style (the page's Content-Security-Policy allows none)."""
+"""The overview's throughput chart and a batch's progress bar, laid out on the server as SVG
+rectangles: no JavaScript, no inline style (the page's Content-Security-Policy allows none)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Bar", "Chart", "chart"]
+__all__ = ["Bar", "Chart", "Segment", "chart", "progress"]
 
 WIDTH, HEIGHT = 600, 80  # the SVG's viewBox, in its own units
 
@@ -53,3 +53,32 @@ def chart(succeeded: list[int], failed: list[int], *, bucket: float) -> Chart:
 
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    x: float
+    width: float
+    #: the members' state (the CSS class) and how many are in it
+    kind: str
+    count: int
+
+
+#: a batch's members in the order its progress bar draws them, finished ones first
+PROGRESS_KINDS = ("succeeded", "failed", "cancelled", "running")
+PROGRESS_WIDTH = 200  # the progress bar's viewBox width
+
+
+def progress(counts: dict[str, int], total: int) -> tuple[Segment, ...]:
+    """A batch's progress bar: one segment per state with members, left to right, each as
+    wide as its share of ``total`` (what is left over is the queued members)."""
+    segments = []
+    x = 0.0
+    for kind in PROGRESS_KINDS:
+        count = counts.get(kind, 0)
+        if not count or not total:
+            continue
+        width = PROGRESS_WIDTH * count / total
+        segments.append(Segment(x, width, kind, count))
+        x += width
+    return tuple(segments)

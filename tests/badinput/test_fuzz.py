@@ -230,6 +230,8 @@ async def check_tables_intact(ledger: Ledger, schema: str) -> None:
         "workers",
         "migrations",
         "schedules",
+        "queues",
+        "batches",
         "effects",
         "faults",
     }

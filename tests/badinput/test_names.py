@@ -105,4 +105,11 @@ async def test_dedupe_keys_are_stored_exactly_and_compared_exactly(
         pg_backend.schema,
     )
     await conn.close()
-    assert {row["table_name"] for row in tables} == {"jobs", "workers", "migrations", "schedules"}
+    assert {row["table_name"] for row in tables} == {
+        "jobs",
+        "workers",
+        "migrations",
+        "schedules",
+        "queues",
+        "batches",
+    }

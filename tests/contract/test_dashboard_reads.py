@@ -155,6 +155,29 @@ class TestCancelJobs:
             await backend.cancel_jobs(JobFilter(state="done"))
 
 
+class TestBatchFilter:
+    async def test_lists_counts_and_cancels_a_batchs_members_only(self, backend: Backend) -> None:
+        before = await backend.enqueue("q", "before the batch")
+        first = await backend.enqueue_batch("q", ["a", "b"], close=False)
+        between = await backend.enqueue("q", "inside the batch's span of ids, not a member")
+        other = await backend.enqueue_batch("q", ["x"])
+        added = await backend.add_to_batch(first.id, ["c"])
+        members = [*first.job_ids, *added.job_ids]
+        where = JobFilter(batch_id=first.id)
+
+        listed = await backend.list_job_summaries(where)
+        assert [job.id for job in listed] == sorted(members, reverse=True)
+        page = await backend.list_job_summaries(where, before=members[-1], limit=1)
+        assert [job.id for job in page] == [members[1]]
+        assert await backend.count_jobs(where) == 3
+        assert await backend.count_jobs(JobFilter(batch_id=first.id + other.id + 100)) == 0
+        assert await backend.cancel_jobs(where) == 3
+        states = {i: (await backend.get_job(i)).state for i in [before, between, *other.job_ids]}  # type: ignore[union-attr]
+        assert set(states.values()) == {JobState.QUEUED}
+        with pytest.raises(ConfigurationError, match="batch_id"):
+            await backend.count_jobs(JobFilter(batch_id=0))
+
+
 class TestQueuePosition:
     async def test_counts_due_jobs_a_claim_takes_first(self, backend: Backend) -> None:
         low = await backend.enqueue_many("q", ["a", "b"], priority=0)

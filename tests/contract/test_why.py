@@ -80,6 +80,21 @@ class TestWhy:
         await backend.remove_schedule("sweep")
         assert (await reason(backend, job_id, "schedule")).text.endswith("no longer stored)")
 
+    async def test_a_batch_member_tells_its_batch_and_how_far_it_is(self, backend: Backend) -> None:
+        batch = await backend.enqueue_batch("q", ["a", "b"], name="import")
+        member = batch.job_ids[0]
+        assert await codes(backend, member) == ["no_live_worker", "batch"]
+        first = await reason(backend, member, "batch")
+        assert (
+            first.text == f"a member of batch {batch.id} ('import'), closed: 0 of 2 members ended"
+        )
+        assert first.details == {"batch_id": batch.id, "state": "closed", "ended": 0, "total": 2}
+        await backend.cancel(batch.job_ids[1])
+        ended = await reason(backend, member, "batch")
+        assert ended.details["ended"] == 1
+        alone = await backend.enqueue("q", "no batch")
+        assert "batch" not in await codes(backend, alone)
+
     async def test_no_such_job_is_none(self, backend: Backend) -> None:
         assert await why_waiting(backend, 10**9) is None
 

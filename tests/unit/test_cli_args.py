@@ -7,7 +7,8 @@ import argparse
 
 import pytest
 
-from batchworks.cli import MAX_JOB_ID, _duration, _job_id, _parser
+from batchworks._cli_common import MAX_JOB_ID, parse_duration, parse_job_id
+from batchworks.cli import _parser
 
 
 class TestDuration:
@@ -29,28 +30,28 @@ class TestDuration:
         ],
     )
     def test_accepts(self, text: str, seconds: float) -> None:
-        assert _duration(text) == seconds
+        assert parse_duration(text) == seconds
 
     @pytest.mark.parametrize(
         "text", ["", "soon", "-5", "1x", "h", "1.2.3", "1h30", "30 1h", "5 m s", "1e9"]
     )
     def test_refuses_with_examples(self, text: str) -> None:
         with pytest.raises(argparse.ArgumentTypeError, match=r"is not a duration: use e\.g\. 90s"):
-            _duration(text)
+            parse_duration(text)
 
     def test_refuses_what_no_interval_holds(self) -> None:
         with pytest.raises(argparse.ArgumentTypeError, match="more than 100 years"):
-            _duration("99999999w")
+            parse_duration("99999999w")
 
 
 class TestNumbers:
     @pytest.mark.parametrize("text", ["0", "-5", "1.5", "ten", str(MAX_JOB_ID + 1)])
     def test_job_ids_are_checked(self, text: str) -> None:
         with pytest.raises(argparse.ArgumentTypeError, match="a job id must be a whole number"):
-            _job_id(text)
+            parse_job_id(text)
 
     def test_the_largest_job_id_is_a_bigint(self) -> None:
-        assert _job_id(str(MAX_JOB_ID)) == MAX_JOB_ID
+        assert parse_job_id(str(MAX_JOB_ID)) == MAX_JOB_ID
 
 
 class TestOptionsAnywhere:

@@ -24,7 +24,15 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
-from batchworks import Job, PostgresBackend, RetryPolicy, Runner, Schedule, Terminal
+from batchworks import (
+    Callback,
+    Job,
+    PostgresBackend,
+    RetryPolicy,
+    Runner,
+    Schedule,
+    Terminal,
+)
 from batchworks.web import PasswordAuth, create_app
 
 T = TypeVar("T")
@@ -89,6 +97,11 @@ class Seeded:
     cancelled: int = 0
     xss: int = 0
     schedule: str = "nightly-report"
+    #: a finished batch (6 of 8 members succeeded, 2 failed alike) and its members
+    batch: int = 0
+    batch_jobs: list[int] = field(default_factory=list)
+    #: a batch whose 3 members are queued, no worker serving their queue
+    open_batch: int = 0
 
 
 async def _handler(job: Job) -> Any:
@@ -123,6 +136,8 @@ async def seed(backend: PostgresBackend) -> Seeded:
         (seeded.succeeded if record.state.value == "succeeded" else seeded.failed).append(job_id)
     seeded.failed.remove(seeded.xss)
 
+    # Flow control (#14) on the reports queue: the overview shows its limits and their use.
+    await backend.configure_queue("reports", concurrency=2, key_concurrency=1, rate=(30, 60.0))
     seeded.queued = await backend.enqueue_many(
         "reports", [{"report": f"r{i}"} for i in range(5)], priority=1
     )
@@ -135,6 +150,24 @@ async def seed(backend: PostgresBackend) -> Seeded:
     seeded.queued.remove(running.id)
     await backend.save_checkpoint(worker, running.id, {"offset": 4000}, lease=3600)
     await backend.enqueue("thumbnails", {"image": "cat.png"})  # a queue no worker serves
+
+    # Batches (#16): one run to the end with its on_complete callback, one left waiting.
+    exports = await backend.enqueue_batch(
+        "exports",
+        [{"kind": "fail" if i < 2 else "ok", "to": "nobody@example.com"} for i in range(8)],
+        name="nightly-export",
+        on_complete=Callback("exports", {"report": "exports done"}),
+    )
+    seeded.batch, seeded.batch_jobs = exports.id, exports.job_ids
+    await Runner(
+        backend,
+        {"exports": _handler},
+        retry=RetryPolicy(max_attempts=1),
+        worker_name="exports-1",
+        concurrency=8,
+    ).run_until_empty()
+    waiting = await backend.enqueue_batch("imports", [{"file": f"f{i}.csv"} for i in range(3)])
+    seeded.open_batch = waiting.id
 
     nightly = Schedule(seeded.schedule, "30 2 * * *", "reports", {"report": "daily"})
     await backend.put_schedule(

@@ -5,13 +5,14 @@ text stays text, a read-only user can act on nothing, and CSRF refuses a cross-s
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 import pytest
 
 from batchworks import JobState, PostgresBackend
-from batchworks.backends.base import JobFilter
+from batchworks.backends.base import JobFilter, QueueState
 from tests.web.support import PAGE_SIZE, PREFIX, XSS_IMG, XSS_SCRIPT, DashboardServer
 
 pytestmark = pytest.mark.postgres
@@ -24,6 +25,10 @@ def state_of(dashboard: DashboardServer, job_id: int) -> JobState:
         return record.state
 
     return dashboard.call(get)
+
+
+async def queues(backend: PostgresBackend) -> list[QueueState]:
+    return await backend.queues()
 
 
 def navigate(page: Any, selector: str) -> None:
@@ -47,6 +52,8 @@ class TestPages:
         queues = operator.locator("#queues tr[data-queue]")
         assert queues.evaluate_all("rows => rows.map(r => r.dataset.queue)") == [
             "emails",
+            "exports",
+            "imports",
             "reports",
             "thumbnails",
         ]
@@ -56,6 +63,12 @@ class TestPages:
         assert emails.locator("svg.throughput rect.succeeded").count() >= 1
         assert emails.locator("svg.throughput rect.failed").count() >= 1
         assert "reports-1" in operator.locator("#live-workers").inner_text()
+        # flow control (#14): the limits of reports and the slots its running job holds
+        limits = operator.locator('tr[data-queue="reports"] td.flow')
+        assert limits.locator("[data-limit=concurrency]").inner_text() == "1 running / 2 slots"
+        assert limits.locator("[data-limit=key_concurrency]").inner_text() == "1 per key"
+        assert limits.locator("[data-limit=rate]").inner_text() == "1 / 30 starts per 60 s"
+        assert "no limits" in operator.locator('tr[data-queue="thumbnails"] td.flow').inner_text()
         hrefs = operator.locator("a").evaluate_all("links => links.map(a => a.pathname)")
         assert hrefs and all(href.startswith(PREFIX + "/") for href in hrefs), hrefs
 
@@ -194,6 +207,38 @@ class TestActions:
         assert [state_of(dashboard, job_id) for job_id in ids] == [JobState.CANCELLED] * 3
         assert state_of(dashboard, late) is JobState.QUEUED
 
+    def test_pause_and_resume_a_queue(
+        self, operator: Any, dashboard: DashboardServer, caplog: pytest.LogCaptureFixture
+    ):
+        def paused() -> bool:
+            [state] = [q for q in dashboard.call(queues) if q.name == "reports"]
+            return state.paused
+
+        caplog.set_level(logging.INFO, logger="batchworks.web")
+        row = 'tr[data-queue="reports"]'
+        waiting = dashboard.seeded.queued[3]
+        operator.goto(dashboard.url + "/")
+        assert operator.locator(f"{row} .queue-paused").count() == 0
+        navigate(operator, f"{row} button[data-action=pause]")
+        assert operator.locator("#done").inner_text().startswith("Queue paused")
+        assert operator.locator(f"{row} .queue-paused").inner_text() == "paused"
+        assert paused() is True
+        operator.goto(f"{dashboard.url}/jobs/{waiting}")
+        reasons = operator.locator("#why li").evaluate_all(
+            "items => items.map(i => i.dataset.reason)"
+        )
+        assert "paused" in reasons, reasons
+
+        operator.goto(dashboard.url + "/")
+        navigate(operator, f"{row} button[data-action=resume]")
+        assert operator.locator("#done").inner_text().startswith("Queue resumed")
+        assert operator.locator(f"{row} .queue-paused").count() == 0
+        assert operator.locator(f"{row} button[data-action=pause]").count() == 1
+        assert paused() is False
+        logged = [(r.getMessage(), r.__dict__.get("who")) for r in caplog.records]
+        assert ("queue 'reports' paused by ada", "ada") in logged, logged
+        assert ("queue 'reports' resumed by ada", "ada") in logged, logged
+
     def test_run_a_schedule_now(self, operator: Any, dashboard: DashboardServer):
         operator.goto(dashboard.url + "/schedules")
         navigate(operator, 'tr[data-schedule="nightly-report"] button[data-action=run]')
@@ -271,19 +316,23 @@ class TestAccess:
         assert reader.locator("#cancel, form[method=post]").count() == 0
         reader.goto(dashboard.url + "/jobs")
         assert reader.locator("#cancel-matching").count() == 0
+        reader.goto(dashboard.url + "/")
+        assert reader.locator("button[data-action], form[method=post]").count() == 0
         reader.goto(dashboard.url + "/schedules")
         assert reader.locator("button").count() == 1  # the live toggle only: no "Run now"
         assert reader.goto(dashboard.url + "/jobs/cancel").status == 403
 
         # A forged POST with everything a browser could send, a valid CSRF token included.
         [cookie] = [c for c in reader.context.cookies() if c["name"] == "batchworks_csrf"]
-        for path in (f"/jobs/{failed}/retry", f"/jobs/{queued}/cancel", "/jobs/cancel"):
+        forged = (f"/jobs/{failed}/retry", f"/jobs/{queued}/cancel", "/jobs/cancel")
+        for path in (*forged, "/queues/reports/pause"):
             response = reader.context.request.post(
                 dashboard.url + path, form={"csrf": cookie["value"], "queue": "reports"}
             )
             assert response.status == 403, path
         assert state_of(dashboard, failed) is JobState.FAILED
         assert state_of(dashboard, queued) is JobState.QUEUED
+        assert not [q for q in dashboard.call(queues) if q.name == "reports" and q.paused]
 
     def test_csrf_refuses_a_cross_site_post_and_one_without_the_token(
         self, operator: Any, dashboard: DashboardServer
@@ -319,3 +368,87 @@ class TestAccess:
             return await backend.count_jobs(JobFilter(queue="reports", state="queued"))
 
         assert dashboard.call(count) >= 1
+
+
+class TestBatches:
+    def test_batches_page_shows_progress_state_and_counts(
+        self, operator: Any, dashboard: DashboardServer
+    ):
+        seeded = dashboard.seeded
+        operator.goto(dashboard.url + "/batches")
+        assert operator.title() == "Batches · batchworks"
+        row = operator.locator(f'tr[data-batch="{seeded.batch}"]')
+        assert row.locator("[data-state]").inner_text() == "finished"
+        counts = {
+            kind: row.locator(f'[data-count="{kind}"]').inner_text()
+            for kind in ("succeeded", "failed", "cancelled", "running", "queued")
+        }
+        assert counts == {"succeeded": "6", "failed": "2", "cancelled": "0", "running": "0",
+                          "queued": "0"}  # fmt: skip
+        # the bar is drawn on the server: 6 of 8 succeeded, 2 of 8 failed, of 200 units
+        widths = row.locator("svg.progress rect[data-kind]").evaluate_all(
+            "rects => rects.map(r => [r.dataset.kind, Number(r.getAttribute('width'))])"
+        )
+        assert widths == [["succeeded", 150.0], ["failed", 50.0]]
+        assert row.locator(".percent").inner_text() == "100%"
+        waiting = operator.locator(f'tr[data-batch="{seeded.open_batch}"]')
+        assert waiting.locator(".percent").inner_text() == "0%"
+        assert waiting.locator("svg.progress rect[data-kind]").count() == 0
+
+    def test_batch_page_groups_failures_links_callbacks_and_members(
+        self, operator: Any, dashboard: DashboardServer
+    ):
+        seeded = dashboard.seeded
+
+        async def batch(backend: PostgresBackend) -> Any:
+            return await backend.get_batch(seeded.batch)
+
+        record = dashboard.call(batch)
+        assert record is not None and record.complete_job is not None
+        operator.goto(f"{dashboard.url}/batches/{seeded.batch}")
+        assert operator.locator("#batch-state").inner_text() == "finished"
+        assert operator.locator('[data-count="failed"] td').inner_text() == "2"
+        [group] = operator.locator("#batch-failures tr[data-error]").all()
+        assert group.get_attribute("data-error") == "Terminal"
+        assert group.locator("td.num").inner_text() == "2"
+        assert "nobody@example.com" in group.locator("td.error-text").inner_text()
+        callback = operator.locator('tr[data-callback="on_complete"] a')
+        assert callback.inner_text() == f"job {record.complete_job}"
+        assert operator.locator("#cancel-batch").count() == 0  # finished: nothing to cancel
+
+        navigate(operator, "#members")
+        assert sorted(listed_ids(operator)) == sorted(seeded.batch_jobs)
+        assert operator.locator("#filters input[name=batch]").input_value() == str(seeded.batch)
+
+        operator.goto(f"{dashboard.url}/jobs/{seeded.batch_jobs[0]}")
+        why = operator.locator('#why li[data-reason="batch"]').inner_text()
+        batch_name = f"batch {seeded.batch} ('nightly-export')"
+        assert why == f"a member of {batch_name}, finished: 8 of 8 members ended"
+        navigate(operator, "#job-batch a >> nth=0")
+        assert operator.title() == f"Batch {seeded.batch} · batchworks"
+
+    def test_cancel_a_batch_from_its_page(self, operator: Any, dashboard: DashboardServer):
+        batch_id = dashboard.seeded.open_batch
+
+        async def batch(backend: PostgresBackend) -> Any:
+            record = await backend.get_batch(batch_id)
+            assert record is not None
+            members = [job.state async for job in backend.batch_results(batch_id)]
+            return record.state.value, members
+
+        assert dashboard.call(batch) == ("closed", [JobState.QUEUED] * 3)
+        operator.goto(f"{dashboard.url}/batches/{batch_id}")
+        navigate(operator, "#cancel-batch")
+        assert operator.locator("#done").inner_text().startswith("Batch cancelled")
+        assert operator.locator("#batch-state").inner_text() == "cancelled"
+        assert dashboard.call(batch) == ("cancelled", [JobState.CANCELLED] * 3)
+
+    def test_a_read_only_user_cannot_cancel_a_batch(self, reader: Any, dashboard: DashboardServer):
+        batch_id = dashboard.seeded.batch
+        reader.goto(f"{dashboard.url}/batches/{batch_id}")
+        assert reader.locator("#cancel-batch, form[method=post]").count() == 0
+        [cookie] = [c for c in reader.context.cookies() if c["name"] == "batchworks_csrf"]
+        response = reader.context.request.post(
+            f"{dashboard.url}/batches/{batch_id}/cancel", form={"csrf": cookie["value"]}
+        )
+        assert response.status == 403

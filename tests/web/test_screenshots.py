@@ -31,7 +31,16 @@ def test_the_screenshot_script_writes_each_page(
     assert result.returncode == 0, result.stderr
     names = sorted(path.name for path in tmp_path.iterdir())
     assert names == sorted(
-        ["overview.png", "jobs.png", "job.png", "job-waiting.png", "workers.png", "schedules.png"]
+        [
+            "overview.png",
+            "jobs.png",
+            "job.png",
+            "job-waiting.png",
+            "workers.png",
+            "schedules.png",
+            "batches.png",
+            "batch.png",
+        ]
     )
     for path in tmp_path.iterdir():
         data = path.read_bytes()

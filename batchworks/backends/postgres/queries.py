@@ -186,7 +186,7 @@ WHERE queue = $1 AND dedupe_key = ANY($2::text[]) AND state IN ('queued', 'runni
 GET_JOB: LiteralString = """
 SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, created_at,
        started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout,
-       schedule, scheduled_for, lease_until, cancel_requested, concurrency_key
+       schedule, scheduled_for, lease_until, cancel_requested, concurrency_key, batch_id
 FROM __SCHEMA__.jobs WHERE id = $1
 """
 
@@ -214,7 +214,7 @@ FROM __SCHEMA__.workers WHERE state = 'active' ORDER BY name
 LIST_JOBS: LiteralString = """
 SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, created_at,
        started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout,
-       schedule, scheduled_for, lease_until, cancel_requested, concurrency_key
+       schedule, scheduled_for, lease_until, cancel_requested, concurrency_key, batch_id
 FROM __SCHEMA__.jobs
 WHERE id < coalesce($5::bigint, 9223372036854775807)
   AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
@@ -224,29 +224,37 @@ ORDER BY id DESC LIMIT $6
 
 # LIST_JOBS's page without what a job carries (payload, result, checkpoint, the error history
 # but its latest entry's type and the start of its message): the rows the dashboard lists.
-# $1-$5 are COUNT_JOBS' filters (a JobFilter), $6 the keyset cursor, $7 the limit.
+# $1-$6 are COUNT_JOBS' filters (a JobFilter), $7 the keyset cursor, $8 the limit. A batch's
+# members ($6) are read within the span of their ids (batches.first_job to last_job: there is
+# no index on batch_id), a range of the primary key.
 LIST_JOB_SUMMARIES: LiteralString = """
 SELECT id, queue, state, attempts, max_attempts, priority, run_at, created_at, finished_at,
        schedule, worker_name, errors -> -1 ->> 'type' AS error_type,
        left(errors -> -1 ->> 'message', 200) AS error_message
 FROM __SCHEMA__.jobs
-WHERE id < coalesce($6::bigint, 9223372036854775807)
+WHERE id < coalesce($7::bigint, 9223372036854775807)
   AND id <= coalesce($5::bigint, 9223372036854775807)
   AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
   AND ($3::text IS NULL OR schedule = $3) AND ($4::text IS NULL OR errors -> -1 ->> 'type' = $4)
-ORDER BY id DESC LIMIT $7
+  AND ($6::bigint IS NULL OR (batch_id = $6 AND id BETWEEN
+       (SELECT first_job FROM __SCHEMA__.batches WHERE id = $6)
+       AND (SELECT last_job FROM __SCHEMA__.batches WHERE id = $6)))
+ORDER BY id DESC LIMIT $8
 """
 
 # LIST_JOBS's filters, counted up to id $5 (the count the dashboard shows before a cancel of
-# them all).
+# them all), of batch $6's members only when it is given.
 COUNT_JOBS: LiteralString = """
 SELECT count(*) FROM __SCHEMA__.jobs
 WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
   AND ($3::text IS NULL OR schedule = $3) AND ($4::text IS NULL OR errors -> -1 ->> 'type' = $4)
   AND id <= coalesce($5::bigint, 9223372036854775807)
+  AND ($6::bigint IS NULL OR (batch_id = $6 AND id BETWEEN
+       (SELECT first_job FROM __SCHEMA__.batches WHERE id = $6)
+       AND (SELECT last_job FROM __SCHEMA__.batches WHERE id = $6)))
 """
 
-# CANCEL for every queued or running job matching LIST_JOBS's filters, up to id $5.
+# CANCEL for every queued or running job matching LIST_JOBS's filters, up to id $5 (of batch $6).
 CANCEL_JOBS: LiteralString = """
 WITH upd AS (
     UPDATE __SCHEMA__.jobs AS j
@@ -258,6 +266,9 @@ WITH upd AS (
       AND ($3::text IS NULL OR schedule = $3)
       AND ($4::text IS NULL OR errors -> -1 ->> 'type' = $4)
       AND id <= coalesce($5::bigint, 9223372036854775807)
+      AND ($6::bigint IS NULL OR (batch_id = $6 AND id BETWEEN
+           (SELECT first_job FROM __SCHEMA__.batches WHERE id = $6)
+           AND (SELECT last_job FROM __SCHEMA__.batches WHERE id = $6)))
     RETURNING j.id, j.state, 'queued'::text AS was, j.batch_id,
               CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
                    THEN pg_notify(__FINISHED__, j.id::text) END
@@ -1744,7 +1755,7 @@ ORDER BY b.id DESC
 BATCH_PAGE: LiteralString = """
 SELECT id, queue, payload, state, attempts, max_attempts, priority, run_at, created_at,
        started_at, finished_at, errors, result, dedupe_key, checkpoint, worker_name, timeout,
-       schedule, scheduled_for, lease_until, cancel_requested, concurrency_key
+       schedule, scheduled_for, lease_until, cancel_requested, concurrency_key, batch_id
 FROM __SCHEMA__.jobs
 WHERE id > $2
   AND id BETWEEN (SELECT first_job FROM __SCHEMA__.batches WHERE id = $1)

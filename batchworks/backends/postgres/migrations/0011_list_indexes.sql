@@ -1,0 +1,13 @@
+-- batchworks schema, version 11: the dashboard's filters that match few jobs (#17).
+--
+-- The jobs list walks the history newest first (the primary key, backwards) and keeps the rows
+-- its filters match: a page of a common filter comes after a few hundred rows, but a filter
+-- matching few jobs reads the whole history for its 50 (bench/web_list.py at 1M jobs: 183 ms
+-- for a schedule with 1 job in 20,000). Indexed by (schedule, id), that page is one range read.
+--
+-- Partial: only jobs a schedule enqueued have an entry, so every other job (an enqueue, its
+-- claim, its settle) writes nothing more to it.
+--
+-- CREATE INDEX (not CONCURRENTLY: migrations run in a transaction) blocks writes to jobs while
+-- it reads the table, about a second per million rows here; older workers run on unchanged.
+CREATE INDEX jobs_schedule_list ON __SCHEMA__.jobs (schedule, id) WHERE schedule IS NOT NULL;
