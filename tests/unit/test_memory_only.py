@@ -209,15 +209,8 @@ async def test_a_runner_puts_back_a_job_it_claims_again_while_its_earlier_attemp
     # runs again and succeeds.
     from tests.conftest import eventually
 
-    claims: list[int] = []  # the attempt of each claim of the job
-
-    class Recording(MemoryBackend):
-        async def claim(self, *args: Any, **kwargs: Any) -> Any:
-            claimed = await super().claim(*args, **kwargs)
-            claims.extend(job.attempt for job in claimed)
-            return claimed
-
-    backend = Recording()
+    backend = ClaimRecording()
+    claims = backend.attempts  # the attempt of each claim of the job
     job_id = await backend.enqueue("q", "x", max_attempts=5)
     first_started = asyncio.Event()
     release_first = asyncio.Event()
@@ -285,15 +278,8 @@ async def test_a_job_waiting_for_a_task_does_not_start_once_the_leases_ran_out()
     # clock this worker no longer holds it, and the database may have given it to another.
     import time
 
-    claims: list[int] = []
-
-    class Recording(MemoryBackend):
-        async def claim(self, *args: Any, **kwargs: Any) -> Any:
-            claimed = await super().claim(*args, **kwargs)
-            claims.extend(job.id for job in claimed)
-            return claimed
-
-    backend = Recording()
+    backend = ClaimRecording()
+    claims = backend.ids
     _, second = await backend.enqueue_many("q", ["block", "wait"])
     started: list[int] = []
 
@@ -320,3 +306,18 @@ async def test_a_job_waiting_for_a_task_does_not_start_once_the_leases_ran_out()
     )
     record = await backend.get_job(second)
     assert record is not None and record.state is JobState.SUCCEEDED and record.attempts == 1
+
+
+class ClaimRecording(MemoryBackend):
+    """A MemoryBackend that records what each claim took: ids and attempts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: list[int] = []
+        self.attempts: list[int] = []
+
+    async def claim(self, *args: Any, **kwargs: Any) -> Any:
+        claimed = await super().claim(*args, **kwargs)
+        self.ids.extend(job.id for job in claimed)
+        self.attempts.extend(job.attempt for job in claimed)
+        return claimed
