@@ -39,13 +39,6 @@ class LeaseClock:
         self._regular = 0
         self.link.set()
 
-    def holds(self, now: float) -> bool:
-        """Whether this worker still holds its leases at ``now`` by its own clock. False from
-        the moment the last heartbeat that got through is too old, even before a failed one
-        has said so: a process resumed after a SIGSTOP or a long pause must not start the jobs
-        it held, which the database may have given to another worker meanwhile."""
-        return self.link.is_set() and now - self._ok_at < self._prune_after - self.margin
-
     def beat_timeout(self, sent: float, limit: float) -> float:
         """How long a heartbeat sent at ``sent`` may take: ``limit``, and while the leases
         last, no longer than they do (but a margin, to hear the answer)."""

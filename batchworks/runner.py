@@ -753,10 +753,7 @@ class Runner:
         try:
             if held.cancel_reason is not None:  # cancelled before a task took it
                 outcome = self._attempts.cancelled_outcome(job, held.cancel_reason)
-            elif self._stop_requested or not self._lease.holds(self._loop_time()):
-                # A stop, or leases this worker no longer holds by its own clock (it was
-                # paused or cut off while the job waited for a task): the job goes back
-                # unstarted, fenced, without using an attempt.
+            elif self._stop_requested:
                 outcome = released(job)
             else:
                 held.start(task)
