@@ -39,6 +39,16 @@ class LeaseClock:
         self._regular = 0
         self.link.set()
 
+    def holds(self, now: float) -> bool:
+        """Whether this worker holds its leases at ``now`` by its own clock: the link is set
+        and the last heartbeat that got through was sent recently enough. The second part can
+        turn false before any heartbeat fails: in a process resumed after a SIGSTOP, a loop
+        blocked past the lease, or after a heartbeat that got through only once a stall
+        ended (it counts from when it was sent). Then nothing may start or be claimed until
+        a heartbeat sent from now on gets through: the database may have given the jobs to
+        another worker meanwhile."""
+        return self.link.is_set() and now - self._ok_at < self._prune_after - self.margin
+
     def beat_timeout(self, sent: float, limit: float) -> float:
         """How long a heartbeat sent at ``sent`` may take: ``limit``, and while the leases
         last, no longer than they do (but a margin, to hear the answer)."""

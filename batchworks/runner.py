@@ -287,6 +287,8 @@ class Runner:
         self._pool = Pool(self._concurrency, self._process)  # runs the held jobs
         self._stop_requested = False
         self._stop_event = asyncio.Event()
+        self._beat_soon = asyncio.Event()  # a heartbeat is wanted before the interval is up
+        self._beaten = asyncio.Event()  # set each time a heartbeat has come back
         self._hard_stop = asyncio.Event()
         self._calls = Calls(
             timeout=duration(db_timeout, "db_timeout"),
@@ -540,8 +542,7 @@ class Runner:
         while not self._stop_requested:
             self._room.clear()
             self._woken.clear()
-            if not self._lease.link.is_set():
-                await self._until(self._lease.link)  # its leases count as lost: claim nothing
+            if not await self._may_claim():
                 continue
             if self._suspect is not None:
                 await self._run_suspect()
@@ -578,6 +579,21 @@ class Runner:
                     return
             else:
                 await self._wait_for_work()
+
+    async def _may_claim(self) -> bool:
+        """Whether this worker holds its leases by its own clock, so that it may claim now;
+        if not, waits for what may change that, and returns False."""
+        if not self._lease.link.is_set():
+            await self._until(self._lease.link)  # its leases count as lost: claim nothing
+            return False
+        if not self._lease.holds(self._loop_time()):
+            # The last heartbeat that got through was sent too long ago (this process was
+            # stopped, its loop blocked, or that heartbeat waited out a stall): one sent from
+            # now on must get through before anything is claimed, or the claims would go back
+            # unstarted (_process) as fast as they came.
+            await self._fresh_heartbeat()
+            return False
+        return True
 
     async def _run_suspect(self) -> None:
         """Wait for every other held job to finish, then run the suspect alone."""
@@ -753,7 +769,10 @@ class Runner:
         try:
             if held.cancel_reason is not None:  # cancelled before a task took it
                 outcome = self._attempts.cancelled_outcome(job, held.cancel_reason)
-            elif self._stop_requested:
+            elif self._stop_requested or not self._lease.holds(self._loop_time()):
+                # A stop, or leases this worker no longer holds by its own clock (it was
+                # stopped or cut off while the job waited for a task; the database may have
+                # given the job to another worker): back unstarted, fenced, no attempt used.
                 outcome = released(job)
             else:
                 held.start(task)
@@ -822,7 +841,8 @@ class Runner:
     async def _heartbeat_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self._heartbeat_interval)
+            await first_set(self._beat_soon, within=self._heartbeat_interval)
+            self._beat_soon.clear()
             sent = loop.time()
             try:
                 beat = await self._calls.run(
@@ -833,6 +853,14 @@ class Runner:
                 self._beat_failed(exc, loop.time())
             else:
                 await self._queue_metrics.maybe_read(self._calls, loop.time())
+            finally:
+                self._beaten.set()
+
+    async def _fresh_heartbeat(self) -> None:
+        """Have a heartbeat sent now, and wait until it has come back (through or not)."""
+        self._beaten.clear()
+        self._beat_soon.set()
+        await first_set(self._beaten, self._stop_event)
 
     async def _send_heartbeat(self) -> Heartbeat:
         assert self._token is not None and self._settle is not None

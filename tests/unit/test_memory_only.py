@@ -285,3 +285,105 @@ class ClaimRecording(MemoryBackend):
         self.ids.extend(job.id for job in claimed)
         self.attempts.extend(job.attempt for job in claimed)
         return claimed
+
+
+async def test_a_job_waiting_for_a_task_does_not_start_once_the_leases_ran_out() -> None:
+    # The process stops (SIGSTOP, a blocked loop) longer than its leases while a claimed job
+    # waits for a free task. When it runs again, the job must go back unstarted: by its own
+    # clock this worker no longer holds it, and the database may have given it to another.
+    import time
+
+    backend = ClaimRecording()
+    _, second = await backend.enqueue_many("q", ["block", "wait"])
+    started: list[int] = []
+
+    async def handler(job: Job) -> None:
+        started.append(job.id)
+        if job.payload == "block" and started.count(job.id) == 1:
+            time.sleep(1.2)  # noqa: ASYNC251 - the whole process stops, loop and all
+
+    runner = Runner(
+        backend,
+        {"q": handler},
+        concurrency=1,
+        batch_size=2,
+        heartbeat_interval=0.1,
+        prune_after=1.0,
+        poll_interval=0.05,
+        flush_interval=0.01,
+    )
+    async with asyncio.timeout(30):
+        report = await runner.run_until_empty()
+    assert report.succeeded == 2, report
+    assert started.index(second) > 0 and backend.ids.count(second) >= 2, (
+        f"the waiting job started on leases that had run out (claims {backend.ids}, runs {started})"
+    )
+    record = await backend.get_job(second)
+    assert record is not None and record.state is JobState.SUCCEEDED and record.attempts == 1
+
+
+class Stalling(ClaimRecording):
+    """A MemoryBackend whose heartbeats and claims wait while ``stalled`` is set, as they do
+    behind an operator's LOCK TABLE: both come back once it ends, late."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalled = False
+        self.unstalled = asyncio.Event()
+
+    async def _wait_out_the_stall(self) -> None:
+        if self.stalled:
+            await self.unstalled.wait()
+
+    async def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
+        await self._wait_out_the_stall()
+        return await super().heartbeat(*args, **kwargs)
+
+    async def claim(self, *args: Any, **kwargs: Any) -> Any:
+        await self._wait_out_the_stall()
+        return await super().claim(*args, **kwargs)
+
+
+async def test_claims_wait_for_a_fresh_heartbeat_after_a_stall_instead_of_churning() -> None:
+    # A stall longer than the lease: the heartbeat sent during it gets through only when it
+    # ends, so by the worker's clock (which counts from the send) its leases have run out
+    # though the database just renewed them. Claiming then would put every claimed job back
+    # unstarted; the worker has a fresh heartbeat sent first, and claims once it is through.
+    backend = Stalling()
+    jobs = 400
+    await backend.enqueue_many("q", [{"n": n} for n in range(jobs)])
+    started: list[int] = []
+    stall_over = asyncio.Event()
+
+    async def handler(job: Job) -> None:
+        started.append(job.id)
+        if len(started) == 40 and not backend.stalled:
+            backend.stalled = True
+            loop = asyncio.get_running_loop()
+            loop.call_later(2.5, backend.unstalled.set)
+            loop.call_later(2.5, stall_over.set)
+        await asyncio.sleep(0)
+
+    runner = Runner(
+        backend,
+        {"q": handler},
+        concurrency=2,
+        batch_size=4,
+        heartbeat_interval=0.1,
+        prune_after=1.0,
+        db_timeout=5.0,
+        poll_interval=0.05,
+        flush_interval=0.01,
+    )
+    async with asyncio.timeout(60):
+        report = await runner.run_until_empty()
+    assert stall_over.is_set(), "the stall never happened: the test proves nothing"
+    assert report.succeeded == jobs, report
+    put_back = len(backend.ids) - len(started)
+    # The jobs held when the leases ran out, and the claim that came back after the stall,
+    # go back unstarted: a batch and the pool's jobs at most, not a claim after a claim.
+    assert put_back <= 2 * (4 + 2), (
+        f"{put_back} claimed jobs went back unstarted after the stall ({len(backend.ids)} "
+        f"claimed, {len(started)} started): claims churned on leases the worker's clock "
+        "counted as lost"
+    )
