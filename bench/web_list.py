@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 import asyncpg
@@ -109,6 +110,42 @@ async def execution_ms(
     return worst, ids
 
 
+async def _best_wall(call: Any, rounds: int) -> tuple[float, Any]:
+    """The best wall time of ``call()`` over ``rounds``, in ms, and what it returned."""
+    best, result = float("inf"), None
+    for _ in range(rounds):
+        started = time.perf_counter()
+        result = await call()
+        best = min(best, (time.perf_counter() - started) * 1000)
+    return best, result
+
+
+def _overview_errors(exact: Any, sampled: Any, figures: dict[str, Any]) -> list[str]:
+    """What the estimated overview got wrong: a live count that differs from the exact one,
+    or the finished count of a group of 10,000 jobs or more off by over 25% (its sample holds
+    hundreds of them: more is a bug, not chance). Each finished group's error goes into
+    ``figures``."""
+    wrong, errors = [], {}
+    for name, queue in exact.items():
+        guess = sampled.get(name)
+        for state, truth in queue.counts.items():
+            got = guess.counts[state] if guess is not None else 0
+            if state in ("queued", "running", "failed"):
+                if got != truth:
+                    wrong.append(f"overview(estimate=True): {name} {state} {got}, not {truth}")
+                continue
+            if truth:
+                errors[f"{name} {state} ({truth:,})"] = round((got - truth) / truth, 3)
+            if truth >= 10_000 and abs(got - truth) > 0.25 * truth:
+                wrong.append(f"overview(estimate=True): {name} {state} {got} for {truth}")
+    figures["overview_estimate_errors"] = errors
+    print(
+        "overview(estimate=True), error by group: "
+        + ", ".join(f"{group} {error:+.1%}" for group, error in errors.items())
+    )
+    return wrong
+
+
 async def main() -> int:
     args = parser(__doc__).parse_args()
     dsn = dsn_of(args)
@@ -177,6 +214,14 @@ async def main() -> int:
             throughput_ms, _ = await execution_ms(conn, q.throughput, [3600.0, 60], rounds)
             print(f"overview (counts by queue and state) {overview_ms:8.2f} ms")
             print(f"overview (last hour's throughput)    {throughput_ms:8.2f} ms")
+            async with PostgresBackend(dsn, schema=schema, min_size=1, max_size=1) as backend:
+                exact_wall, exact = await _best_wall(backend.overview, rounds)
+                sampled_wall, sampled = await _best_wall(
+                    lambda: backend.overview(estimate=True), rounds
+                )
+            print(f"overview(), the whole call            {exact_wall:8.2f} ms")
+            print(f"overview(estimate=True), the dashboard's {sampled_wall:5.2f} ms")
+            wrong += _overview_errors(exact, sampled, figures)
         finally:
             await conn.close()
     worst = max(list_ms.values())
@@ -185,6 +230,8 @@ async def main() -> int:
         "offset_reference_ms": offset_ms,
         "list_jobs_whole_ms": whole,
         "overview_ms": overview_ms,
+        "overview_call_ms": exact_wall,
+        "overview_estimate_call_ms": sampled_wall,
         "throughput_ms": throughput_ms,
         "worst_list_ms": worst,
     }
@@ -197,6 +244,7 @@ async def main() -> int:
             "deep page keyset/OFFSET", list_ms["deep page (keyset, half way)"], offset_ms, "<= 1"
         )
     )
+    print(ratio_line("overview estimate/exact (the calls)", sampled_wall, exact_wall, "<= 0.25"))
     write_json(
         args.json or (None if args.quick else RESULTS / "web_list.json"), "web_list", figures
     )

@@ -128,6 +128,9 @@ class QueueOverview:
     oldest_ready: float | None = None
     #: running jobs that saved a checkpoint
     running_with_checkpoint: int = 0
+    #: states whose count is an estimate from a sample of the table (``overview(estimate=True)``
+    #: on a large history); the others are exact
+    estimated: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,8 +424,10 @@ class Backend(Protocol):
     async def stats(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: count}}`` with every state present."""
 
-    async def overview(self) -> dict[str, QueueOverview]:
-        """Each queue's counts, the age of its oldest due job and its checkpointed jobs."""
+    async def overview(self, *, estimate: bool = False) -> dict[str, QueueOverview]:
+        """Each queue's counts, the age of its oldest due job and its checkpointed jobs.
+        ``estimate``: a backend may estimate the counts of finished jobs of a large history
+        (and name those states in ``estimated``); the live states stay exact."""
 
     async def workers(self) -> list[WorkerRecord]:
         """The live worker incarnations, by name."""

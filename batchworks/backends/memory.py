@@ -319,8 +319,9 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]], MemoryReads):
             per_queue[row.state.value] += 1
         return counts
 
-    async def overview(self) -> dict[str, QueueOverview]:
-        """Each queue's counts, the age of its oldest due job and its checkpointed jobs."""
+    async def overview(self, *, estimate: bool = False) -> dict[str, QueueOverview]:
+        """Each queue's counts, the age of its oldest due job and its checkpointed jobs;
+        exact, with ``estimate`` too."""
         now = self._clock()
         result = {}
         for queue, counts in (await self.stats()).items():

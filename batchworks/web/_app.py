@@ -252,7 +252,9 @@ class _Dashboard(BatchPages):
     # -- pages ----------------------------------------------------------------------------------
 
     async def overview(self, request: Request) -> Response:
-        queues = await self._backend.overview()
+        # Estimated, as a large history makes exact counts of finished jobs a scan of it all
+        # at every live update; the live states stay exact.
+        queues = await self._backend.overview(estimate=True)
         seen = await self._backend.throughput(window=3600.0, buckets=60)
         workers = await self._backend.workers()
         flow = {state.name: state for state in await self._backend.queues()}

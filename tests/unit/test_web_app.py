@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -57,7 +58,7 @@ class TestAccess:
 class TestBackendErrors:
     async def test_a_backend_that_does_not_answer_is_a_503_saying_so(self) -> None:
         class Down(MemoryBackend):
-            async def overview(self) -> Any:
+            async def overview(self, **_: Any) -> Any:
                 raise BackendError("PostgreSQL: ConnectionRefusedError: [Errno 111]")
 
         app = create_app(Down(), authorize=lambda request: "read")
@@ -65,6 +66,36 @@ class TestBackendErrors:
             page = await http.get("/")
         assert page.status_code == 503
         assert "The backend did not answer: PostgreSQL: ConnectionRefusedError" in page.text
+
+
+class TestOverview:
+    async def test_the_page_asks_for_estimates_and_marks_the_estimated_counts(self) -> None:
+        asked: list[bool] = []
+
+        class Sampling(MemoryBackend):
+            async def overview(self, *, estimate: bool = False) -> Any:
+                asked.append(estimate)
+                exact = await super().overview()
+                return {
+                    name: replace(
+                        queue, estimated=frozenset({"succeeded"}) if name == "big" else frozenset()
+                    )
+                    for name, queue in exact.items()
+                }
+
+        backend = Sampling()
+        await backend.enqueue_many("big", [1, 2])
+        await backend.enqueue("small", 3)
+        async with client(create_app(backend, authorize=lambda request: "read")) as http:
+            page = await http.get("/")
+        assert page.status_code == 200
+        assert asked == [True]
+        rows = {
+            name: page.text.split(f'<tr data-queue="{name}">')[1].split("</tr>")[0]
+            for name in ("big", "small")
+        }
+        assert rows["big"].count('class="estimate"') == 1
+        assert 'class="estimate"' not in rows["small"]
 
 
 class TestActions:

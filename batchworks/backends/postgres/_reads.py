@@ -20,6 +20,7 @@ from batchworks.backends.base import (
     AHEAD_CAP,
     JobFilter,
     JobSummary,
+    QueueOverview,
     QueuePosition,
     Throughput,
     empty_buckets,
@@ -48,6 +49,35 @@ class OperatorReads:
 
     def _errors(self) -> AbstractAsyncContextManager[None]:
         raise NotImplementedError  # PostgresBackend's
+
+    #: overview(estimate=True) counts the succeeded and cancelled jobs exactly while there are
+    #: fewer than this many, and samples the table above it
+    OVERVIEW_EXACT_UP_TO = 50_000
+    #: the pages of the table such a sample reads (about 20 jobs a page at fillfactor 50)
+    OVERVIEW_SAMPLE_PAGES = 1_000
+
+    async def overview(self, *, estimate: bool = False) -> dict[str, QueueOverview]:
+        """Each queue's counts, the age of its oldest due job and its checkpointed jobs.
+
+        With ``estimate``, what a page refreshed every few seconds asks: the queued, running
+        and failed jobs are counted exactly through their indexes, and the succeeded and
+        cancelled ones too while there are fewer than :attr:`OVERVIEW_EXACT_UP_TO`; above,
+        they are estimated from a sample of the table's pages and named in each queue's
+        ``estimated``. Its cost then follows the live jobs, not the history."""
+        if not estimate:
+            return _overviews(await self._fetch(self._q.overview), estimated=frozenset())
+        rows = list(await self._fetch(self._q.overview_live))
+        seen = await self._fetchrow(self._q.overview_finished_seen, self.OVERVIEW_EXACT_UP_TO)
+        if seen["n"] < self.OVERVIEW_EXACT_UP_TO:
+            rows += await self._fetch(self._q.overview_finished)
+            return _overviews(rows, estimated=frozenset())
+        percent = min(100.0, 100.0 * self.OVERVIEW_SAMPLE_PAGES / max(1, seen["pages"]))
+        scale = 100.0 / percent
+        for row in await self._fetch(self._q.overview_finished_sample, percent):
+            rows.append(
+                {"queue": row["queue"], "state": row["state"], "n": round(row["n"] * scale)}
+            )
+        return _overviews(rows, estimated=FINISHED_ESTIMATED)
 
     async def _fetch_filtered(self, query: str, *args: Any) -> list[asyncpg.Record]:
         """``query`` (one with optional filters, ``$1::text IS NULL OR queue = $1``) planned
@@ -153,3 +183,35 @@ def _summary(row: asyncpg.Record) -> JobSummary:
     return JobSummary(
         **_listed(row), error_type=row["error_type"], error_message=row["error_message"]
     )
+
+
+#: the states overview(estimate=True) samples once the history is large
+FINISHED_ESTIMATED = frozenset({JobState.SUCCEEDED.value, JobState.CANCELLED.value})
+
+
+def _overviews(rows: Any, *, estimated: frozenset[str]) -> dict[str, QueueOverview]:
+    """Rows of (queue, state, n) and, for some, later, oldest_ready and checkpointed, by
+    queue: every state present."""
+    counts: dict[str, dict[str, int]] = {}
+    oldest: dict[str, float] = {}
+    checkpointed: dict[str, int] = {}
+    later: dict[str, int] = {}
+    for row in rows:
+        queue = row["queue"]
+        per_state = counts.setdefault(queue, {state.value: 0 for state in JobState})
+        per_state[row["state"]] = row["n"]
+        if row.get("later"):
+            later[queue] = row["later"]
+        if row.get("oldest_ready") is not None:
+            oldest[queue] = max(oldest.get(queue, 0.0), row["oldest_ready"])
+        checkpointed[queue] = checkpointed.get(queue, 0) + (row.get("checkpointed") or 0)
+    return {
+        queue: QueueOverview(
+            counts=per_state,
+            queued_later=later.get(queue, 0),
+            oldest_ready=oldest.get(queue),
+            running_with_checkpoint=checkpointed.get(queue, 0),
+            estimated=estimated & {state for state, n in per_state.items() if n},
+        )
+        for queue, per_state in counts.items()
+    }

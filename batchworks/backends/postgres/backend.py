@@ -40,7 +40,6 @@ from batchworks.backends.base import (
     EnqueueOptions,
     Heartbeat,
     Limits,
-    QueueOverview,
     QueueState,
     Schedules,
     ScheduleState,
@@ -112,6 +111,10 @@ class Queries:
     live_dedupe: str
     get_job: str
     overview: str
+    overview_live: str
+    overview_finished_seen: str
+    overview_finished: str
+    overview_finished_sample: str
     workers: str
     list_jobs: str
     list_job_summaries: str
@@ -502,32 +505,6 @@ class PostgresBackend(PostgresBatchCalls, BackendBase[str], OperatorReads):
         elif self._job_waiters:
             with contextlib.suppress(ValueError):
                 self._job_waiters.wake(int(payload))
-
-    async def overview(self) -> dict[str, QueueOverview]:
-        """Each queue's counts, the age of its oldest due job and its checkpointed jobs."""
-        counts: dict[str, dict[str, int]] = {}
-        oldest: dict[str, float] = {}
-        checkpointed: dict[str, int] = {}
-        later: dict[str, int] = {}
-        for row in await self._fetch(self._q.overview):
-            queue = row["queue"]
-            counts.setdefault(queue, {state.value: 0 for state in JobState})[row["state"]] = row[
-                "n"
-            ]
-            if row["later"]:
-                later[queue] = row["later"]
-            if row["oldest_ready"] is not None:
-                oldest[queue] = max(oldest.get(queue, 0.0), row["oldest_ready"])
-            checkpointed[queue] = checkpointed.get(queue, 0) + row["checkpointed"]
-        return {
-            queue: QueueOverview(
-                counts=per_state,
-                queued_later=later.get(queue, 0),
-                oldest_ready=oldest.get(queue),
-                running_with_checkpoint=checkpointed.get(queue, 0),
-            )
-            for queue, per_state in counts.items()
-        }
 
     async def workers(self) -> list[WorkerRecord]:
         """The live worker incarnations, by name."""
