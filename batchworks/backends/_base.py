@@ -227,7 +227,6 @@ class BackendBase(abc.ABC, Generic[Encoded]):
             max_attempts=max_attempts,
             timeout=timeout,
         )
-        self._check_connection(connection)
         encoded = self._encode_payloads(queue, payloads, numbered=True)
         in_transaction = self._in_transaction(connection)
         with send_span(queue, len(payloads), in_transaction=in_transaction) as span:

@@ -243,6 +243,7 @@ class MemoryBatchCalls:
             schedule: str | None = None,
             scheduled_for: datetime | None = None,
             batch_id: int | None = None,
+            concurrency_key: str | None = None,
         ) -> int:
             raise NotImplementedError
 
