@@ -7,6 +7,7 @@ tests/contract/test_dashboard_reads.py.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -125,13 +126,15 @@ class MemoryReads:
         """Jobs that ended in each bucket of the last ``window`` seconds, per queue."""
         span, count = check_throughput(window, buckets)
         now = self._clock()
-        start = now - span
+        width = span / count
+        oldest = math.floor(now / width) - count + 1  # buckets aligned to the epoch, as on PG
         queues: dict[str, dict[str, list[int]]] = {}
         for row in self._rows.values():
-            if row.state.is_final and row.finished_at is not None and row.finished_at > start:
-                bucket = min(count - 1, int((row.finished_at - start) / (span / count)))
-                queues.setdefault(row.queue, empty_buckets(count))[row.state.value][bucket] += 1
-        return Throughput(now=datetime.fromtimestamp(now, UTC), bucket=span / count, queues=queues)
+            if row.state.is_final and row.finished_at is not None:
+                bucket = math.floor(row.finished_at / width) - oldest
+                if 0 <= bucket < count:
+                    queues.setdefault(row.queue, empty_buckets(count))[row.state.value][bucket] += 1
+        return Throughput(now=datetime.fromtimestamp(now, UTC), bucket=width, queues=queues)
 
 
 def _matches(

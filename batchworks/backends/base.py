@@ -297,9 +297,11 @@ AHEAD_CAP = 10_000
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Throughput:
-    """Jobs that ended in each bucket of the last ``window`` seconds, per queue."""
+    """Jobs that ended in each bucket of the last ``window`` seconds, per queue. Buckets are
+    aligned to multiples of their length since the epoch (the bounds of a bucket do not move
+    from one read to the next); the last holds ``now`` and is not over yet."""
 
-    #: the backend's clock at the end of the last bucket
+    #: the backend's clock when it was read, within the last bucket
     now: datetime
     #: seconds a bucket spans
     bucket: float

@@ -394,17 +394,18 @@ SELECT j.state, extract(epoch FROM j.run_at - now())::float8 AS due_in, now() AS
 FROM __SCHEMA__.jobs AS j WHERE j.id = $1
 """
 
-# Jobs that ended in each of $2 buckets of the last $1 seconds, along jobs_finished. Bucket
-# 0 is the oldest; a job that ended exactly now falls in the last.
+# The jobs that ended since $1 (epoch seconds; NULL: all of the last $3 seconds, and never
+# before those), by queue, state and bucket of $2 seconds counted from the epoch, so that a
+# bucket's bounds do not move from one read to the next: the backend keeps the buckets that
+# are over and reads each once (OperatorReads.throughput), so a refresh reads the newest ones
+# only. The last row carries now() alone, for a window in which no job ended.
 THROUGHPUT: LiteralString = """
-SELECT now() AS now, queue, state,
-       least($2 - 1, floor(extract(epoch FROM finished_at - (now() - make_interval(secs => $1)))
-                           / ($1 / $2))::int) AS bucket,
+SELECT now() AS now, queue, state, floor(extract(epoch FROM finished_at) / $2)::bigint AS k,
        count(*) AS n
 FROM __SCHEMA__.jobs
 WHERE state IN ('succeeded', 'failed', 'cancelled')
-  AND finished_at > now() - make_interval(secs => $1)
-GROUP BY queue, state, bucket
+  AND finished_at >= greatest(to_timestamp($1), now() - make_interval(secs => $3))
+GROUP BY queue, state, k
 UNION ALL
 SELECT now(), NULL, NULL, NULL, NULL
 """
