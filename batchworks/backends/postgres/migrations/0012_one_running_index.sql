@@ -1,0 +1,13 @@
+-- batchworks schema, version 12: one index of running jobs, not two (#18).
+--
+-- jobs_running (worker_token) and jobs_slots (queue, concurrency_key, migration 7) index the
+-- same rows, the running jobs, so every claim wrote an entry into each: three index entries a
+-- claim (with the primary key's) where two do. The statements that read running jobs by their
+-- worker read them through the primary key (the settles, the heartbeat: they name their jobs) or
+-- through jobs_slots (recovery and a worker's registration read every running job, a few per
+-- worker): tests/postgres/test_postgres_backend.py asserts their plans on a table never
+-- analyzed.
+--
+-- A DROP INDEX takes an exclusive lock on jobs for a moment (the index is not read to drop it);
+-- workers of earlier versions run on unchanged, reading running jobs through those two indexes.
+DROP INDEX __SCHEMA__.jobs_running;
