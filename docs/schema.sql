@@ -152,42 +152,41 @@ BEGIN
         RETURN '{}';
     END IF;
     IF cfg.key_concurrency IS NULL THEN
-        picked := ARRAY(
+        RETURN ARRAY(
             SELECT id FROM batchworks.jobs
             WHERE state = 'queued' AND queue = q AND run_at <= now()
             ORDER BY priority DESC, run_at, id
-            LIMIT room);
-    ELSE
-        -- The running jobs of each key, as one object: a look-up per candidate, whatever
-        -- plan the planner would pick for a join (without statistics it re-ran the count
-        -- for every candidate).
-        SELECT coalesce(jsonb_object_agg(k, n), '{}') INTO held FROM (
-            SELECT concurrency_key AS k, count(*) AS n FROM batchworks.jobs
-            WHERE state = 'running' AND queue = q AND concurrency_key IS NOT NULL
-            GROUP BY concurrency_key
-        ) AS counted;
-        picked := ARRAY(
-            SELECT id FROM (
-                SELECT id, k, priority, run_at,
-                       coalesce((held ->> k)::integer, 0) + row_number() OVER (
-                           PARTITION BY k ORDER BY priority DESC, run_at, id) AS slot
-                FROM (
-                    SELECT id, concurrency_key AS k, priority, run_at FROM batchworks.jobs
-                    WHERE state = 'queued' AND queue = q AND run_at <= now()
-                    ORDER BY priority DESC, run_at, id
-                    LIMIT greatest(lookahead, room)
-                ) AS cand
-            ) AS ranked
-            WHERE k IS NULL OR slot <= cfg.key_concurrency
-            ORDER BY priority DESC, run_at, id
-            LIMIT room);
+            LIMIT room
+            FOR UPDATE SKIP LOCKED);
     END IF;
-    -- Locked here, like the unlimited pick's FOR UPDATE SKIP LOCKED: the claim's UPDATE then
-    -- changes rows nothing else can change meanwhile. Only the picks are locked, never the
-    -- candidates looked at. The state is checked on the locked (latest) row, outside the
-    -- locking scan: "state = 'queued'" beside "id = ANY" in one scan let the planner walk the
-    -- whole partial index jobs_claim for the ids (40 ms at 20,000 queued) instead of the
-    -- primary key.
+    -- The running jobs of each key, as one object: a look-up per candidate, whatever plan the
+    -- planner would pick for a join (without statistics it re-ran the count for every
+    -- candidate).
+    SELECT coalesce(jsonb_object_agg(k, n), '{}') INTO held FROM (
+        SELECT concurrency_key AS k, count(*) AS n FROM batchworks.jobs
+        WHERE state = 'running' AND queue = q AND concurrency_key IS NOT NULL
+        GROUP BY concurrency_key
+    ) AS counted;
+    picked := ARRAY(
+        SELECT id FROM (
+            SELECT id, k, priority, run_at,
+                   coalesce((held ->> k)::integer, 0) + row_number() OVER (
+                       PARTITION BY k ORDER BY priority DESC, run_at, id) AS slot
+            FROM (
+                SELECT id, concurrency_key AS k, priority, run_at FROM batchworks.jobs
+                WHERE state = 'queued' AND queue = q AND run_at <= now()
+                ORDER BY priority DESC, run_at, id
+                LIMIT greatest(lookahead, room)
+            ) AS cand
+        ) AS ranked
+        WHERE k IS NULL OR slot <= cfg.key_concurrency
+        ORDER BY priority DESC, run_at, id
+        LIMIT room);
+    -- Locked here: the claim's UPDATE then changes rows nothing else can change meanwhile. Only
+    -- the picks are locked, never the candidates looked at. The state is checked on the locked
+    -- (latest) row, outside the locking scan: "state = 'queued'" beside "id = ANY" in one scan
+    -- let the planner walk the whole partial index jobs_claim for the ids (40 ms at 20,000
+    -- queued) instead of the primary key.
     RETURN ARRAY(
         WITH l AS MATERIALIZED (  -- MATERIALIZED: the state test must not move into the scan
             SELECT id, state, priority, run_at FROM batchworks.jobs
