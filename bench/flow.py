@@ -115,7 +115,14 @@ async def drain(dsn: str, mode: str, jobs: int, batch_size: int) -> float:
             await backend.migrate()
             keys = None
             if mode == "today":
-                await backend._require_pool().execute(f'DROP INDEX "{schema}".jobs_slots')
+                # Before #14 the running jobs had one index, jobs_running (by worker), and no
+                # jobs_slots; migration 12 drops jobs_running instead, so it is put back here.
+                pool = backend._require_pool()
+                await pool.execute(
+                    f'CREATE INDEX IF NOT EXISTS jobs_running ON "{schema}".jobs (worker_token) '
+                    "WHERE state = 'running'"
+                )
+                await pool.execute(f'DROP INDEX "{schema}".jobs_slots')
             elif mode == "concurrency 100":
                 await backend.configure_queue("q", concurrency=CONCURRENCY)
             elif mode == "1,000 keys":

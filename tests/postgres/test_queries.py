@@ -145,8 +145,9 @@ def test_every_statement_that_changes_a_jobs_state_keeps_its_batch_counters() ->
     unbatched = {name for name in changing if name.endswith("_UNBATCHED")}
     assert unbatched == {"SETTLE_UNBATCHED", "SETTLE_SUCCEEDED_UNBATCHED"}
     for name in unbatched:
-        [where] = re.findall(r"\bWHERE\b[^\n]*worker_token = \$1[^\n]*", getattr(queries, name))
-        assert where.endswith("batch_id IS NULL"), (name, where)
+        # the fence, a CASE (see SETTLE_SUCCEEDED's comment): its condition names the token
+        [fence] = re.findall(r"\bCASE WHEN\b[^\n]*worker_token = \$1[^\n]*", getattr(queries, name))
+        assert fence.endswith("batch_id IS NULL"), (name, fence)
         assert name.removesuffix("_UNBATCHED") in changing
     changing -= unbatched
     assert changing >= {

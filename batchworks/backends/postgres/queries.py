@@ -981,14 +981,22 @@ FROM claimed ORDER BY priority DESC, run_at, id
 # ids are joined to the jobs (UPDATE ... FROM unnest, a primary-key look-up a row), linear in
 # the flush: an EXISTS over the unnested pairs for each row found by id = ANY($2) was quadratic
 # (5,000 outcomes took 3.7 s against 9 ms for 1,000; bench/settle_size.py).
+#
+# The fence (state, token, attempt; SETTLE and the two UNBATCHED statements have the same) is a
+# CASE so that the rows are found by primary key whatever indexes of running jobs exist: as
+# plain conditions, "state = 'running'" proves the predicate of such a partial index, and
+# without statistics the planner read every running job of every worker through jobs_slots and
+# ran the unnest again for each (loops=100, 1.9 ms for 100 outcomes against 0.55 ms by primary
+# key). A CASE without ELSE is NULL where the fence fails, which WHERE takes as false.
 SETTLE_SUCCEEDED: LiteralString = """
 WITH upd AS (
     UPDATE __SCHEMA__.jobs AS j
     SET state = 'succeeded', finished_at = now(), result = NULL,
         worker_token = NULL, lease_until = NULL, cancel_requested = false
     FROM unnest($2::bigint[], $3::int[]) AS o(id, attempt)
-    WHERE j.id = o.id AND j.state = 'running' AND j.worker_token = $1
-      AND (o.attempt IS NULL OR o.attempt = j.attempts)
+    WHERE j.id = o.id
+      AND CASE WHEN j.state = 'running' AND j.worker_token = $1
+               THEN o.attempt IS NULL OR o.attempt = j.attempts END
     RETURNING j.id, j.state, 'running'::text AS was, j.batch_id,
               CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
                    THEN pg_notify(__FINISHED__, j.id::text) END
@@ -1081,8 +1089,9 @@ WITH o AS (
         lease_until = NULL,
         cancel_requested = false
     FROM o
-    WHERE j.id = o.id AND j.state = 'running' AND j.worker_token = $1
-      AND (o.attempt IS NULL OR o.attempt = j.attempts)
+    WHERE j.id = o.id
+      AND CASE WHEN j.state = 'running' AND j.worker_token = $1
+               THEN o.attempt IS NULL OR o.attempt = j.attempts END
     RETURNING j.id, j.queue, j.state, j.run_at, 'running'::text AS was, j.batch_id,
               CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
                    THEN pg_notify(__FINISHED__, j.id::text) END
@@ -1164,8 +1173,9 @@ UPDATE __SCHEMA__.jobs AS j
 SET state = 'succeeded', finished_at = now(), result = NULL,
     worker_token = NULL, lease_until = NULL, cancel_requested = false
 FROM unnest($2::bigint[], $3::int[]) AS o(id, attempt)
-WHERE j.id = o.id AND j.state = 'running' AND j.worker_token = $1 AND j.batch_id IS NULL
-  AND (o.attempt IS NULL OR o.attempt = j.attempts)
+WHERE j.id = o.id
+  AND CASE WHEN j.state = 'running' AND j.worker_token = $1 AND j.batch_id IS NULL
+           THEN o.attempt IS NULL OR o.attempt = j.attempts END
 RETURNING j.id,
           CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
                THEN pg_notify(__FINISHED__, j.id::text) END
@@ -1191,8 +1201,9 @@ WITH o AS (
         lease_until = NULL,
         cancel_requested = false
     FROM o
-    WHERE j.id = o.id AND j.state = 'running' AND j.worker_token = $1 AND j.batch_id IS NULL
-      AND (o.attempt IS NULL OR o.attempt = j.attempts)
+    WHERE j.id = o.id
+      AND CASE WHEN j.state = 'running' AND j.worker_token = $1 AND j.batch_id IS NULL
+               THEN o.attempt IS NULL OR o.attempt = j.attempts END
     RETURNING j.id, j.queue, j.state, j.run_at,
               CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
                    THEN pg_notify(__FINISHED__, j.id::text) END
@@ -1208,7 +1219,9 @@ SELECT NULL FROM woke
 # clock_timestamp(), not now(): now() is when the statement arrived, and a heartbeat that
 # waited behind a lock (an operator's LOCK TABLE, a stalled server) would record that moment,
 # so the first recovery after the stall would judge a worker whose heartbeat had just landed
-# silent for the whole stall. The heartbeat and the leases count from when it landed.
+# silent for the whole stall. The heartbeat and the leases count from when it landed. Its jobs
+# are found by primary key, the fence in a CASE for the reason given at SETTLE_SUCCEEDED (as
+# plain conditions the planner AND-ed the ids with every running job of jobs_slots).
 HEARTBEAT: LiteralString = """
 WITH w AS (
     UPDATE __SCHEMA__.workers SET heartbeat_at = clock_timestamp()
@@ -1216,7 +1229,7 @@ WITH w AS (
     RETURNING token
 ), held AS (
     UPDATE __SCHEMA__.jobs SET lease_until = clock_timestamp() + make_interval(secs => $3)
-    WHERE id = ANY($2::bigint[]) AND state = 'running' AND worker_token = $1
+    WHERE id = ANY($2::bigint[]) AND CASE WHEN state = 'running' THEN worker_token = $1 END
       AND EXISTS (SELECT 1 FROM w)
     RETURNING id, cancel_requested
 )
@@ -1765,9 +1778,9 @@ SELECT (SELECT count(*) FROM bd) AS found,
        - (SELECT count(*) FROM upd) AS left
 """
 
-# Running members are counted from the running jobs (jobs_running: a few rows a worker), not
-# from the batch's members (the MATERIALIZED keeps it to that scan), so a read costs
-# the same for 10 members as for 10 million.
+# Running members are counted from the running jobs (jobs_slots since migration 12: a few rows
+# a worker), not from the batch's members (the MATERIALIZED keeps it to that scan), so a read
+# costs the same for 10 members as for 10 million.
 GET_BATCH: LiteralString = """
 WITH r AS MATERIALIZED (
     SELECT batch_id FROM __SCHEMA__.jobs WHERE state = 'running'
