@@ -15,7 +15,10 @@ What the window holds, and what must follow on the new primary:
   be drawn again for another job after the failover (a sequence is WAL-logged 32 values ahead,
   and the log record past the prefix is gone too), so the producer's jobs are matched by their
   payload, not their id;
-- claims: the jobs are queued again, their attempt unused;
+- claims: jobs replicated while queued and due a second after the cut are claimed inside the
+  window and still run at the kill: they are queued again on the new primary, their attempt
+  unused, and run there (the first worker's heartbeat finds their leases gone and cancels
+  them);
 - settles: jobs long enough to be claimed (and replicated) before the window and settled inside
   it are ``running`` on the new primary under the token of worker ``a``, which is alive and has
   forgotten them: their leases must run out and recovery run them again (``prune_after`` 3 s);
@@ -80,6 +83,8 @@ PRUNE_AFTER = 3.0  # seconds: the lease of a job whose settle was lost runs out 
 POLL_INTERVAL = 30.0  # seconds: long, so that only NOTIFY wakes an idle worker quickly
 LONG = 6  # jobs claimed before the cut and settled inside the window
 LONG_MS = 1200
+STRADDLE = 4  # jobs due 1 s after the cut: claimed inside the window, running at the kill
+STRADDLE_MS = 4000
 FINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -201,7 +206,7 @@ async def _run(
             "max_attempts": 10,
             "effects_payload": True,  # executions of lost jobs are told apart (ledger.py)
             "runner": {
-                "concurrency": 10,
+                "concurrency": 12,
                 "batch_size": 10,
                 "heartbeat_interval": 0.5,
                 "prune_after": PRUNE_AFTER,
@@ -217,19 +222,29 @@ async def _run(
 
         await poll(lambda: finished(BEFORE), within=60, what=f"{BEFORE} jobs done")
 
-        # Long jobs, claimed (and the claims replicated) before the cut, settled inside it.
+        # Long jobs, claimed (and the claims replicated) before the cut, settled inside it; and
+        # jobs replicated queued, claimed inside the window, still running at the kill.
         long_ids = await backend.enqueue_many(
             "q", [{"ms": LONG_MS, "long": i} for i in range(LONG)], priority=10
         )
+        straddle_ids = await backend.enqueue_many(
+            "q",
+            [{"ms": STRADDLE_MS, "straddle": i} for i in range(STRADDLE)],
+            delay=1.0,
+            priority=5,
+        )
 
-        async def running_on_standby() -> bool:
+        async def on_standby() -> bool:
             count = await new.fetchval(
-                f"SELECT count(*) FROM \"{SCHEMA}\".jobs WHERE id = ANY($1) AND state = 'running'",
+                f"SELECT count(*) FILTER (WHERE id = ANY($1) AND state = 'running') "
+                f"+ count(*) FILTER (WHERE id = ANY($2) AND state = 'queued') "
+                f'FROM "{SCHEMA}".jobs',
                 long_ids,
+                straddle_ids,
             )
-            return bool(count == LONG)
+            return bool(count == LONG + STRADDLE)
 
-        await poll(running_on_standby, within=20, every=0.005, what="the long jobs' claims")
+        await poll(on_standby, within=20, every=0.005, what="the long jobs' claims replicated")
         proxy.blackhole()
         cut_at = loop.time()
         acknowledged_at_cut = len(producer.acknowledged)
@@ -247,9 +262,15 @@ async def _run(
                 f"SELECT count(*) FROM \"{SCHEMA}\".jobs WHERE worker_name = 'b' "
                 "AND state = 'succeeded'"
             )
-            return long_final == LONG and by_b > 0
+            straddling = await old.fetchval(
+                f"SELECT count(*) FROM \"{SCHEMA}\".jobs WHERE id = ANY($1) AND state = 'running'",
+                straddle_ids,
+            )
+            return long_final == LONG and by_b > 0 and straddling == STRADDLE
 
-        await poll(window_done, within=30, what="the long jobs and one of b's to settle")
+        await poll(
+            window_done, within=30, what="the long jobs and one of b's to settle, 4 claims more"
+        )
         await asyncio.sleep(max(0.0, LAG - (loop.time() - cut_at)))  # paces the fault
 
         # What the new primary will hold, read on the standby before the kill: with the stream
@@ -315,6 +336,11 @@ async def _run(
             "the long jobs settled inside the window must be running on the new primary: "
             f"{[(i, on_new[i]['state'] if i in on_new else None) for i in long_ids]}"
         )
+        assert set(straddle_ids) <= set(lost_claims), (
+            "the jobs claimed inside the window must be queued on the new primary: "
+            f"{[(i, on_new[i]['state'], on_old[i]['state']) for i in straddle_ids]}"
+        )
+        assert all(on_new[i]["attempts"] == 0 for i in straddle_ids), "a lost claim's attempt"
         assert b_kept == 0, "b's registration reached the standby: the window lost too little"
 
         await work_resumed(ledger, since=killed_wall, within=60)
@@ -345,6 +371,7 @@ async def _run(
         assert lost_enqueues, "no acknowledged enqueue was lost: the lag lost nothing"
         ledger.expect(kept)
         ledger.expect(long_ids)
+        ledger.expect(straddle_ids)
         uncertain = set(producer.uncertain)
         maybe = [i for i, row in present.items() if _seq(row) in uncertain]
         ledger.expect(maybe)
@@ -402,6 +429,7 @@ async def _run(
             settles_lost=len(lost_settle_running) + len(lost_settle_queued),
             settles_lost_running=len(lost_settle_running),
             claims_lost=len(lost_claims),
+            lost_claims_attempts=sorted(final[i]["attempts"] for i in straddle_ids),
             reregistered=reregistered,
             promote=f"{promoted_at - killed_at:.2f} s",
             work_resumed_after_kill=f"{resumed_at - killed_at:.2f} s",
