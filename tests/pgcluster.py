@@ -122,17 +122,28 @@ class Cluster:
 STANDBY = "standby1"  # the standby's application_name, as synchronous_standby_names names it
 
 
-def primary_and_standby(root: Path, *, synchronous: bool = True) -> tuple[Cluster, Cluster]:
+def primary_and_standby(
+    root: Path,
+    *,
+    synchronous: bool = True,
+    primary_port: int | None = None,
+    replication_port: int | None = None,
+) -> tuple[Cluster, Cluster]:
     """A primary and a streaming standby of it (``pg_basebackup -R``), both started; with
     ``synchronous``, a commit returns only once the standby has flushed it. The standby does
-    not wait for a standby of its own once promoted."""
-    primary = Cluster(root, "primary")
+    not wait for a standby of its own once promoted.
+
+    ``primary_port`` fixes the primary's port (default: a free one) and ``replication_port``
+    is where the standby streams from (default: the primary's), so that a proxy the test
+    started in front of the primary can hold the replication stream back."""
+    primary = Cluster(root, "primary", **({"port": primary_port} if primary_port else {}))
     sync = f"synchronous_standby_names = '{STANDBY}'" if synchronous else ""
     primary.initdb("wal_level = replica", "max_wal_senders = 4", "fsync = off", sync)
     primary.start()
     standby = Cluster(root, "standby")
     standby.basebackup(primary, app_name=STANDBY)
-    conninfo = f"host=127.0.0.1 port={primary.port} user=postgres application_name={STANDBY}"
+    upstream = replication_port or primary.port
+    conninfo = f"host=127.0.0.1 port={upstream} user=postgres application_name={STANDBY}"
     with (standby.data / "postgresql.auto.conf").open("a") as conf:
         conf.write(f"primary_conninfo = '{conninfo}'\nsynchronous_standby_names = ''\n")
         # Retrying the lost primary every 5 s (the default) can hold a promotion that long.

@@ -29,6 +29,7 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._closing = False
         self.dsn = ""
 
     async def __aenter__(self) -> Proxy:
@@ -39,6 +40,7 @@ class Proxy:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closing = True
         self.heal()
         if self._server is not None:
             self._server.close()
@@ -72,6 +74,11 @@ class Proxy:
             await asyncio.gather(self._pump(client_r, server_w), self._pump(server_r, client_w))
         except (OSError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Cancelled by __aexit__: end quietly. (Python 3.11's StreamReaderProtocol asks a
+            # cancelled handler task for its exception and logs the CancelledError it gets.)
+            if not self._closing:
+                raise
         finally:
             self._tasks.discard(task)  # type: ignore[arg-type]
             client_w.close()

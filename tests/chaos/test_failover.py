@@ -26,7 +26,14 @@ import pytest
 from batchworks import PostgresBackend
 from tests.conftest import IN_CI
 from tests.pgcluster import STANDBY, Cluster, clusters, primary_and_standby
-from tests.support.harness import Fleet, pick, poll, record_figures, settle_and_judge
+from tests.support.harness import (
+    Fleet,
+    pick,
+    poll,
+    record_figures,
+    settle_and_judge,
+    work_resumed,
+)
 from tests.support.ledger import Ledger
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(pick(120, 240))]
@@ -139,18 +146,7 @@ async def test_failover_to_a_promoted_standby_loses_no_acknowledged_job(
         for worker in workers:
             await ledger.fault(worker.pid, "failover", at=time.time())
 
-        async def claimed_after_failover_done() -> bool:
-            # The ledger's own connections went down with the primary: a failed look is a no.
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                return (
-                    await ledger.count(
-                        "started_at > to_timestamp($1) AND finished_at IS NOT NULL", killed_wall
-                    )
-                    > 0
-                )
-            return False
-
-        await poll(claimed_after_failover_done, within=60, what="work to resume after failover")
+        await work_resumed(ledger, since=killed_wall, within=60)
         resumed_at = loop.time()
         await poll(
             lambda: any(at > promoted_at for at in producer.returned_at),

@@ -317,6 +317,20 @@ async def recovery_time(
     return asyncio.get_running_loop().time() - since
 
 
+async def work_resumed(ledger: Ledger, *, since: float, within: float) -> float:
+    """Wait for a job started after ``since`` (wall clock: a failover's kill) to finish; return
+    the seconds it took. The ledger's connections may still be the dead server's until the pool
+    replaces them: a look that fails counts as not yet."""
+
+    async def resumed() -> bool:
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            done = "started_at > to_timestamp($1) AND finished_at IS NOT NULL"
+            return await ledger.count(done, since) > 0
+        return False
+
+    return await poll(resumed, within=within, what="work to resume after the failover")
+
+
 # -- the PostgreSQL server ------------------------------------------------------------------------
 
 

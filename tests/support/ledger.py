@@ -7,6 +7,10 @@ queue is drained, :meth:`Ledger.check` classifies every job:
 - lost: enqueued (and expected to succeed), but never succeeded with a recorded execution;
 - duplicated: executed successfully more than once;
 - unexpected: executed, but never enqueued by this test;
+- foreign: executions of a job the database no longer has, as after a failover to a standby
+  that lagged: the job is gone, or its id now names another job (the effect row carries the
+  md5 of the payload it ran, where the worker was asked to record it). They are set apart,
+  never counted as an execution of the job that holds the id now;
 
 and checks the invariants: nothing left queued or running, ``attempts <= max_attempts``, every
 superseded execution started before a fault hit its worker, and no final state written by a
@@ -33,7 +37,8 @@ CREATE TABLE "{schema}".effects (
     worker     text        NOT NULL,
     outcome    text        NOT NULL,
     started_at timestamptz NOT NULL,
-    done_at    timestamptz NOT NULL DEFAULT clock_timestamp()
+    done_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    payload_md5 text
 );
 CREATE TABLE "{schema}".faults (
     pid  integer     NOT NULL,
@@ -62,6 +67,8 @@ class Verdict:
     unjustified: list[tuple[int, int, int]]  # (job, attempt, pid) of a superseded execution
     stale_writes: list[int]
     executions: int
+    #: (job, attempt, pid) of executions of a job the database no longer has
+    foreign: list[tuple[int, int, int]]
     attempts_histogram: dict[int, int]
     throughput: float
     window: float
@@ -101,6 +108,7 @@ class Verdict:
             "duplicated": len(self.duplicated),
             "unexpected": len(self.unexpected),
             "executions": self.executions,
+            "foreign": len(self.foreign),
             "throughput": round(self.throughput, 1),
         }
 
@@ -182,19 +190,33 @@ class Ledger:
         jobs = {
             row["id"]: row
             for row in await self.pool.fetch(
-                f'SELECT id, state, attempts, max_attempts, result, errors FROM "{s}".jobs'
+                f"SELECT id, state, attempts, max_attempts, result, errors, "
+                "md5(payload::text) AS payload_md5, "
+                # a result naming the payload it ran ("ran": effects_payload) must name this one
+                "CASE WHEN jsonb_typeof(result) = 'object' THEN "
+                "coalesce(result -> 'ran' <> payload, false) ELSE false END AS result_foreign "
+                f'FROM "{s}".jobs'
             )
         }
-        effects = list(
+        effects, strangers = _split_foreign(
+            jobs,
             await self.pool.fetch(
-                f'SELECT job_id, attempt, pid, outcome, started_at, done_at FROM "{s}".effects'
-            )
+                f"SELECT job_id, attempt, pid, outcome, started_at, done_at, payload_md5 "
+                f'FROM "{s}".effects'
+            ),
         )
+        unjustified: list[tuple[int, int, int]] = []
         faults: dict[int, list[datetime]] = {}
         for row in await self.faults():
             if row["kind"] not in MARKS:
                 faults.setdefault(row["pid"], []).append(row["at"])
 
+        foreign = [(row["job_id"], row["attempt"], row["pid"]) for row in strangers]
+        unjustified.extend(  # a job gone under a worker that no fault hit: a bug
+            (row["job_id"], row["attempt"], row["pid"])
+            for row in strangers
+            if not any(at >= row["started_at"] for at in faults.get(row["pid"], []))
+        )
         ok: dict[int, list[asyncpg.Record]] = {}
         for row in effects:
             if row["outcome"] == "ok":
@@ -202,7 +224,7 @@ class Ledger:
         known = self.expected | self.expected_failed
         states: dict[str, int] = {}
         histogram: dict[int, int] = {}
-        lost, stale, over, unjustified = [], [], [], []
+        lost, stale, over = [], [], []
         for job_id in sorted(known):
             row = jobs.get(job_id)
             if row is None:
@@ -240,10 +262,27 @@ class Ledger:
             unjustified=unjustified,
             stale_writes=stale,
             executions=len(effects),
+            foreign=sorted(foreign),
             attempts_histogram=dict(sorted(histogram.items())),
             throughput=good / window if window > 0 else 0.0,
             window=window,
         )
+
+
+def _split_foreign(
+    jobs: dict[int, asyncpg.Record], rows: Iterable[asyncpg.Record]
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    """The effect rows of the jobs in ``jobs``, and those of an execution of another payload
+    (a job gone, or whose id names another job now), by the payload's md5 where recorded."""
+    own, foreign = [], []
+    for row in rows:
+        job = jobs.get(row["job_id"])
+        recorded = row["payload_md5"]
+        if recorded is not None and (job is None or job["payload_md5"] != recorded):
+            foreign.append(row)
+        else:
+            own.append(row)
+    return own, foreign
 
 
 def _final_execution(row: asyncpg.Record) -> tuple[int, int] | None:
@@ -258,6 +297,8 @@ def _final_execution(row: asyncpg.Record) -> tuple[int, int] | None:
 
 def _stale_write(row: asyncpg.Record, ok: list[asyncpg.Record]) -> bool:
     """True when the job's final state came from a worker that no longer held the job."""
+    if row["result_foreign"]:
+        return True  # the outcome of an execution of another job that had the same id
     errors = json.loads(row["errors"])
     attempts = [entry["attempt"] for entry in errors]
     if attempts != sorted(set(attempts)):

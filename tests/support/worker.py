@@ -11,6 +11,9 @@ CONFIG_JSON holds ``dsn``, ``schema``, ``name`` and optional settings:
 - ``retry_wait`` / ``max_attempts``: the retry policy (a fixed wait, in seconds)
 - ``ms_scale``: a factor on every job's duration (``{"ms": 20}`` runs ``20 * ms_scale`` ms)
 - ``echo``: handlers return the payload itself and do nothing else (bad-input runs)
+- ``effects_payload``: each effect row also records the md5 of the payload it ran, and a
+  success returns that payload in its result (``ran``): the ledger then tells an execution of
+  a job lost in a failover, and its outcome, from those of the job that reuses its id
 - ``max_payload_bytes``, ``pool_max``, ``connect_options``, ``listen_dsn``: backend settings
 - ``effects_dsn``: where the effects are written (default ``dsn``), when ``dsn`` goes through
   a pooler under test
@@ -199,13 +202,15 @@ async def main(config: dict[str, Any]) -> None:
     scale = float(config.get("ms_scale", 1.0))
     echo = bool(config.get("echo", False))
     record = (
-        f'INSERT INTO "{schema}".effects (job_id, attempt, pid, worker, outcome, started_at) '
-        "VALUES ($1, $2, $3, $4, $5, to_timestamp($6))"
+        f'INSERT INTO "{schema}".effects (job_id, attempt, pid, worker, outcome, started_at, '
+        "payload_md5) VALUES ($1, $2, $3, $4, $5, to_timestamp($6), md5($7::jsonb::text))"
     )
+    with_payload = bool(config.get("effects_payload", False))
     fault = f'INSERT INTO "{schema}".faults (pid, kind, at) VALUES ($1, $2, clock_timestamp())'
 
     async def effect(job: Job, began: float, outcome: str) -> None:
-        await effects.execute(record, job.id, job.attempt, pid, name, outcome, began)
+        payload = json.dumps(job.payload) if with_payload else None
+        await effects.execute(record, job.id, job.attempt, pid, name, outcome, began, payload)
 
     async def handler(job: Job) -> Any:
         began = wall_clock()
@@ -240,6 +245,8 @@ async def main(config: dict[str, Any]) -> None:
                 raise RuntimeError("poison: always raises")
             raise Retryable("planned failure", delay=spec.get("retry_delay"))
         await effect(job, began, "ok")
+        if with_payload:
+            return {"pid": pid, "attempt": job.attempt, "ran": job.payload}
         return {"pid": pid, "attempt": job.attempt}
 
     policy = RetryPolicy(
