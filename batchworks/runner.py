@@ -451,6 +451,9 @@ class Runner:
             raise LifecycleError(f"Runner was {self._state}; create a new Runner for another run")
         self._state = RunnerState.RUNNING
         self._started_at = time.monotonic()
+        # The leases count from when the registration was sent: it may have landed (and its
+        # clock started) any time until its answer came back.
+        sent = asyncio.get_running_loop().time()
         try:
             token = await self._register()
         except BaseException:
@@ -458,7 +461,7 @@ class Runner:
             self._ended.set()
             raise
         self._token = token
-        self._lease.restart(asyncio.get_running_loop().time())
+        self._lease.restart(sent)
         self._settle = SettleBuffer(
             self._write,
             token,
@@ -567,8 +570,8 @@ class Runner:
             # Short: the queue ran dry for now, or a limit of it held jobs back. Outcomes
             # written during the claim, or waiting to be, held slots (a slot is a running
             # job): once written, the next claim may take their places at once.
-            if self._writes != writes:
-                continue
+            if self._writes != writes or self._stop_requested:
+                continue  # on a stop, the final flush writes what is pending, within its bound
             if self._settle is not None and self._settle.job_ids():  # pending, or being written
                 if await self._settle.flush(deadline=self._loop_time() + self._calls.timeout):
                     continue
@@ -845,16 +848,19 @@ class Runner:
             self._beat_soon.clear()
             sent = loop.time()
             try:
-                beat = await self._calls.run(
-                    "heartbeat", self._send_heartbeat(), within=self._beat_timeout(sent)
-                )
-                await self._after_beat(beat, sent, loop.time())
+                try:
+                    beat = await self._calls.run(
+                        "heartbeat", self._send_heartbeat(), within=self._beat_timeout(sent)
+                    )
+                    await self._after_beat(beat, sent, loop.time())
+                finally:
+                    self._beaten.set()  # what waits for a fresh beat need not wait for the rest
+                if beat.alive:
+                    await self._recover_others()
             except TRANSIENT as exc:
                 self._beat_failed(exc, loop.time())
             else:
                 await self._queue_metrics.maybe_read(self._calls, loop.time())
-            finally:
-                self._beaten.set()
 
     async def _fresh_heartbeat(self) -> None:
         """Have a heartbeat sent now, and wait until it has come back (through or not)."""
@@ -922,6 +928,10 @@ class Runner:
             self._cancel(job_id, CancelReason.LOST)
         for job_id in beat.cancel:
             self._cancel(job_id, CancelReason.OPERATOR)
+
+    async def _recover_others(self) -> None:
+        """After a heartbeat that got through: recover the jobs of workers gone silent, once
+        this worker's own heartbeats are regular enough to judge them."""
         if self._lease.may_recover:
             # Bounded like a heartbeat: a recovery stuck behind a lock must not keep the next
             # heartbeats (and the lease check they make) from happening.
@@ -973,10 +983,11 @@ class Runner:
         # What the old incarnation buffered is written first, fenced: rows a pruner skipped
         # (locked at that moment) are still its own.
         await self._settle.flush(deadline=loop.time() + self._calls.timeout)
+        sent = loop.time()  # the leases count from the send, as at the first registration
         token = await self._register()
         self._token = token
         self._settle.rebind(token)
-        self._lease.restart(loop.time())
+        self._lease.restart(sent)
         logger.warning(
             "worker %r registered again as a new incarnation",
             self._worker_name,

@@ -213,11 +213,11 @@ async def main() -> int:
             overview_ms, _ = await execution_ms(conn, q.overview, [], rounds)
             # THROUGHPUT: $1 since (None: the whole window), $2 a bucket's seconds, $3 the window
             throughput_ms, _ = await execution_ms(conn, q.throughput, [None, 60.0, 3600.0], rounds)
-            since = await conn.fetchval("SELECT extract(epoch FROM now())::float8 - 120")
+            since = await conn.fetchval("SELECT extract(epoch FROM now())::float8 - 240")
             refresh_ms, _ = await execution_ms(conn, q.throughput, [since, 60.0, 3600.0], rounds)
             print(f"overview (counts by queue and state) {overview_ms:8.2f} ms")
             print(f"overview (last hour's throughput)    {throughput_ms:8.2f} ms")
-            print(f"overview (throughput, a refresh: 2 min) {refresh_ms:6.2f} ms")
+            print(f"overview (throughput, a refresh: 4 min) {refresh_ms:6.2f} ms")
             async with PostgresBackend(dsn, schema=schema, min_size=1, max_size=1) as backend:
                 exact_wall, exact = await _best_wall(backend.overview, rounds)
                 sampled_wall, sampled = await _best_wall(

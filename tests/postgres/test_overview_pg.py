@@ -89,12 +89,10 @@ async def test_a_large_history_is_sampled_and_said_so_while_live_counts_stay_exa
     finally:
         await conn.close()
     exact = await pg_backend.overview()
-    pg_backend.OVERVIEW_EXACT_UP_TO = 1_000  # a large history, for this test
-    pg_backend.OVERVIEW_SAMPLE_PAGES = pages // 2
+    pg_backend.OVERVIEW_SAMPLE_PAGES = pages // 2 - 1  # a large table, for this test
     sampled = await pg_backend.overview(estimate=True)
 
-    assert sampled["a"].estimated == {"succeeded"}
-    assert sampled["b"].estimated == {"succeeded", "cancelled"}
+    assert sampled["a"].estimated == sampled["b"].estimated == {"succeeded", "cancelled"}
     for queue, state in [("a", "succeeded"), ("b", "succeeded"), ("b", "cancelled")]:
         truth, guess = exact[queue].counts[state], sampled[queue].counts[state]
         assert abs(guess - truth) <= 0.25 * truth, f"{queue} {state}: {guess} for {truth}"
@@ -124,3 +122,24 @@ async def test_the_live_counts_read_their_indexes_not_the_history(
     for scan in scans:
         assert scan["Node Type"] != "Seq Scan", f"a live count walks the history: {scan}"
         assert scan["Actual Rows"] <= 10, scan
+
+
+async def test_a_queue_the_sample_misses_is_there_when_known_and_says_its_counts_are_estimates(
+    pg_backend: PostgresBackend, pg_dsn: str
+) -> None:
+    await pg_backend.configure_queue("configured", concurrency=3)
+    await pg_backend.register_worker("w", ["served"])
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await _history(conn, pg_backend.schema, "big", "succeeded", 20_000)
+        pages = await conn.fetchval(
+            f"SELECT pg_relation_size('\"{pg_backend.schema}\".jobs'::regclass) / 8192"
+        )
+    finally:
+        await conn.close()
+    pg_backend.OVERVIEW_SAMPLE_PAGES = max(1, pages // 10)
+    sampled = await pg_backend.overview(estimate=True)
+    for name in ("configured", "served"):
+        assert sampled[name].counts == {state.value: 0 for state in JobState}, name
+        assert sampled[name].estimated == {"succeeded", "cancelled"}, name
+    assert sampled["big"].estimated == {"succeeded", "cancelled"}

@@ -4,6 +4,7 @@ are over kept by the backend and read once, so that a refresh reads the newest j
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -91,3 +92,25 @@ async def test_a_bucket_that_is_over_is_read_once_and_a_refresh_reads_the_newest
         assert sum(fresh.queues["q"]["succeeded"]) == 4
     finally:
         await conn.close()
+
+
+async def test_a_clock_gone_back_drops_what_was_kept_and_few_windows_are_kept(
+    pg_backend: PostgresBackend, pg_dsn: str
+) -> None:
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await _ended(conn, pg_backend.schema, [1800.0, 0.0], "q", "succeeded")
+        await pg_backend.throughput(window=WINDOW, buckets=BUCKETS)
+        # As if the last read had come from a server whose clock was a day ahead (before a
+        # failover): the buckets kept then are not this server's.
+        kept = pg_backend._kept_buckets(WINDOW, BUCKETS)
+        assert kept.now is not None
+        kept.now += timedelta(days=1)
+        kept.buckets = {k: {("q", "succeeded"): 99} for k in kept.buckets}
+        seen = await pg_backend.throughput(window=WINDOW, buckets=BUCKETS)
+        assert seen.queues == await _brute_force(conn, pg_backend.schema, seen)
+    finally:
+        await conn.close()
+    for minutes in range(1, 8):
+        await pg_backend.throughput(window=60.0 * minutes, buckets=minutes)
+    assert len(pg_backend.__dict__["_throughput_kept"]) <= 4

@@ -12,6 +12,7 @@ import json
 import math
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
@@ -52,34 +53,53 @@ class OperatorReads:
     def _errors(self) -> AbstractAsyncContextManager[None]:
         raise NotImplementedError  # PostgresBackend's
 
-    #: overview(estimate=True) counts the succeeded and cancelled jobs exactly while there are
-    #: fewer than this many, and samples the table above it
-    OVERVIEW_EXACT_UP_TO = 50_000
-    #: the pages of the table such a sample reads (about 20 jobs a page at fillfactor 50)
+    #: the pages of the table overview(estimate=True) samples for the succeeded and cancelled
+    #: jobs (about 20 jobs a page at fillfactor 50); a table of at most twice as many pages
+    #: is counted whole
     OVERVIEW_SAMPLE_PAGES = 1_000
 
     async def overview(self, *, estimate: bool = False) -> dict[str, QueueOverview]:
         """Each queue's counts, the age of its oldest due job and its checkpointed jobs.
 
         With ``estimate``, what a page refreshed every few seconds asks: the queued, running
-        and failed jobs are counted exactly through their indexes, and the succeeded and
-        cancelled ones too while there are fewer than :attr:`OVERVIEW_EXACT_UP_TO`; above,
-        they are estimated from a sample of the table's pages and named in each queue's
-        ``estimated``. Its cost then follows the live jobs, not the history."""
+        and failed jobs are counted exactly through their indexes; the succeeded and
+        cancelled ones too while the table is small (:attr:`OVERVIEW_SAMPLE_PAGES`), else
+        they are estimated from a fixed sample of its pages, and every queue names those two
+        states in ``estimated`` (a queue with few such jobs may read far off, or 0). The
+        queues the sample misses are there still when they have live jobs, limits set or a
+        live worker. Its cost follows the live jobs, not the history. The parts are read in
+        one snapshot."""
         if not estimate:
             return _overviews(await self._fetch(self._q.overview), estimated=frozenset())
-        rows = list(await self._fetch(self._q.overview_live))
-        seen = await self._fetchrow(self._q.overview_finished_seen, self.OVERVIEW_EXACT_UP_TO)
-        if seen["n"] < self.OVERVIEW_EXACT_UP_TO:
-            rows += await self._fetch(self._q.overview_finished)
-            return _overviews(rows, estimated=frozenset())
-        percent = min(100.0, 100.0 * self.OVERVIEW_SAMPLE_PAGES / max(1, seen["pages"]))
-        scale = 100.0 / percent
-        for row in await self._fetch(self._q.overview_finished_sample, percent):
-            rows.append(
-                {"queue": row["queue"], "state": row["state"], "n": round(row["n"] * scale)}
-            )
-        return _overviews(rows, estimated=FINISHED_ESTIMATED)
+        async with (
+            self._errors(),
+            self._require_pool().acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            rows = [dict(row) for row in await conn.fetch(self._q.overview_live)]
+            size = await conn.fetchrow(self._q.overview_size)
+            if size["pages"] <= 2 * self.OVERVIEW_SAMPLE_PAGES:
+                rows += await conn.fetch(self._q.overview_finished)
+                return _overviews(rows, estimated=frozenset())
+            percent = 100.0 * self.OVERVIEW_SAMPLE_PAGES / size["pages"]
+            scale = 100.0 / percent
+            for row in await conn.fetch(self._q.overview_finished_sample, percent):
+                rows.append(
+                    {"queue": row["queue"], "state": row["state"], "n": round(row["n"] * scale)}
+                )
+        known = [{"queue": name, "state": "succeeded", "n": 0} for name in size["known"]]
+        return _overviews(known + rows, estimated=FINISHED_ESTIMATED)
+
+    def _kept_buckets(self, span: float, count: int, *, anew: bool = False) -> _Kept:
+        """The throughput buckets kept for this window and count; a few windows at most (a
+        caller computing its window anew each time must not grow them without end)."""
+        kept: dict[tuple[float, int], _Kept] = self.__dict__.setdefault("_throughput_kept", {})
+        if anew or (span, count) not in kept:
+            kept.pop((span, count), None)
+            while len(kept) >= KEPT_WINDOWS:
+                del kept[next(iter(kept))]  # the first kept
+            kept[(span, count)] = _Kept()
+        return kept[(span, count)]
 
     async def _fetch_filtered(self, query: str, *args: Any) -> list[asyncpg.Record]:
         """``query`` (one with optional filters, ``$1::text IS NULL OR queue = $1``) planned
@@ -139,19 +159,27 @@ class OperatorReads:
 
         The buckets are aligned to multiples of their length since the epoch, and those that
         are over (by :data:`SETTLED_AFTER`) are kept and never read again: a refresh reads the
-        jobs that ended in the newest bucket or two, whatever the rate, instead of the whole
-        window (3.6M rows an hour at 1,000 jobs/s)."""
+        jobs that ended in the newest few buckets, whatever the rate, instead of the whole
+        window (3.6M rows an hour at 1,000 jobs/s). So a kept bucket counts the jobs that had
+        ended in it when it was read: one retried or purged later is still counted there
+        (the memory backend counts the jobs as they are now)."""
         span, count = check_throughput(window, buckets)
         width = span / count
-        kept = self.__dict__.setdefault("_throughput_kept", {}).setdefault((span, count), _Kept())
+        kept = self._kept_buckets(span, count)
         since = kept.upto * width if kept.upto is not None else None
         rows = await self._fetch(self._q.throughput, since, width, span)
-        now = rows[-1]["now"]
+        now = next(row["now"] for row in rows if row["queue"] is None)
+        if kept.now is not None and now < kept.now:  # the server's clock went back (a failover)
+            kept = self._kept_buckets(span, count, anew=True)
+            rows = await self._fetch(self._q.throughput, None, width, span)
+            now = next(row["now"] for row in rows if row["queue"] is None)
+        kept.now = now
         newest = math.floor(now.timestamp() / width)
         oldest = newest - count + 1
         fresh: dict[int, dict[tuple[str, str], int]] = {}
-        for row in rows[:-1]:
-            fresh.setdefault(row["k"], {})[(row["queue"], row["state"])] = row["n"]
+        for row in rows:
+            if row["queue"] is not None:
+                fresh.setdefault(row["k"], {})[(row["queue"], row["state"])] = row["n"]
         # Over: every bucket that ended SETTLED_AFTER ago, read from since on; kept from now on.
         over = math.floor((now.timestamp() - SETTLED_AFTER) / width)
         first = kept.upto if kept.upto is not None else oldest
@@ -210,8 +238,11 @@ def _summary(row: asyncpg.Record) -> JobSummary:
 
 
 #: seconds after a throughput bucket's end from which it is kept: a settle that began (its
-#: finished_at) before the end and committed after it is seen if it took less than this
-SETTLED_AFTER = 10.0
+#: finished_at) before the end and committed after it is seen if it took less than this (the
+#: pool's command_timeout is 60 s)
+SETTLED_AFTER = 120.0
+#: windows (window, buckets) whose buckets are kept at once, at most
+KEPT_WINDOWS = 4
 
 
 @dataclass
@@ -221,6 +252,8 @@ class _Kept:
 
     upto: int | None = None
     buckets: dict[int, dict[tuple[str, str], int]] = field(default_factory=dict)
+    #: the server's clock at the last read
+    now: datetime | None = None
 
 
 #: the states overview(estimate=True) samples once the history is large
@@ -229,7 +262,7 @@ FINISHED_ESTIMATED = frozenset({JobState.SUCCEEDED.value, JobState.CANCELLED.val
 
 def _overviews(rows: Any, *, estimated: frozenset[str]) -> dict[str, QueueOverview]:
     """Rows of (queue, state, n) and, for some, later, oldest_ready and checkpointed, by
-    queue: every state present."""
+    queue: every state present (a later row of a queue and state replaces an earlier one)."""
     counts: dict[str, dict[str, int]] = {}
     oldest: dict[str, float] = {}
     checkpointed: dict[str, int] = {}
@@ -249,7 +282,7 @@ def _overviews(rows: Any, *, estimated: frozenset[str]) -> dict[str, QueueOvervi
             queued_later=later.get(queue, 0),
             oldest_ready=oldest.get(queue),
             running_with_checkpoint=checkpointed.get(queue, 0),
-            estimated=estimated & {state for state, n in per_state.items() if n},
+            estimated=estimated,
         )
         for queue, per_state in counts.items()
     }

@@ -112,7 +112,7 @@ class Queries:
     get_job: str
     overview: str
     overview_live: str
-    overview_finished_seen: str
+    overview_size: str
     overview_finished: str
     overview_finished_sample: str
     workers: str

@@ -199,16 +199,17 @@ SELECT queue, state, count(*) AS n,
 FROM __SCHEMA__.jobs GROUP BY queue, state
 """
 
-# The dashboard's overview (overview(estimate=True)) in parts, so that its cost follows the
-# live jobs rather than the history. OVERVIEW_LIVE counts the queued, running and failed jobs,
-# one branch a state so that each reads its own partial index (jobs_claim, jobs_slots,
-# jobs_failed): exact, whatever the history. OVERVIEW_FINISHED_SEEN counts the succeeded and
-# cancelled jobs up to $1 along jobs_finished and reads the table's size in pages; under $1,
-# OVERVIEW_FINISHED counts them exactly, and from $1 on OVERVIEW_FINISHED_SAMPLE counts those
-# of $1 percent of the table's pages (TABLESAMPLE SYSTEM; REPEATABLE: the same pages each
-# time, so the figures do not jitter between refreshes), which the backend scales up and marks
-# estimated. OVERVIEW counts every job in one scan: 400 ms at 1M finished jobs, paid at each
-# live update of an open overview page (bench/web_list.py).
+# The dashboard's overview (overview(estimate=True)) in parts, read in one snapshot, so that
+# its cost follows the live jobs rather than the history. OVERVIEW_LIVE counts the queued,
+# running and failed jobs, one branch a state so that each reads its own partial index
+# (jobs_claim, jobs_slots, jobs_failed): exact, whatever the history. OVERVIEW_SIZE reads the
+# table's size in pages, and the queues known without the history (limits set, a live worker
+# serving them). A small table's succeeded and cancelled jobs are counted by
+# OVERVIEW_FINISHED; a large one's by OVERVIEW_FINISHED_SAMPLE over $1 percent of its pages
+# (TABLESAMPLE SYSTEM; REPEATABLE: the same pages each time, so the figures do not jitter from
+# one refresh to the next), which the backend scales up and marks estimated. OVERVIEW counts
+# every job in one scan: 150-400 ms at 1M finished jobs, paid at each live update of an open
+# overview page (bench/web_list.py).
 OVERVIEW_LIVE: LiteralString = """
 SELECT queue, 'queued' AS state, count(*) AS n,
        count(*) FILTER (WHERE run_at > now()) AS later,
@@ -224,11 +225,12 @@ SELECT queue, 'failed', count(*), 0, NULL, 0
 FROM __SCHEMA__.jobs WHERE state = 'failed' GROUP BY queue
 """
 
-OVERVIEW_FINISHED_SEEN: LiteralString = """
-SELECT (SELECT count(*) FROM (SELECT FROM __SCHEMA__.jobs
-                              WHERE state IN ('succeeded', 'cancelled') LIMIT $1) AS f) AS n,
-       pg_relation_size('__SCHEMA__.jobs'::regclass)
-           / current_setting('block_size')::bigint AS pages
+OVERVIEW_SIZE: LiteralString = """
+SELECT pg_relation_size('__SCHEMA__.jobs'::regclass) / current_setting('block_size')::bigint
+           AS pages,
+       ARRAY(SELECT name FROM __SCHEMA__.queues
+             UNION SELECT unnest(queues) FROM __SCHEMA__.workers WHERE state = 'active')
+           AS known
 """
 
 OVERVIEW_FINISHED: LiteralString = """
@@ -862,6 +864,11 @@ SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS w
 # loses is simply not claimed: the job is queued with its attempt unused, and the late settle of
 # the worker that ran it is fenced out (docs/durability.md).
 #
+# The leases count from clock_timestamp(), when the rows are taken, not from now(), when the
+# statement arrived: a claim that waited behind a lock (an operator's LOCK TABLE, a stalled
+# server) longer than the lease would hand out leases already run out, which the first
+# recovery after the stall would take back from a live worker (chaos scenario 13 saw it).
+#
 # CLAIM_ONE, for one queue ($2): one index-ordered scan of jobs_claim that stops at $3 rows.
 CLAIM_ONE: LiteralString = """
 WITH claimed AS (
@@ -872,7 +879,7 @@ WITH claimed AS (
         worker_token = $1,
         worker_name = w.name,
         started_at = clock_timestamp(),
-        lease_until = now() + make_interval(secs => $4)
+        lease_until = clock_timestamp() + make_interval(secs => $4)
     FROM __SCHEMA__.workers AS w
     WHERE w.token = $1 AND w.state = 'active'
       AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
@@ -920,7 +927,7 @@ WITH claimed AS (
         worker_token = $1,
         worker_name = w.name,
         started_at = clock_timestamp(),
-        lease_until = now() + make_interval(secs => $4)
+        lease_until = clock_timestamp() + make_interval(secs => $4)
     FROM __SCHEMA__.workers AS w
     WHERE w.token = $1 AND w.state = 'active'
       AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
