@@ -22,7 +22,8 @@ SYSTEM is one of:
 report those, leaving the rest of a backlog queued.
 
 ``--latency`` (batchworks only): the worker runs until told ``stop`` and prints, for each job it
-starts, ``started <queue latency in seconds>``, from the enqueue time carried in the payload.
+starts, ``started <queue latency in seconds> <its start>``: the latency from the enqueue time
+carried in the payload, the start as ``time.monotonic()``.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ async def batchworks(args: argparse.Namespace) -> None:
             runner.stop()
 
     async def timed(job: Job) -> None:
-        print(f"started {time.monotonic() - job.payload['t']:.6f}", flush=True)
+        now = time.monotonic()
+        print(f"started {now - job.payload['t']:.6f} {now:.6f}", flush=True)
 
     async with PostgresBackend(args.dsn, schema=args.schema) as backend:
         runner = Runner(

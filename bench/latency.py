@@ -3,20 +3,26 @@
 A batchworks worker process (``Runner`` with its defaults: concurrency 10, batch_size 50) runs on
 an empty queue. The benchmark enqueues one job, carrying ``time.monotonic()`` taken just before
 the ``enqueue`` call; the handler prints the time from there to its own start (one monotonic clock
-for every process of this machine). Once the benchmark has read that line it pauses 5-15 ms, so
-the runner is idle again and waiting for a NOTIFY, and enqueues the next job.
+for every process of this machine), and its start. That is issue #18's measure: the enqueue's
+call (its commit waits for the WAL flush) is part of it. Printed beside it, from the same
+samples: the ``enqueue`` call alone, and from its return to the handler's start.
 
-Floors, measured in the same run over as many samples:
+The references are measured in the same rounds, interleaved with the jobs (one sample of each a
+round, 5-15 ms apart, so the runner is idle again and waiting for a NOTIFY each time): this
+machine is shared, and a reference measured a minute later is measured on another machine.
 
 - ``SELECT 1``: one round trip on an open asyncpg connection, the floor the issue names;
 - raw NOTIFY: ``SELECT pg_notify(...)`` on one connection until its LISTENing twin's callback
   runs, the least any NOTIFY-driven wake-up can take;
 - raw insert+NOTIFY: an ``INSERT`` of one row and its ``pg_notify`` in one statement (a commit
   that waits for the WAL flush, as every durable enqueue must) until the twin's callback runs:
-  what is left of a wake-up once the enqueue is durable. batchworks adds the claim's round trip
-  (which commits asynchronously, see docs/durability.md) and its own Python on top.
+  what is left of a wake-up once the enqueue is durable;
+- raw insert+NOTIFY+claim: the same, and the callback claims the row (``UPDATE ... FOR UPDATE
+  SKIP LOCKED ... RETURNING``, committed asynchronously as batchworks' claim is) on a connection
+  it holds: the least a wake-up that claims before it starts a job can take. batchworks adds
+  its own claim statement (flow control, fencing, attempts) and its own Python on top.
 
-Exits non-zero only if a job's start was not seen within 5 seconds.
+Exits non-zero only if a job's start (or a reference's callback) was not seen within 5 seconds.
 
 Usage::
 
@@ -65,37 +71,38 @@ async def main() -> int:
     dsn = dsn_of(args)
     count = 50 if args.quick else args.jobs
     print(await describe_machine(dsn, args.uvloop))
-    print(f"latency: {count:,} jobs, one at a time, on an idle runner")
+    print(f"latency: {count:,} jobs, one at a time, on an idle runner, references interleaved")
     async with scratch_schema(dsn, "bench_latency") as schema:
         async with PostgresBackend(dsn, schema=schema) as backend:
             await backend.migrate()
+            raw = await Raw.open(dsn, schema)
             try:
-                ours = await batchworks_latency(dsn, schema, backend, count, args.uvloop)
+                rows = await measure(dsn, schema, backend, raw, count, args.uvloop)
             except (TimeoutError, RuntimeError) as exc:
                 print(f"error: a job did not start: {exc!r}", file=sys.stderr)
                 return 1
-        select1 = await select1_latency(dsn, count)
-        notify = await notify_latency(dsn, count)
-        insert = await notify_latency(dsn, count, insert=schema)
-    rows = {
-        "batchworks enqueue->start": ours,
-        "SELECT 1": select1,
-        "raw NOTIFY": notify,
-        "raw insert+NOTIFY": insert,
-    }
+            finally:
+                await raw.close()
     for name, samples in rows.items():
         print(
-            f"  {name:<28} p50 {percentile(samples, 50) * 1e3:7.3f} ms   "
+            f"  {name:<38} p50 {percentile(samples, 50) * 1e3:7.3f} ms   "
             f"p99 {percentile(samples, 99) * 1e3:7.3f} ms   max {max(samples) * 1e3:7.3f} ms"
         )
+    ours = rows[OURS]
     p50, p99 = percentile(ours, 50), percentile(ours, 99)
     for what, got, target in (("p50", p50, TARGET_P50), ("p99", p99, TARGET_P99)):
         verdict = "met" if got < target else "MISSED"
         print(f"batchworks {what} {got * 1e3:.3f} ms: target < {target * 1e3:g} ms {verdict}")
-    print(ratio_line("batchworks p50/SELECT 1 p50", p50, percentile(select1, 50)))
-    print(ratio_line("batchworks p50/raw NOTIFY p50", p50, percentile(notify, 50)))
-    print(ratio_line("batchworks p50/raw insert+NOTIFY p50", p50, percentile(insert, 50)))
-    print(ratio_line("batchworks p99/SELECT 1 p99", percentile(ours, 99), percentile(select1, 99)))
+    for floor in (INSERT, CLAIM):
+        over = p50 - percentile(rows[floor], 50)
+        print(f"batchworks p50 minus {floor} p50: {over * 1e3:.3f} ms")
+    print(ratio_line("batchworks p50/SELECT 1 p50", p50, percentile(rows[SELECT1], 50)))
+    print(ratio_line("batchworks p50/raw NOTIFY p50", p50, percentile(rows[NOTIFY], 50)))
+    print(ratio_line("batchworks p50/raw insert+NOTIFY p50", p50, percentile(rows[INSERT], 50)))
+    print(
+        ratio_line("batchworks p50/raw insert+NOTIFY+claim p50", p50, percentile(rows[CLAIM], 50))
+    )
+    print(ratio_line("batchworks p99/SELECT 1 p99", p99, percentile(rows[SELECT1], 99)))
     if not args.quick:
         figures: dict[str, Any] = {
             name: {"p50": percentile(s, 50), "p99": percentile(s, 99), "max": max(s)}
@@ -105,9 +112,20 @@ async def main() -> int:
     return 0
 
 
-async def batchworks_latency(
-    dsn: str, schema: str, backend: PostgresBackend, count: int, use_uvloop: bool
-) -> list[float]:
+OURS = "batchworks enqueue->start"
+CALL = "  batchworks enqueue call"
+AFTER = "  batchworks enqueue returned->start"
+SELECT1 = "SELECT 1"
+NOTIFY = "raw NOTIFY"
+INSERT = "raw insert+NOTIFY"
+CLAIM = "raw insert+NOTIFY+claim"
+
+
+async def measure(
+    dsn: str, schema: str, backend: PostgresBackend, raw: Raw, count: int, use_uvloop: bool
+) -> dict[str, list[float]]:
+    """``count`` rounds: a job through a batchworks worker process, then one sample of each
+    reference, each after a pause that leaves the runner idle."""
     command = worker_command(
         "batchworks",
         dsn,
@@ -121,7 +139,9 @@ async def batchworks_latency(
         *command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT
     )
     assert proc.stdin is not None and proc.stdout is not None
-    samples = []
+    rows: dict[str, list[float]] = {
+        name: [] for name in (OURS, CALL, AFTER, SELECT1, NOTIFY, INSERT, CLAIM)
+    }
     try:
         async with asyncio.timeout(WORKER_START_TIMEOUT):
             while (await proc.stdout.readline()).decode().strip() != "ready":
@@ -131,13 +151,26 @@ async def batchworks_latency(
         await proc.stdin.drain()
         await asyncio.sleep(0.2)  # let it settle into waiting for work
         for _ in range(count):
-            await backend.enqueue(QUEUE, {"t": time.monotonic()})
+            sent = time.monotonic()
+            await backend.enqueue(QUEUE, {"t": sent})
+            returned = time.monotonic()
             async with asyncio.timeout(START_TIMEOUT):
                 line = (await proc.stdout.readline()).decode()
             if not line.startswith("started "):
                 raise RuntimeError(f"unexpected line from the worker: {line!r}")
-            samples.append(float(line.split()[1]))
-            await asyncio.sleep(random.uniform(0.005, 0.015))  # idle again before the next
+            started = float(line.split()[2])
+            rows[OURS].append(started - sent)
+            rows[CALL].append(returned - sent)
+            rows[AFTER].append(started - returned)
+            for name, sample in (
+                (SELECT1, raw.select1),
+                (NOTIFY, raw.notify),
+                (INSERT, raw.insert),
+                (CLAIM, raw.insert_and_claim),
+            ):
+                await idle()
+                rows[name].append(await sample())
+            await idle()
         proc.stdin.write(b"stop\n")
         await proc.stdin.drain()
         async with asyncio.timeout(30):
@@ -146,49 +179,84 @@ async def batchworks_latency(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    return samples
+    return rows
 
 
-async def select1_latency(dsn: str, count: int) -> list[float]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        samples = []
-        for _ in range(count):
-            start = time.monotonic()
-            await conn.fetchval("SELECT 1")
-            samples.append(time.monotonic() - start)
-        return samples
-    finally:
-        await conn.close()
+async def idle() -> None:
+    """A pause long enough for the runner to be waiting for a NOTIFY again."""
+    await asyncio.sleep(random.uniform(0.005, 0.015))
 
 
-async def notify_latency(dsn: str, count: int, *, insert: str | None = None) -> list[float]:
-    """A NOTIFY until the listener's callback; with ``insert`` (a schema), sent by an INSERT
-    of one row into a table of that schema, in the same statement."""
-    talker, listener = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
-    heard: asyncio.Queue[float] = asyncio.Queue()
-    channel = scratch_name("bench_latency")  # of this run only
-    await listener.add_listener(channel, lambda *_: heard.put_nowait(time.monotonic()))
-    statement = "SELECT pg_notify($1, '')"
-    if insert is not None:
-        table = f'"{insert}".raw_jobs'
-        await talker.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, payload jsonb)")
-        statement = (
-            f"WITH ins AS (INSERT INTO {table} (payload) VALUES ('{{}}') RETURNING id) "
-            "SELECT pg_notify($1, id::text) FROM ins"
+class Raw:
+    """The references: a talker, its LISTENing twin and a claimer, on a table of their own."""
+
+    def __init__(self, connections: list[asyncpg.Connection], schema: str) -> None:
+        self._talker, self._listener, self._claimer = connections
+        self._heard: asyncio.Queue[float] = asyncio.Queue()
+        self._channel = scratch_name("bench_latency")  # of this run only
+        table = f'"{schema}".raw_jobs'
+        self._table = table
+        # One row a sample: 'done' for insert+NOTIFY, 'queued' for the claim to take; the
+        # NOTIFY's payload says which, as batchworks' says the queue.
+        self._insert = (
+            f"WITH ins AS (INSERT INTO {table} (state, payload) VALUES ($2, '{{}}') RETURNING id) "
+            "SELECT pg_notify($1, $2) FROM ins"
         )
-    try:
-        samples = []
-        for _ in range(count):
-            start = time.monotonic()
-            await talker.execute(statement, channel)
-            async with asyncio.timeout(START_TIMEOUT):
-                samples.append(await heard.get() - start)
-            await asyncio.sleep(random.uniform(0.005, 0.015))  # paced as the jobs are
-        return samples
-    finally:
-        await talker.close()
-        await listener.close()
+        self._claim = (
+            f"UPDATE {table} SET state = 'running' WHERE id = ANY(ARRAY("
+            f"SELECT id FROM {table} WHERE state = 'queued' ORDER BY id LIMIT 50 "
+            "FOR UPDATE SKIP LOCKED)) "
+            "AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off' "
+            "RETURNING id, payload"
+        )
+        self._claims: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def open(cls, dsn: str, schema: str) -> Raw:
+        raw = cls([await asyncpg.connect(dsn) for _ in range(3)], schema)
+        await raw._talker.execute(
+            f"CREATE TABLE {raw._table} (id bigserial PRIMARY KEY, state text NOT NULL, "
+            f"payload jsonb); CREATE INDEX ON {raw._table} (id) WHERE state = 'queued'"
+        )
+        await raw._listener.add_listener(raw._channel, raw._on_notify)
+        return raw
+
+    async def close(self) -> None:
+        for conn in (self._talker, self._listener, self._claimer):
+            await conn.close()
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload != "queued":
+            self._heard.put_nowait(time.monotonic())
+            return
+        task = asyncio.create_task(self._take())
+        self._claims.add(task)
+        task.add_done_callback(self._claims.discard)
+
+    async def _take(self) -> None:
+        rows = await self._claimer.fetch(self._claim)
+        if rows:
+            self._heard.put_nowait(time.monotonic())
+
+    async def _timed(self, statement: str, *args: Any) -> float:
+        start = time.monotonic()
+        await self._talker.execute(statement, *args)
+        async with asyncio.timeout(START_TIMEOUT):
+            return await self._heard.get() - start
+
+    async def select1(self) -> float:
+        start = time.monotonic()
+        await self._talker.fetchval("SELECT 1")
+        return time.monotonic() - start
+
+    async def notify(self) -> float:
+        return await self._timed("SELECT pg_notify($1, '')", self._channel)
+
+    async def insert(self) -> float:
+        return await self._timed(self._insert, self._channel, "done")
+
+    async def insert_and_claim(self) -> float:
+        return await self._timed(self._insert, self._channel, "queued")
 
 
 if __name__ == "__main__":
