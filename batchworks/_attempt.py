@@ -144,7 +144,11 @@ class Attempts:
             return self._failure(job, exc), exc
         if result is None:  # the common case: nothing to encode, nothing to check
             return Outcome(
-                job.id, OutcomeKind.SUCCEEDED, queue=job.queue, attempt=job.attempt
+                job.id,
+                OutcomeKind.SUCCEEDED,
+                queue=job.queue,
+                attempt=job.attempt,
+                claimed_at=job._claimed_at,
             ), None
         return self._success(job, result), None
 
@@ -177,7 +181,13 @@ class Attempts:
                 ),
             )
         return Outcome(
-            job.id, decision.kind, decision.delay, error=error, queue=job.queue, attempt=job.attempt
+            job.id,
+            decision.kind,
+            decision.delay,
+            error=error,
+            queue=job.queue,
+            attempt=job.attempt,
+            claimed_at=job._claimed_at,
         )
 
     def _success(self, job: Job, result: Any) -> Outcome:
@@ -202,10 +212,20 @@ class Attempts:
                 "traceback": None,
             }
             return Outcome(
-                job.id, OutcomeKind.SUCCEEDED, error=error, queue=job.queue, attempt=job.attempt
+                job.id,
+                OutcomeKind.SUCCEEDED,
+                error=error,
+                queue=job.queue,
+                attempt=job.attempt,
+                claimed_at=job._claimed_at,
             )
         return Outcome(
-            job.id, OutcomeKind.SUCCEEDED, result_json=encoded, queue=job.queue, attempt=job.attempt
+            job.id,
+            OutcomeKind.SUCCEEDED,
+            result_json=encoded,
+            queue=job.queue,
+            attempt=job.attempt,
+            claimed_at=job._claimed_at,
         )
 
     @staticmethod
@@ -219,6 +239,7 @@ class Attempts:
                 OutcomeKind.CANCELLED,
                 queue=job.queue,
                 attempt=job.attempt,
+                claimed_at=job._claimed_at,
                 error={
                     "attempt": job.attempt,
                     "type": "Cancelled",
@@ -235,4 +256,7 @@ class Attempts:
 def released(job: Job | ClaimedJob) -> Outcome:
     """A job put back unstarted, or cut short by a stop: queued again now, its attempt given
     back, fenced by the attempt it was claimed for."""
-    return Outcome(job.id, OutcomeKind.RELEASED, queue=job.queue, attempt=job.attempt)
+    claimed_at = job.claimed_at if isinstance(job, ClaimedJob) else job._claimed_at
+    return Outcome(
+        job.id, OutcomeKind.RELEASED, queue=job.queue, attempt=job.attempt, claimed_at=claimed_at
+    )

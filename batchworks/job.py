@@ -80,6 +80,8 @@ class Job(Generic[PayloadT]):
     #: it while this job runs), or None
     batch_id: int | None = None
     _saver: CheckpointSaver | None = field(default=None, repr=False)
+    #: ClaimedJob.claimed_at, for the fence of this attempt's outcome
+    _claimed_at: datetime | None = field(default=None, repr=False)
 
     async def save_checkpoint(self, value: Any) -> None:
         """Store ``value`` (JSON) with the job at once, so that the next attempt resumes from it.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 
 from batchworks.job import ErrorEntry, JobState
 
@@ -89,3 +90,7 @@ class Outcome:
     #: the worker token, so a worker that claimed the job again after its lease ran out cannot
     #: settle the new attempt with the old one's outcome. None: fenced by the token alone.
     attempt: int | None = None
+    #: the claim this outcome ends (ClaimedJob.claimed_at): fenced by it as well, so that an
+    #: outcome of a job lost in a failover cannot land on the job that reuses its id. None: not
+    #: fenced by it.
+    claimed_at: datetime | None = None

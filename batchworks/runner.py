@@ -752,6 +752,7 @@ class Runner:
             scheduled_for=claim.scheduled_for,
             batch_id=claim.batch_id,
             _saver=self._save_checkpoint,
+            _claimed_at=claim.claimed_at,
         )
         held = self._held[job.id] = Held(job, claim)
         return held

@@ -86,6 +86,10 @@ class ClaimedJob:
     scheduled_for: datetime | None = None
     #: the batch it is a member of, or None
     batch_id: int | None = None
+    #: when this claim took the job, on the backend's clock: the settle is fenced by it too,
+    #: for what token and attempt cannot tell apart (after a failover to a standby that lagged,
+    #: a job that reuses a lost job's id, claimed by the same worker at the same attempt)
+    claimed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -563,6 +563,7 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]], MemoryReads):
             row.schedule,
             row.scheduled_for,
             row.batch_id,
+            _dt(now),
         )
 
     async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:
@@ -572,7 +573,12 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]], MemoryReads):
         requeued = False
         for outcome in outcomes:
             row = self._running.get(outcome.job_id)
-            if row is None or row.worker != worker or outcome.attempt not in (None, row.attempts):
+            if (
+                row is None
+                or row.worker != worker
+                or outcome.attempt not in (None, row.attempts)
+                or outcome.claimed_at not in (None, _dt(row.started_at))
+            ):
                 lost.append(outcome.job_id)
                 continue
             # A slot of a controlled queue freed: its idle runners may start a job now.

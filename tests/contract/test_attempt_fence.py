@@ -7,6 +7,8 @@ must then not settle the second attempt: both carry the same worker token.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from batchworks.backends.base import Backend
 from batchworks.job import JobState
 from batchworks.outcome import Outcome, OutcomeKind
@@ -49,3 +51,31 @@ async def test_an_earlier_attempts_outcome_cannot_settle_a_later_one(backend: Ba
     record = await backend.get_job(job_id)
     assert record is not None and record.state is JobState.SUCCEEDED
     assert [entry["type"] for entry in record.errors] == ["WorkerLost"]
+
+
+async def test_an_outcome_of_another_claim_at_the_same_attempt_cannot_settle_it(
+    backend: Backend,
+) -> None:
+    # Token and attempt alike, claims apart: what a failover to a lagging standby can leave (a
+    # lost job's id drawn again, tests/postgres/test_failover_fencing.py). The claim's time
+    # tells them apart, in both settle statements' shapes.
+    job_id = await backend.enqueue("fence", {"n": 1})
+    token = await backend.register_worker("w1", ["fence"])
+    [claim] = await backend.claim(token, ["fence"], 1, lease=60.0, max_attempts=5)
+    assert claim.claimed_at is not None
+    other = claim.claimed_at - timedelta(seconds=1)
+    for kind in (OutcomeKind.SUCCEEDED, OutcomeKind.FAILED):
+        stale = Outcome(job_id, kind, queue="fence", attempt=claim.attempt, claimed_at=other)
+        assert await backend.settle(token, [stale]) == [job_id], kind
+    record = await backend.get_job(job_id)
+    assert record is not None and record.state is JobState.RUNNING
+    own = Outcome(
+        job_id,
+        OutcomeKind.SUCCEEDED,
+        queue="fence",
+        attempt=claim.attempt,
+        claimed_at=claim.claimed_at,
+    )
+    assert await backend.settle(token, [own]) == []
+    record = await backend.get_job(job_id)
+    assert record is not None and record.state is JobState.SUCCEEDED

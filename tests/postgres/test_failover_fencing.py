@@ -7,19 +7,12 @@ sees it happen: most lost ids are drawn again)."""
 from __future__ import annotations
 
 import asyncpg
-import pytest
 
 from batchworks import PostgresBackend
 from batchworks.outcome import Outcome, OutcomeKind
 from tests.support.calls import claim_one
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a settle is fenced by (worker token, attempt), which a lost claim and a "
-    "job that reuses its id can share; fencing by the claim itself (its started_at, say) "
-    "would close it",
-)
 async def test_an_outcome_of_a_lost_job_cannot_land_on_the_job_that_reuses_its_id(
     pg_backend: PostgresBackend, pg_dsn: str
 ) -> None:
@@ -43,7 +36,11 @@ async def test_an_outcome_of_a_lost_job_cannot_land_on_the_job_that_reuses_its_i
 
     # The outcome of the lost job's execution, written once the new primary answers.
     stale = Outcome(
-        first.id, OutcomeKind.SUCCEEDED, result_json='"the lost job\'s"', attempt=first.attempt
+        first.id,
+        OutcomeKind.SUCCEEDED,
+        result_json='"the lost job\'s"',
+        attempt=first.attempt,
+        claimed_at=first.claimed_at,
     )
     refused = await pg_backend.settle(worker, [stale])
     record = await pg_backend.get_job(reused)

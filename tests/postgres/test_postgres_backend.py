@@ -467,14 +467,15 @@ class TestClaimPlan:
         await pg_backend.claim(other, ["q"], 100, lease=30.0, max_attempts=5)
         ids = [job.id for job in held]
         attempts = [job.attempt for job in held]
+        claims = [job.claimed_at for job in held]
         n = len(ids)
         assert n == 100
         mixed = (["succeeded"] * n, [False] * n, [None] * n, [True] * n, [None] * n, [None] * n)
         cases = [
-            (queries.settle_succeeded_unbatched, (mine, ids, attempts)),
-            (queries.settle_succeeded, (mine, ids, attempts)),
-            (queries.settle_unbatched, (mine, ids, *mixed, attempts)),
-            (queries.settle, (mine, ids, *mixed, attempts)),
+            (queries.settle_succeeded_unbatched, (mine, ids, attempts, claims)),
+            (queries.settle_succeeded, (mine, ids, attempts, claims)),
+            (queries.settle_unbatched, (mine, ids, *mixed, attempts, claims)),
+            (queries.settle, (mine, ids, *mixed, attempts, claims)),
             (queries.heartbeat, (mine, ids, 30.0)),
         ]
         conn = await asyncpg.connect(pg_dsn)

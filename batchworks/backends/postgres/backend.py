@@ -687,12 +687,13 @@ class PostgresBackend(PostgresBatchCalls, BackendBase[str], OperatorReads):
         self, worker: WorkerToken, outcomes: Sequence[Outcome], *, batched: bool
     ) -> set[int]:
         ids = [o.job_id for o in outcomes]
-        attempts = [o.attempt for o in outcomes]  # the fence beside the token
+        attempts = [o.attempt for o in outcomes]  # the fences beside the token
+        claims = [o.claimed_at for o in outcomes]
         if all(
             o.kind is _SUCCEEDED and o.result_json is None and o.error is None for o in outcomes
         ):
             query = self._q.settle_succeeded if batched else self._q.settle_succeeded_unbatched
-            rows = await self._fetch(query, worker, ids, attempts)
+            rows = await self._fetch(query, worker, ids, attempts, claims)
         else:
             kinds = [o.kind for o in outcomes]
             rows = await self._fetch(
@@ -706,6 +707,7 @@ class PostgresBackend(PostgresBatchCalls, BackendBase[str], OperatorReads):
                 [o.result_json for o in outcomes],
                 [None if o.error is None else json.dumps(o.error) for o in outcomes],
                 attempts,
+                claims,
             )
         return {row["id"] for row in rows if row["id"] is not None}
 
@@ -922,7 +924,7 @@ def _schedule(row: asyncpg.Record) -> ScheduleState:
 def _claimed(row: asyncpg.Record) -> ClaimedJob:
     values = tuple(row)
     job_id, queue, payload, attempt, most, checkpoint, timeout, context, waited, lost = values[:10]
-    schedule, scheduled_for, batch_id = values[10:]
+    schedule, scheduled_for, batch_id, claimed_at = values[10:]
     return ClaimedJob(
         job_id,
         queue,
@@ -937,6 +939,7 @@ def _claimed(row: asyncpg.Record) -> ClaimedJob:
         schedule,
         scheduled_for,
         batch_id,
+        claimed_at,
     )
 
 

@@ -908,7 +908,7 @@ WITH claimed AS (
     WHERE f.name = c.queue AND f.rate_n IS NOT NULL
 )
 SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
-       lost, schedule, scheduled_for, batch_id
+       lost, schedule, scheduled_for, batch_id, started_at
 FROM claimed ORDER BY priority DESC, run_at, id
 """
 
@@ -975,7 +975,7 @@ WITH claimed AS (
     WHERE f.name = c.queue AND f.rate_n IS NOT NULL
 )
 SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
-       lost, schedule, scheduled_for, batch_id
+       lost, schedule, scheduled_for, batch_id, started_at
 FROM claimed ORDER BY priority DESC, run_at, id
 """
 
@@ -984,7 +984,8 @@ FROM claimed ORDER BY priority DESC, run_at, id
 # PostgreSQL's time than SETTLE, and four arrays fewer to build and encode. A success whose
 # result could not be kept carries an error entry for the history, so its flush takes SETTLE
 # (the errors column), like one with a result: plain successes pay nothing for that case.
-# Fenced like SETTLE, by the token and each job's attempt ($3, matched to its id in $2). The
+# Fenced like SETTLE, by the token, each job's attempt ($3) and its claim's time ($4, the job's
+# started_at as the claim returned it; each matched to its id in $2). The
 # ids are joined to the jobs (UPDATE ... FROM unnest, a primary-key look-up a row), linear in
 # the flush: an EXISTS over the unnested pairs for each row found by id = ANY($2) was quadratic
 # (5,000 outcomes took 3.7 s against 9 ms for 1,000; bench/settle_size.py).
@@ -1000,10 +1001,11 @@ WITH upd AS (
     UPDATE __SCHEMA__.jobs AS j
     SET state = 'succeeded', finished_at = now(), result = NULL,
         worker_token = NULL, lease_until = NULL, cancel_requested = false
-    FROM unnest($2::bigint[], $3::int[]) AS o(id, attempt)
+    FROM unnest($2::bigint[], $3::int[], $4::timestamptz[]) AS o(id, attempt, claimed_at)
     WHERE j.id = o.id
       AND CASE WHEN j.state = 'running' AND j.worker_token = $1
-               THEN o.attempt IS NULL OR o.attempt = j.attempts END
+               THEN (o.attempt IS NULL OR o.attempt = j.attempts)
+                    AND (o.claimed_at IS NULL OR o.claimed_at = j.started_at) END
     RETURNING j.id, j.state, 'running'::text AS was, j.batch_id,
               CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
                    THEN pg_notify(__FINISHED__, j.id::text) END
@@ -1069,18 +1071,20 @@ WITH upd AS (
 SELECT id FROM upd
 """
 
-# Any mix of outcomes, one row of the arrays $2-$9 a job, fenced by the worker's token ($1)
-# and the attempt ($9, NULL: the token alone): a job recovered meanwhile is not this worker's
-# to settle, nor is a later attempt of it this worker claimed again. The rows carry facts, not
-# outcome kinds: the state, whether the claim's attempt is given back, the delay until the job
-# is due again (NULL: it is not queued again) and whether it is finished, each computed from
-# the kind once, in Python (outcome.py). Wakes idle runners for the jobs that went back to the
-# queue due now (woke, see the top).
+# Any mix of outcomes, one row of the arrays $2-$10 a job, fenced by the worker's token ($1), the
+# attempt ($9) and the claim's time ($10, the started_at the claim returned; NULL: not fenced by
+# it): a job recovered meanwhile is not this worker's to settle, nor is a later attempt of it this
+# worker claimed again, nor a job that reuses the id of one lost in a failover to a standby that
+# lagged (same token, same attempt, another claim). The rows carry facts, not outcome kinds: the
+# state, whether the claim's attempt is given back, the delay until the job is due again (NULL: it
+# is not queued again) and whether it is finished, each computed from the kind once, in Python
+# (outcome.py). Wakes idle runners for the jobs that went back to the queue due now (woke, see the
+# top).
 SETTLE: LiteralString = """
 WITH o AS (
     SELECT * FROM unnest($2::bigint[], $3::text[], $4::bool[], $5::float8[], $6::bool[],
-                         $7::jsonb[], $8::jsonb[], $9::int[])
-        AS o(id, state, given_back, due, finished, result, error, attempt)
+                         $7::jsonb[], $8::jsonb[], $9::int[], $10::timestamptz[])
+        AS o(id, state, given_back, due, finished, result, error, attempt, claimed_at)
 ), upd AS (
     UPDATE __SCHEMA__.jobs AS j
     SET state = o.state,
@@ -1098,7 +1102,8 @@ WITH o AS (
     FROM o
     WHERE j.id = o.id
       AND CASE WHEN j.state = 'running' AND j.worker_token = $1
-               THEN o.attempt IS NULL OR o.attempt = j.attempts END
+               THEN (o.attempt IS NULL OR o.attempt = j.attempts)
+                    AND (o.claimed_at IS NULL OR o.claimed_at = j.started_at) END
     RETURNING j.id, j.queue, j.state, j.run_at, 'running'::text AS was, j.batch_id,
               CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
                    THEN pg_notify(__FINISHED__, j.id::text) END
@@ -1179,10 +1184,11 @@ SETTLE_SUCCEEDED_UNBATCHED: LiteralString = """
 UPDATE __SCHEMA__.jobs AS j
 SET state = 'succeeded', finished_at = now(), result = NULL,
     worker_token = NULL, lease_until = NULL, cancel_requested = false
-FROM unnest($2::bigint[], $3::int[]) AS o(id, attempt)
+FROM unnest($2::bigint[], $3::int[], $4::timestamptz[]) AS o(id, attempt, claimed_at)
 WHERE j.id = o.id
   AND CASE WHEN j.state = 'running' AND j.worker_token = $1 AND j.batch_id IS NULL
-           THEN o.attempt IS NULL OR o.attempt = j.attempts END
+           THEN (o.attempt IS NULL OR o.attempt = j.attempts)
+                    AND (o.claimed_at IS NULL OR o.claimed_at = j.started_at) END
 RETURNING j.id,
           CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
                THEN pg_notify(__FINISHED__, j.id::text) END
@@ -1191,8 +1197,8 @@ RETURNING j.id,
 SETTLE_UNBATCHED: LiteralString = """
 WITH o AS (
     SELECT * FROM unnest($2::bigint[], $3::text[], $4::bool[], $5::float8[], $6::bool[],
-                         $7::jsonb[], $8::jsonb[], $9::int[])
-        AS o(id, state, given_back, due, finished, result, error, attempt)
+                         $7::jsonb[], $8::jsonb[], $9::int[], $10::timestamptz[])
+        AS o(id, state, given_back, due, finished, result, error, attempt, claimed_at)
 ), upd AS (
     UPDATE __SCHEMA__.jobs AS j
     SET state = o.state,
@@ -1210,7 +1216,8 @@ WITH o AS (
     FROM o
     WHERE j.id = o.id
       AND CASE WHEN j.state = 'running' AND j.worker_token = $1 AND j.batch_id IS NULL
-               THEN o.attempt IS NULL OR o.attempt = j.attempts END
+               THEN (o.attempt IS NULL OR o.attempt = j.attempts)
+                    AND (o.claimed_at IS NULL OR o.claimed_at = j.started_at) END
     RETURNING j.id, j.queue, j.state, j.run_at,
               CASE WHEN j.waited AND j.state IN ('succeeded', 'failed', 'cancelled')
                    THEN pg_notify(__FINISHED__, j.id::text) END
