@@ -52,7 +52,8 @@ CONCURRENCY = 100
 BATCH_SIZE = 100
 
 # CLAIM_ONE as it was on main without flow control (#14), for the "today" drain (with a NULL
-# batch_id, the column batches (#16) added, for _claimed).
+# batch_id, the column batches (#16) added, and started_at, which the settle's fence of the
+# claim reads, for _claimed).
 TODAY_CLAIM_ONE = """
 WITH claimed AS (
     UPDATE __SCHEMA__.jobs AS j
@@ -77,10 +78,10 @@ WITH claimed AS (
               CASE WHEN jsonb_array_length(j.errors) = 0 THEN 0
                    ELSE (SELECT count(*)::int FROM jsonb_array_elements(j.errors) AS e
                          WHERE e ->> 'type' = 'WorkerLost') END AS lost,
-              j.priority, j.run_at, j.schedule, j.scheduled_for
+              j.priority, j.run_at, j.schedule, j.scheduled_for, j.started_at
 )
 SELECT id, queue, payload, attempts, max_attempts, checkpoint, timeout, trace_context, waited,
-       lost, schedule, scheduled_for, NULL::bigint AS batch_id
+       lost, schedule, scheduled_for, NULL::bigint AS batch_id, started_at
 FROM claimed ORDER BY priority DESC, run_at, id
 """
 
