@@ -18,7 +18,7 @@ from batchworks._checks import is_async
 from batchworks._logs import log_extra
 from batchworks.backends.base import ClaimedJob
 from batchworks.errors import PayloadError, Snooze
-from batchworks.job import Job
+from batchworks.job import ErrorEntry, Job
 from batchworks.outcome import Outcome, OutcomeKind
 from batchworks.retry import RetryPolicy, classify, describe_exception
 from batchworks.tracing import Telemetry
@@ -143,13 +143,7 @@ class Attempts:
                 raise  # cancelled by us (shutdown, operator, lost lease) or the loop
             return self._failure(job, exc), exc
         if result is None:  # the common case: nothing to encode, nothing to check
-            return Outcome(
-                job.id,
-                OutcomeKind.SUCCEEDED,
-                queue=job.queue,
-                attempt=job.attempt,
-                claimed_at=job._claimed_at,
-            ), None
+            return ended(job, OutcomeKind.SUCCEEDED), None
         return self._success(job, result), None
 
     async def _call(self, handler: Callable[[Job], Any], job: Job) -> Any:
@@ -180,15 +174,7 @@ class Attempts:
                     attempt=job.attempt,
                 ),
             )
-        return Outcome(
-            job.id,
-            decision.kind,
-            decision.delay,
-            error=error,
-            queue=job.queue,
-            attempt=job.attempt,
-            claimed_at=job._claimed_at,
-        )
+        return ended(job, decision.kind, decision.delay, error=error)
 
     def _success(self, job: Job, result: Any) -> Outcome:
         """A succeeded attempt that returned a value: keep it as JSON, or, if it cannot be
@@ -211,22 +197,8 @@ class Attempts:
                 "was not kept",
                 "traceback": None,
             }
-            return Outcome(
-                job.id,
-                OutcomeKind.SUCCEEDED,
-                error=error,
-                queue=job.queue,
-                attempt=job.attempt,
-                claimed_at=job._claimed_at,
-            )
-        return Outcome(
-            job.id,
-            OutcomeKind.SUCCEEDED,
-            result_json=encoded,
-            queue=job.queue,
-            attempt=job.attempt,
-            claimed_at=job._claimed_at,
-        )
+            return ended(job, OutcomeKind.SUCCEEDED, error=error)
+        return ended(job, OutcomeKind.SUCCEEDED, result_json=encoded)
 
     @staticmethod
     def cancelled_outcome(job: Job, reason: CancelReason) -> Outcome | None:
@@ -234,12 +206,9 @@ class Attempts:
         if reason is CancelReason.LOST:
             return None  # the job moved on: there is nothing this worker may write
         if reason is CancelReason.OPERATOR:
-            return Outcome(
-                job.id,
+            return ended(
+                job,
                 OutcomeKind.CANCELLED,
-                queue=job.queue,
-                attempt=job.attempt,
-                claimed_at=job._claimed_at,
                 error={
                     "attempt": job.attempt,
                     "type": "Cancelled",
@@ -253,10 +222,30 @@ class Attempts:
         return released(job)
 
 
+def ended(
+    job: Job | ClaimedJob,
+    kind: OutcomeKind,
+    delay: float = 0.0,
+    *,
+    result_json: str | None = None,
+    error: ErrorEntry | None = None,
+) -> Outcome:
+    """The outcome of ``job``'s attempt, fenced by what its claim gave it: the attempt and the
+    claim's time (every outcome the runner writes is made here, so none goes unfenced)."""
+    claimed_at = job.claimed_at if isinstance(job, ClaimedJob) else job._claimed_at
+    return Outcome(
+        job.id,
+        kind,
+        delay,
+        result_json=result_json,
+        error=error,
+        queue=job.queue,
+        attempt=job.attempt,
+        claimed_at=claimed_at,
+    )
+
+
 def released(job: Job | ClaimedJob) -> Outcome:
     """A job put back unstarted, or cut short by a stop: queued again now, its attempt given
     back, fenced by the attempt it was claimed for."""
-    claimed_at = job.claimed_at if isinstance(job, ClaimedJob) else job._claimed_at
-    return Outcome(
-        job.id, OutcomeKind.RELEASED, queue=job.queue, attempt=job.attempt, claimed_at=claimed_at
-    )
+    return ended(job, OutcomeKind.RELEASED)
