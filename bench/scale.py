@@ -242,7 +242,7 @@ async def explain_claim(backend: PostgresBackend, conn: asyncpg.Connection) -> l
         claim = backend._q.claim_one  # a runner of one queue claims with this one
         async with conn.transaction():
             # The arguments PostgresBackend.claim passes: no runner cap, its key look-ahead.
-            args = (token, QUEUE, 100, 30.0, 5, None, lookahead(100))
+            args = (token, QUEUE, 100, 30.0, 5, None, lookahead(100), [], [])
             rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + claim, *args)
             plan = [row[0] for row in rows]
             raise _Rollback

@@ -632,6 +632,7 @@ class Backend(Protocol):
         lease: float,
         max_attempts: int,
         caps: Mapping[str, int] | None = None,
+        ended: Sequence[Outcome] = (),
     ) -> list[ClaimedJob]:
         """Take up to ``limit`` due jobs, highest priority first; among equal priorities the
         queues take turns (each queue's earliest ``run_at`` first), so a quiet queue does not
@@ -642,6 +643,13 @@ class Backend(Protocol):
         of a queue (the runner's ``queue_concurrency`` room). A paused queue gives none; a
         limited one only as many as its limits leave, skipping a job over a limit for the
         next one in order.
+
+        ``ended`` are outcomes of ``worker`` not written yet: their handlers have ended, so
+        their slots of a limited queue pass to the jobs this claim takes (a handover). An
+        outcome counts only while its job is still running under ``worker`` by the claim the
+        outcome names (``Outcome.claimed_at``); any other is ignored. A backend written before
+        this keyword existed may leave it out: the Runner passes it only to a backend whose
+        ``claim`` takes it.
         """
 
     async def settle(self, worker: WorkerToken, outcomes: Sequence[Outcome]) -> list[int]:

@@ -489,6 +489,7 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]], MemoryReads):
         lease: float,
         max_attempts: int,
         caps: Mapping[str, int] | None = None,
+        ended: Sequence[Outcome] = (),
     ) -> list[ClaimedJob]:
         """Take up to ``limit`` due jobs for ``worker``; see :meth:`Backend.claim`."""
         record = self._workers.get(worker)
@@ -502,7 +503,13 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]], MemoryReads):
                 self._start(row, record, now, lease=lease, max_attempts=max_attempts)
                 for row in rows
             ]
-        running = list(self._running.values())
+        # The slots of the worker's ended attempts pass to this claim's jobs (a handover).
+        handed = {o.job_id: o.claimed_at for o in ended if o.claimed_at is not None}
+        running = [
+            row
+            for row in self._running.values()
+            if row.id not in handed or row.worker != worker or handed[row.id] != _dt(row.started_at)
+        ]
         # Each queue's picks in its own order, then merged: priority first, then the queues
         # take turns (the rank within its queue), then run_at. Picks the merge leaves out go
         # back to their heap, as they were.

@@ -7,11 +7,15 @@ checks of every new argument."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from datetime import timedelta
+from typing import Any
 
 import pytest
 
-from batchworks import ConfigurationError, JobState, MemoryBackend, Runner
-from batchworks.backends.base import Backend, QueueState
+from batchworks import ConfigurationError, Job, JobState, MemoryBackend, Runner
+from batchworks.backends.base import Backend, ClaimedJob, QueueState
+from batchworks.outcome import Outcome, OutcomeKind
 from tests.support.calls import LEASE, POLICY_MAX_ATTEMPTS, claim, succeeded
 
 
@@ -150,6 +154,119 @@ class TestKeyConcurrency:
 
         claimed = await claim(backend, worker)
         assert [c.payload for c in claimed] == [1, 3]
+
+
+def ended(job: ClaimedJob, **change: Any) -> Outcome:
+    """The outcome of ``job``'s attempt as a runner holds it before it is written, naming the
+    claim it ends (or, by ``change``, another one)."""
+    outcome = Outcome(job.id, OutcomeKind.SUCCEEDED, attempt=job.attempt, claimed_at=job.claimed_at)
+    return dataclasses.replace(outcome, **change)
+
+
+class TestHandover:
+    """A claim takes over the slots of its own worker's ended attempts whose outcomes are not
+    written yet (``claim(ended=...)``): the limit bounds the handlers that run at once."""
+
+    async def test_ended_attempts_hand_their_slots_to_the_claim(self, backend: Backend) -> None:
+        await backend.configure_queue("q", concurrency=2)
+        await backend.enqueue_many("q", list(range(6)))
+        worker = await backend.register_worker("w", ["q"])
+        first = await claim(backend, worker)
+        assert len(first) == 2
+        assert await claim(backend, worker) == []  # at the limit, nothing ended
+
+        second = await claim(backend, worker, ended=[ended(job) for job in first])
+        assert [c.payload for c in second] == [2, 3]
+        # Settled now: the slots were handed over once, and are not freed a second time.
+        assert await backend.settle(worker, [ended(job) for job in first]) == []
+        assert await claim(backend, worker, ended=[ended(job) for job in first]) == []
+        state = await queue_state(backend, "q")
+        assert state.running == 2
+
+    async def test_only_the_slot_handed_over_frees(self, backend: Backend) -> None:
+        await backend.configure_queue("q", concurrency=2)
+        await backend.enqueue_many("q", list(range(6)))
+        worker = await backend.register_worker("w", ["q"])
+        one, _ = await claim(backend, worker)
+
+        assert [c.payload for c in await claim(backend, worker, ended=[ended(one)])] == [2]
+        assert await claim(backend, worker, ended=[ended(one)]) == []  # one slot, once
+
+    async def test_another_workers_outcomes_or_claims_free_nothing(self, backend: Backend) -> None:
+        await backend.configure_queue("q", concurrency=1)
+        await backend.enqueue_many("q", list(range(3)))
+        owner = await backend.register_worker("owner", ["q"])
+        other = await backend.register_worker("other", ["q"])
+        [held] = await claim(backend, owner)
+        earlier = held.claimed_at - timedelta(seconds=1)
+
+        assert await claim(backend, other, ended=[ended(held)]) == []  # not its job
+        assert await claim(backend, owner, ended=[ended(held, claimed_at=earlier)]) == []
+        assert await claim(backend, owner, ended=[ended(held, claimed_at=None)]) == []
+        assert [c.payload for c in await claim(backend, owner, ended=[ended(held)])] == [1]
+
+    async def test_a_recovered_attempt_frees_nothing_more(self, backend: Backend) -> None:
+        await backend.configure_queue("q", concurrency=1)
+        await backend.enqueue_many("q", [1, 2])
+        dead = await backend.register_worker("dead", ["q"])
+        [held] = await backend.claim(dead, ["q"], 1, lease=0.0, max_attempts=POLICY_MAX_ATTEMPTS)
+        await asyncio.sleep(0.01)  # the zero lease passes on the backend's clock
+        assert await backend.recover(prune_after=60.0) == 1
+        live = await backend.register_worker("live", ["q"])
+        [taken] = await claim(backend, live, 1)
+
+        # The recovered attempt's outcome, late: it names a claim no job is running by now.
+        assert await claim(backend, dead, ended=[ended(held)]) == []
+        assert await claim(backend, live, ended=[ended(held)]) == []
+        state = await queue_state(backend, "q")
+        assert state.running == 1 and taken is not None
+
+    async def test_a_key_slot_is_handed_over_within_its_key(self, backend: Backend) -> None:
+        await backend.configure_queue("q", key_concurrency=1)
+        ids = await backend.enqueue_many(
+            "q", ["a1", "a2", "b1", "b2"], concurrency_keys=["a", "a", "b", "b"]
+        )
+        worker = await backend.register_worker("w", ["q"])
+        a1, b1 = await claim(backend, worker)
+        assert [a1.id, b1.id] == [ids[0], ids[2]]
+
+        assert [c.id for c in await claim(backend, worker, ended=[ended(a1)])] == [ids[1]]
+        assert await claim(backend, worker, ended=[ended(a1)]) == []  # b's slot is b1's
+
+    async def test_a_claim_of_several_queues_hands_over_in_each(self, backend: Backend) -> None:
+        for name in ("a", "b"):
+            await backend.configure_queue(name, concurrency=1)
+            await backend.enqueue_many(name, [f"{name}1", f"{name}2"])
+        worker = await backend.register_worker("w", ["a", "b"])
+        both = ("a", "b")
+        first = await claim(backend, worker, queues=both)
+        assert sorted(c.payload for c in first) == ["a1", "b1"]
+        assert await claim(backend, worker, queues=both) == []
+
+        second = await claim(backend, worker, queues=both, ended=[ended(c) for c in first])
+        assert sorted(c.payload for c in second) == ["a2", "b2"]
+
+    async def test_a_fleet_limit_with_handovers_bounds_the_handlers(self, backend: Backend) -> None:
+        await backend.configure_queue("q", concurrency=3)
+        await backend.enqueue_many("q", list(range(60)))
+        running = most = 0
+
+        async def handle(job: Job) -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            await asyncio.sleep(0.002)
+            running -= 1
+
+        runners = [
+            Runner(backend, {"q": handle}, concurrency=3, batch_size=3, worker_name=f"w{i}")
+            for i in range(2)
+        ]
+        reports = await asyncio.wait_for(
+            asyncio.gather(*(r.run_until_empty() for r in runners)), timeout=60
+        )
+        assert sum(report.succeeded for report in reports) == 60
+        assert most == 3, f"at most {most} handlers ran at once (limit 3)"
 
 
 class TestRate:

@@ -189,3 +189,44 @@ async def test_claims_of_limited_queues_listed_in_other_orders_all_go_through(
         )
         claimed += sum(len(batch) for batch in batches)
     assert claimed == ROUNDS * len(workers) * 3
+
+
+async def test_handovers_racing_their_own_settles_never_exceed_the_concurrency(
+    pg_backend: PostgresBackend, wide: PostgresBackend
+) -> None:
+    # Each round, every worker claims handing over the jobs it took the round before, while
+    # those jobs' settles are sent at the same instant on other connections: whichever commits
+    # first, a slot is freed once (by the handover or by the settle), never twice.
+    concurrency = 3
+    await pg_backend.configure_queue("q", concurrency=concurrency)
+    await pg_backend.enqueue_many("q", list(range(400)))
+    workers = [await pg_backend.register_worker(f"w{i}", ["q"]) for i in range(CLAIMERS)]
+    held: dict[WorkerToken, list[ClaimedJob]] = {worker: [] for worker in workers}
+    total = 0
+    for _ in range(ROUNDS * 2):
+        ended = {
+            worker: [
+                Outcome(j.id, OutcomeKind.SUCCEEDED, attempt=j.attempt, claimed_at=j.claimed_at)
+                for j in jobs
+            ]
+            for worker, jobs in held.items()
+        }
+        claims = [
+            wide.claim(worker, ["q"], 5, lease=60.0, max_attempts=5, ended=ended[worker])
+            for worker in workers
+        ]
+        settles = [pg_backend.settle(worker, ended[worker]) for worker in workers if ended[worker]]
+        results = await asyncio.gather(*claims, *settles)
+        batches: list[list[ClaimedJob]] = results[: len(workers)]
+        assert all(lost == [] for lost in results[len(workers) :]), "a settle was fenced out"
+        claimed = [job for batch in batches for job in batch]
+        assert len(claimed) <= concurrency, claimed
+        assert len({job.id for job in claimed}) == len(claimed)
+        running = await pg_backend._require_pool().fetchval(
+            f"SELECT count(*) FROM \"{pg_backend.schema}\".jobs WHERE state = 'running'"
+        )
+        assert running == len(claimed)  # the ended ones are all settled by now
+        held = dict(zip(workers, batches, strict=True))
+        total += len(claimed)
+    # Not starved: a slot handed over is taken by its own worker's claim at the latest.
+    assert total >= ROUNDS * 2, total

@@ -389,7 +389,7 @@ class TestClaimPlan:
             queries = Queries.fill(pg_backend.schema)
             for claim, queues in ((queries.claim_one, "q"), (queries.claim, ["q", "other"])):
                 rows = await conn.fetch(
-                    f"EXPLAIN {claim}", uuid.uuid4(), queues, 100, 30.0, 5, None, 1000
+                    f"EXPLAIN {claim}", uuid.uuid4(), queues, 100, 30.0, 5, None, 1000, [], []
                 )
                 plan = "\n".join(row[0] for row in rows)
                 assert "Index Scan using jobs_claim" in plan, plan
@@ -426,10 +426,15 @@ class TestClaimPlan:
                 # through either index of running rows only (jobs_slots: migration 7)
                 (queries.recover, (30.0, 1), {"jobs_running", "jobs_slots"}, 50),
                 (queries.next_due, (["q"],), {"jobs_claim"}, 3),  # a probe a priority: 5, 0, -1
-                (queries.claim_one, (worker, "q", 100, 30.0, 5, None, 1000), {"jobs_claim"}, 100),
+                (
+                    queries.claim_one,
+                    (worker, "q", 100, 30.0, 5, None, 1000, [], []),
+                    {"jobs_claim"},
+                    100,
+                ),
                 (
                     queries.claim,
-                    (worker, ["q", "other"], 100, 30.0, 5, None, 1000),
+                    (worker, ["q", "other"], 100, 30.0, 5, None, 1000, [], []),
                     {"jobs_claim"},
                     100,
                 ),

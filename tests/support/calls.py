@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from batchworks import JobState
 from batchworks.backends.base import Backend, ClaimedJob, WorkerToken
 from batchworks.outcome import Outcome, OutcomeKind
@@ -32,8 +34,11 @@ async def claim(
     *,
     queues: tuple[str, ...] = ("q",),
     lease: float = LEASE,
+    ended: Sequence[Outcome] = (),
 ) -> list[ClaimedJob]:
-    return await backend.claim(worker, queues, limit, lease=lease, max_attempts=POLICY_MAX_ATTEMPTS)
+    return await backend.claim(
+        worker, queues, limit, lease=lease, max_attempts=POLICY_MAX_ATTEMPTS, ended=ended
+    )
 
 
 async def claim_one(backend: Backend, worker: WorkerToken, *, lease: float = LEASE) -> ClaimedJob:

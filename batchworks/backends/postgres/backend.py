@@ -653,6 +653,7 @@ class PostgresBackend(PostgresBatchCalls, BackendBase[str], OperatorReads):
         lease: float,
         max_attempts: int,
         caps: Mapping[str, int] | None = None,
+        ended: Sequence[Outcome] = (),
     ) -> list[ClaimedJob]:
         """Take up to ``limit`` due jobs for ``worker`` in one statement."""
         one = len(queues) == 1
@@ -662,7 +663,9 @@ class PostgresBackend(PostgresBatchCalls, BackendBase[str], OperatorReads):
         else:
             names = list(queues)
             room = [None if caps is None else caps.get(queue) for queue in queues]
-        args = (worker, names, limit, lease, max_attempts, room, lookahead(limit))
+        ids = [o.job_id for o in ended if o.claimed_at is not None]
+        claims = [o.claimed_at for o in ended if o.claimed_at is not None]
+        args = (worker, names, limit, lease, max_attempts, room, lookahead(limit), ids, claims)
         rows = await self._fetch(self._q.claim_one if one else self._q.claim, *args)
         claimed = [_claimed(row) for row in rows]  # in claim order
         self._members.update(job.id for job in claimed if job.batch_id is not None)

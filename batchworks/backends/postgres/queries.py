@@ -869,6 +869,10 @@ SELECT (SELECT count(*) FROM upd) AS recovered, (SELECT count(*) FROM woke) AS w
 # server) longer than the lease would hand out leases already run out, which the first
 # recovery after the stall would take back from a live worker (chaos scenario 13 saw it).
 #
+# $8 and $9 name the attempts of worker $1 whose handlers have ended, outcomes not written yet
+# (ids, claims' started_at): a limited queue's pick hands their slots to the jobs it takes
+# (migration 13). Only flow_pick reads them, so an unlimited queue's claim pays nothing for them.
+#
 # CLAIM_ONE, for one queue ($2): one index-ordered scan of jobs_claim that stops at $3 rows.
 CLAIM_ONE: LiteralString = """
 WITH claimed AS (
@@ -890,7 +894,8 @@ WITH claimed AS (
           ORDER BY priority DESC, run_at, id
           LIMIT least($3, $6::int)
           FOR UPDATE SKIP LOCKED)
-          || (SELECT __SCHEMA__.flow_pick(name, least($3, $6::int), $7)
+          || (SELECT __SCHEMA__.flow_pick(
+                         name, least($3, $6::int), $7, $1, $8::bigint[], $9::timestamptz[])
               FROM __SCHEMA__.queues WHERE name = $2 AND controlled))
     RETURNING j.id, j.queue, j.payload, j.attempts, j.max_attempts, j.checkpoint, j.timeout,
               j.trace_context, extract(epoch FROM now() - j.run_at)::float8 AS waited,
@@ -949,7 +954,8 @@ WITH claimed AS (
               FROM __SCHEMA__.jobs AS fj
               WHERE fj.id = ANY((
                   SELECT __SCHEMA__.flow_pick_all(
-                      array_agg(q.name), array_agg(least($3, q.cap)), $7)
+                      array_agg(q.name), array_agg(least($3, q.cap)), $7,
+                      $1, $8::bigint[], $9::timestamptz[])
                   FROM unnest($2::text[], $6::int[]) AS q(name, cap)
                   JOIN __SCHEMA__.queues AS f ON f.name = q.name AND f.controlled
                   HAVING count(*) > 0)::bigint[])
