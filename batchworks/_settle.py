@@ -57,6 +57,8 @@ class SettleBuffer:
         self._full = asyncio.Event()
         self._lock = asyncio.Lock()
         self._stopping = False
+        #: outcomes added so far (a claim that came back short compares it)
+        self.added = 0
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -66,12 +68,17 @@ class SettleBuffer:
         heartbeats keep extending their leases until it is."""
         return [outcome.job_id for outcome in (*self._writing, *self._pending)]
 
+    def outcomes(self) -> list[Outcome]:
+        """The outcomes not written yet: pending, or being written."""
+        return [*self._writing, *self._pending]
+
     def rebind(self, worker: WorkerToken) -> None:
         """Write for a new incarnation of the worker from now on (what is left of the old one
         is fenced out and counted lost)."""
         self._worker = worker
 
     def add(self, outcome: Outcome) -> None:
+        self.added += 1
         self._pending.append(outcome)
         self._has_items.set()
         if len(self._pending) >= self._max_size:

@@ -5,7 +5,10 @@ per claim (an attempt entering ``running``, stamped with the job's ``started_at`
 the claim read under the queue's lock) and closes it when the attempt leaves ``running`` (its
 settle, or the recovery that took the lease away: ``clock_timestamp()`` inside that
 transaction, so before it committed). A slot is therefore exactly the span in which a worker
-held a valid lease on the attempt. The checks count, over those spans, the jobs running at
+held a valid lease on the attempt. A worker may hand a slot over earlier, once the attempt's
+handler has ended (#14): a worker run with ``audit_handovers`` records each such offer in
+``handovers`` just before the claim that makes it, so ``Slot.freed`` is at most the moment the
+claim took it over. The checks count, over those spans, the jobs running at
 once per queue and per concurrency key, and the starts within any rate window; and they clip
 each handler execution of the ledger's ``effects`` to its lease, to count how many ran on
 past it (a worker presumed dead that woke up).
@@ -45,6 +48,11 @@ END
 $$;
 CREATE TRIGGER audit_slots AFTER UPDATE OF state, attempts ON "{schema}".jobs
     FOR EACH ROW EXECUTE FUNCTION "{schema}".audit_slots();
+CREATE TABLE "{schema}".handovers (
+    job_id     bigint      NOT NULL,
+    claimed_at timestamptz,
+    at         timestamptz NOT NULL
+);
 """
 
 
@@ -55,7 +63,19 @@ class Slot:
     queue: str
     key: str | None
     began: datetime
+    #: when the attempt left running (its settle or recovery); None: it has not
     ended: datetime | None
+    #: when its worker first offered the slot to a claim of its own, the attempt's handler
+    #: having ended (a handover, #14); None: never
+    handed: datetime | None = None
+
+    @property
+    def freed(self) -> datetime | None:
+        """When the slot stopped counting against a limit: at the handover or at the end,
+        whichever came first."""
+        if self.handed is None or self.ended is None:
+            return self.ended or self.handed
+        return min(self.ended, self.handed)
 
 
 async def install(pool: asyncpg.Pool, schema: str) -> None:
@@ -63,7 +83,11 @@ async def install(pool: asyncpg.Pool, schema: str) -> None:
 
 
 async def read(pool: asyncpg.Pool, schema: str) -> list[Slot]:
-    rows = await pool.fetch(f'SELECT * FROM "{schema}".slots ORDER BY began')
+    rows = await pool.fetch(
+        f"""SELECT s.*, (SELECT min(h.at) FROM "{schema}".handovers AS h
+                         WHERE h.job_id = s.job_id AND h.claimed_at = s.began) AS handed
+            FROM "{schema}".slots AS s ORDER BY began"""
+    )
     return [Slot(**dict(row)) for row in rows]
 
 

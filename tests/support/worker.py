@@ -15,6 +15,8 @@ CONFIG_JSON holds ``dsn``, ``schema``, ``name`` and optional settings:
   success returns that payload in its result (``ran``): the ledger then tells an execution of
   a job lost in a failover, and its outcome, from those of the job that reuses its id
 - ``max_payload_bytes``, ``pool_max``, ``connect_options``, ``listen_dsn``: backend settings
+- ``audit_handovers``: before each claim that hands over the slots of ended jobs (#14), it
+  records them in the schema's ``handovers`` table (:mod:`tests.support.slots`), stamped then
 - ``effects_dsn``: where the effects are written (default ``dsn``), when ``dsn`` goes through
   a pooler under test
 - ``max_payload_bytes``, ``pool_max``: backend settings
@@ -84,13 +86,14 @@ if _SKEW:
     _skew_clock(_SKEW)
 
 import asyncio  # noqa: E402 - after the clock is skewed
+import functools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import random  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Awaitable, Callable, Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 import asyncpg  # noqa: E402
@@ -130,6 +133,13 @@ class ChaosBackend(PostgresBackend):
         #: the worker token it was fenced by]
         self.settles: list[list[Any]] = []
         self.rng = random.Random(inject.get("seed"))
+        #: called with the ended outcomes a claim is about to hand over (audit_handovers)
+        self.on_handover: Callable[[Sequence[Outcome]], Awaitable[None]] | None = None
+
+    def audit_handovers(self, pool: asyncpg.Pool, schema: str, *, on: bool) -> None:
+        """With ``on``, record the slots each claim hands over in ``handovers``, first."""
+        if on:
+            self.on_handover = functools.partial(_record_handover, pool, schema)
 
     def _fault(self, op: str, stage: str) -> None:
         point = self.inject.get("point", "")
@@ -147,6 +157,9 @@ class ChaosBackend(PostgresBackend):
         self, worker: WorkerToken, queues: Sequence[str], limit: int, **kwargs: Any
     ) -> list[ClaimedJob]:
         self.calls["claim"] += 1
+        ended = kwargs.get("ended", ())
+        if ended and self.on_handover is not None:
+            await self.on_handover(ended)  # before the claim: its time bounds the handover's
         self._fault("claim", "before")
         jobs = await super().claim(worker, queues, limit, **kwargs)
         if jobs:
@@ -181,6 +194,16 @@ class ChaosBackend(PostgresBackend):
             print(f"settled {self.settled}", flush=True)  # noqa: T201 - read by the test
             _die()
         return lost
+
+
+async def _record_handover(pool: asyncpg.Pool, schema: str, ended: Sequence[Outcome]) -> None:
+    await pool.execute(
+        f'INSERT INTO "{schema}".handovers (job_id, claimed_at, at) '
+        "SELECT id, claimed_at, clock_timestamp() "
+        "FROM unnest($1::bigint[], $2::timestamptz[]) AS h(id, claimed_at)",
+        [o.job_id for o in ended],
+        [o.claimed_at for o in ended],
+    )
 
 
 def _with_app_name(dsn: str, app: str) -> str:
@@ -264,6 +287,7 @@ async def main(config: dict[str, Any]) -> None:
             if key in config
         },
     )
+    backend.audit_handovers(effects, schema, on=bool(config.get("audit_handovers")))
     async with backend:
         handlers = {queue: handler for queue in config.get("queues", ["q"])}
         schedules = [Schedule(**spec) for spec in config.get("schedules", [])]
