@@ -11,10 +11,9 @@
 -- queue's running jobs may exceed it by outcomes still being written.
 --
 -- An ended attempt counts only while its row is still running under the claiming worker's
--- token ($4) and the same claim: an attempt recovered meanwhile, or claimed again by anyone
--- since, counts as running as before. The running jobs are counted first, the ended ones after
--- (each in a snapshot of its own): a settle that commits between the two makes the second count
--- smaller, never the first, so the pick errs on the side of fewer jobs, never more.
+-- token and by the same claim: an attempt recovered meanwhile, or claimed again by anyone
+-- since, counts as running as before. The running jobs and the ended ones among them are
+-- counted by one statement, in one snapshot, after the queue's row lock (as before).
 --
 -- flow_pick and flow_pick_all of version 7 and 12 stay, for workers of earlier versions during
 -- a roll-out: they are this function with nothing ended.
@@ -27,8 +26,6 @@ DECLARE
     room     integer := wanted;
     busy     integer;
     held     jsonb;
-    given    integer := 0;
-    given_by jsonb := '{}';
     picked   bigint[];
 BEGIN
     IF room <= 0 THEN
@@ -38,34 +35,31 @@ BEGIN
     IF NOT FOUND OR NOT cfg.controlled OR cfg.paused THEN
         RETURN '{}';
     END IF;
-    IF cfg.concurrency IS NOT NULL THEN
-        SELECT count(*) INTO busy FROM __SCHEMA__.jobs WHERE state = 'running' AND queue = q;
-    END IF;
+    -- The running jobs, less those handed over, in one statement (so in one snapshot): a job
+    -- handed over counts as free only if it is still running, under this worker, by the
+    -- claim named (DISTINCT: an outcome twice in the list frees its slot once).
     IF cfg.key_concurrency IS NOT NULL THEN
-        -- The running jobs of each key, as one object: a look-up per candidate, whatever plan
-        -- the planner would pick for a join (without statistics it re-ran the count for every
-        -- candidate).
-        SELECT coalesce(jsonb_object_agg(k, n), '{}') INTO held FROM (
-            SELECT concurrency_key AS k, count(*) AS n FROM __SCHEMA__.jobs
-            WHERE state = 'running' AND queue = q AND concurrency_key IS NOT NULL
-            GROUP BY concurrency_key
-        ) AS counted;
-    END IF;
-    IF cardinality(ended_ids) > 0 AND (busy IS NOT NULL OR held IS NOT NULL) THEN
-        -- After the counts above, never before (see the top). By primary key, one look-up an id.
+        -- By key, as one object: a look-up per candidate, whatever plan the planner would
+        -- pick for a join (without statistics it re-ran the count for every candidate).
         SELECT coalesce(sum(n), 0)::integer,
                coalesce(jsonb_object_agg(k, n) FILTER (WHERE k IS NOT NULL), '{}')
-        INTO given, given_by FROM (
-            SELECT j.concurrency_key AS k, count(*) AS n
-            FROM unnest(ended_ids, ended_at) AS e(id, claimed_at)
-            JOIN __SCHEMA__.jobs AS j ON j.id = e.id
-            WHERE j.state = 'running' AND j.queue = q AND j.worker_token = worker
-              AND j.started_at = e.claimed_at
+        INTO busy, held FROM (
+            SELECT j.concurrency_key AS k, count(*) - count(e.id) AS n
+            FROM __SCHEMA__.jobs AS j
+            LEFT JOIN (SELECT DISTINCT * FROM unnest(ended_ids, ended_at)) AS e(id, claimed_at)
+                ON e.id = j.id AND j.worker_token = worker AND j.started_at = e.claimed_at
+            WHERE j.state = 'running' AND j.queue = q
             GROUP BY j.concurrency_key
-        ) AS ended;
+        ) AS counted;
+    ELSIF cfg.concurrency IS NOT NULL THEN
+        SELECT count(*) - count(e.id) INTO busy
+        FROM __SCHEMA__.jobs AS j
+        LEFT JOIN (SELECT DISTINCT * FROM unnest(ended_ids, ended_at)) AS e(id, claimed_at)
+            ON e.id = j.id AND j.worker_token = worker AND j.started_at = e.claimed_at
+        WHERE j.state = 'running' AND j.queue = q;
     END IF;
-    IF busy IS NOT NULL THEN
-        room := least(room, cfg.concurrency - busy + given);
+    IF cfg.concurrency IS NOT NULL THEN
+        room := least(room, cfg.concurrency - busy);
     END IF;
     IF cfg.rate_n IS NOT NULL THEN
         SELECT cfg.rate_n - count(*) INTO busy FROM unnest(cfg.rate_starts) AS t
@@ -86,8 +80,8 @@ BEGIN
     picked := ARRAY(
         SELECT id FROM (
             SELECT id, k, priority, run_at,
-                   coalesce((held ->> k)::integer, 0) - coalesce((given_by ->> k)::integer, 0)
-                   + row_number() OVER (PARTITION BY k ORDER BY priority DESC, run_at, id) AS slot
+                   coalesce((held ->> k)::integer, 0) + row_number() OVER (
+                       PARTITION BY k ORDER BY priority DESC, run_at, id) AS slot
             FROM (
                 SELECT id, concurrency_key AS k, priority, run_at FROM __SCHEMA__.jobs
                 WHERE state = 'queued' AND queue = q AND run_at <= now()
