@@ -1,6 +1,7 @@
 """Through a real PgBouncer in transaction pooling mode, started by the suite on a port of its
 own: the options README gives make every operation work; LISTEN through it is detected as
-deaf and said so once; ``listen_dsn`` straight to PostgreSQL brings NOTIFY wake-ups back.
+deaf and said so once, then checked again now and then, quietly; ``listen_dsn`` straight to
+PostgreSQL brings NOTIFY wake-ups back.
 """
 
 from __future__ import annotations
@@ -111,38 +112,74 @@ class TestThroughPgBouncer:
 
 
 class TestListenThroughPgBouncer:
-    async def test_listen_through_pgbouncer_warns_once_and_runners_poll(
+    async def test_listen_through_pgbouncer_warns_once_rechecks_quietly_and_runners_poll(
         self,
         bouncer_dsn: str,
-        pg_dsn: str,
         pg_schema: str,
         caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        monkeypatch.setattr(_listener, "DELIVERY_TIMEOUT", 1.0)
-        caplog.set_level(logging.WARNING, logger="batchworks")
+        monkeypatch.setattr(_listener, "DELIVERY_TIMEOUT", 0.5)
+        monkeypatch.setattr(_listener, "RECHECK_FIRST", 0.05)
+        monkeypatch.setattr(_listener, "RECHECK_MAX", 0.1)
+        caplog.set_level(logging.DEBUG, logger="batchworks")
         done = asyncio.Event()
 
         async def handler(job: Job) -> None:
             done.set()
 
+        def checks() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if getattr(r, "action", "") == "listen_undelivered"]
+
         backend = PostgresBackend(bouncer_dsn, schema=pg_schema, connect_options=BOUNCER_OPTIONS)
         async with backend:
             await backend.migrate()
             async with Runner(backend, {"q": handler}, poll_interval=0.2):
-
-                def warned() -> bool:
-                    return any(UNDELIVERED in r.getMessage() for r in caplog.records)
-
-                await eventually(warned, within=15, what="the warning that LISTEN is deaf")
+                # Each recheck is a new LISTEN connection through PgBouncer, as deaf as the first.
+                await eventually(lambda: len(checks()) >= 4, within=30, what="four failed checks")
+                assert backend._listener.delivers is False
                 await backend.enqueue("q", None)
                 async with asyncio.timeout(15):  # polling still finds it
                     await done.wait()
-                await asyncio.sleep(1.5)  # another delivery bound: no second warning
-        warnings = [r for r in caplog.records if UNDELIVERED in r.getMessage()]
+        warnings = [r for r in checks() if r.levelno >= logging.WARNING]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert checks()[0] is warnings[0]  # the first says it, the rechecks only at DEBUG
+        assert {r.levelno for r in checks()[1:]} == {logging.DEBUG}
         assert "listen_dsn" in warnings[0].getMessage()
         assert "PgBouncer" in warnings[0].getMessage()
+        assert not [r for r in caplog.records if "hears NOTIFY again" in r.getMessage()]
+
+    @pytest.mark.parametrize("how", ["aclose", "terminate"])
+    async def test_close_in_the_backoff_between_checks_ends_the_listener_at_once(
+        self,
+        how: str,
+        bouncer_dsn: str,
+        pg_schema: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setattr(_listener, "DELIVERY_TIMEOUT", 0.5)
+        monkeypatch.setattr(_listener, "RECHECK_FIRST", 3600.0)
+        backend = PostgresBackend(bouncer_dsn, schema=pg_schema, connect_options=BOUNCER_OPTIONS)
+        listener = backend._listener
+        async with backend:
+            await backend.migrate()
+            await backend.wait_for_work(["q"], max_wait=0.001)  # starts the listener
+            await eventually(
+                lambda: listener.delivers is False and listener._conn is None,
+                what="the listener to wait for its next check",
+            )
+            task = listener._task
+            assert task is not None and not task.done()
+            try:
+                async with asyncio.timeout(10):  # a hang net: the backoff is an hour
+                    if how == "aclose":
+                        await listener.aclose()
+                    else:
+                        listener.terminate()
+                        await asyncio.wait([task])
+            except TimeoutError:
+                pytest.fail(f"{how}() in the backoff did not end the listener within 10 s")
+            assert task.done() and listener._conn is None and not listener.listening
 
     async def test_notify_wakes_idle_runners_with_listen_dsn_direct(
         self, bounced: PostgresBackend, caplog: pytest.LogCaptureFixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Iterator
 from typing import Any
@@ -21,9 +22,11 @@ from batchworks import (
     SchemaNotMigrated,
     Terminal,
 )
+from batchworks.backends.postgres import _listener
 from batchworks.backends.postgres import backend as backend_module
 from batchworks.backends.postgres.backend import Queries, _migration_files
 from batchworks.outcome import Outcome, OutcomeKind
+from tests.chaos.proxy import Proxy
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.postgres
@@ -346,6 +349,58 @@ class TestListener:
                     await started.wait()
         finally:
             await conn.close()
+
+    async def test_a_check_missed_in_a_stall_is_made_again_and_wake_ups_resume(
+        self,
+        pg_dsn: str,
+        pg_schema: str,
+        caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # The network to the LISTEN connection stalls right after its first LISTEN: the
+        # NOTIFY it sends itself (through the pool, direct) reaches the server, and the echo
+        # is held on its way back. The listener must drop that connection without waiting on
+        # it, check again on a new one once the network is back, and listen again.
+        monkeypatch.setattr(_listener, "DELIVERY_TIMEOUT", 0.5)
+        monkeypatch.setattr(_listener, "PROBE_TIMEOUT", 1.0)  # bounds the stalled UNLISTEN
+        monkeypatch.setattr(_listener, "RECHECK_FIRST", 0.2)
+        caplog.set_level(logging.INFO, logger="batchworks")
+        started = asyncio.Event()
+
+        async def handler(job: Job) -> None:
+            started.set()
+
+        async with Proxy(pg_dsn) as proxy:
+            backend = PostgresBackend(pg_dsn, schema=pg_schema, listen_dsn=proxy.dsn)
+            listener = backend._listener
+            send = listener._notify
+            sent: list[str] = []
+
+            async def stall_the_first_echo(payload: str) -> None:
+                if not sent:
+                    proxy.blackhole()
+                sent.append(payload)
+                await send(payload)
+
+            monkeypatch.setattr(listener, "_notify", stall_the_first_echo)
+            async with backend:
+                await backend.migrate()
+                async with Runner(backend, {"q": handler}, poll_interval=60):
+                    await eventually(
+                        lambda: listener.delivers is False and listener._conn is None,
+                        what="the missed check's connection to be dropped, network stalled",
+                    )
+                    assert proxy.blackholed and not listener.listening
+                    proxy.heal()
+                    await eventually(lambda: listener.listening, what="the listener back")
+                    assert listener.delivers is True and len(sent) >= 2
+                    await backend.enqueue("q", None)
+                    async with asyncio.timeout(15):  # a hang net, far below the 60 s poll
+                        await started.wait()
+        said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name.startswith("batch")]
+        warned = [m for level, m in said if level == logging.WARNING and "hears no" in m]
+        again = [m for level, m in said if level == logging.INFO and "hears NOTIFY again" in m]
+        assert (len(warned), len(again)) == (1, 1), said
 
 
 async def _is_not_none(value: Awaitable[object]) -> bool:

@@ -8,8 +8,12 @@ Until it is back, runners fall back to polling.
 Right after each LISTEN the listener sends itself a NOTIFY through the backend's pool, the way
 enqueues send theirs. A connection that goes through PgBouncer in transaction pooling mode
 takes LISTEN without complaint and never hears a thing: when the probe does not come back
-within ``DELIVERY_TIMEOUT``, the listener logs one warning (how to fix it: ``listen_dsn=``)
-and stops, and idle runners poll.
+within ``DELIVERY_TIMEOUT``, the listener logs a warning (how to fix it: ``listen_dsn=``),
+drops the connection, and idle runners poll. A server stalled past that bound, or a slow
+failover, fails the check the same way for a moment only: so the listener checks again on a
+new connection after ``RECHECK_FIRST`` seconds, doubling up to ``RECHECK_MAX``, and listens
+again (saying so once, at INFO) as soon as a check is heard. Failed rechecks log at DEBUG: a
+deaf pooler stays deaf, and one warning per streak says all there is to say.
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ RETRY_MAX = 5.0  # seconds between reconnects, at most
 PROBE_INTERVAL = 30.0  # seconds between liveness probes of an idle connection
 PROBE_TIMEOUT = 5.0  # seconds a probe may take before the connection counts as dead
 DELIVERY_TIMEOUT = 5.0  # seconds a NOTIFY to itself may take to come back after LISTEN
+# After a check that was not heard: a stall or a failover has usually passed within half a
+# minute, so a passing one costs about that much polling; behind a pooler that never delivers,
+# a check every 15 minutes costs a connection and a NOTIFY four times an hour, and a server
+# that took long to come back is heard again within 15 minutes.
+RECHECK_FIRST = 30.0  # seconds before the first recheck of delivery
+RECHECK_MAX = 900.0  # seconds between rechecks of delivery, at most
 
 Connect = Callable[[], Awaitable[Any]]
 Release = Callable[[Any], Awaitable[None]]
@@ -51,7 +61,8 @@ class Listener:
         # the event its arrival sets.
         self._probe = f"#probe {uuid.uuid4().hex}"
         self._probe_back = asyncio.Event()
-        #: False once notifications were found not to arrive (then runners poll)
+        #: whether the last check heard its NOTIFY (None before one could tell); while False,
+        #: runners poll and the check is made again later
         self.delivers: bool | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -105,17 +116,11 @@ class Listener:
 
     async def _run(self) -> None:
         delay = 0.1
+        recheck = RECHECK_FIRST
         while not self._closed:
             lost = asyncio.Event()
             try:
-                conn = await self._connect()
-                self._conn = conn
-                conn.add_termination_listener(lambda _conn, event=lost: event.set())
-                # The runners' channel last: operators (and tests) find the listener by its
-                # last query in pg_stat_activity, LISTEN "batchworks_<schema>".
-                for channel, adapter in self._adapters.items():
-                    await conn.add_listener(channel, adapter)
-                await conn.add_listener(self._channel, self._on_notify)
+                conn = await self._listen(lost)
             except Exception as exc:
                 await self._drop()
                 logger.warning(
@@ -131,16 +136,34 @@ class Listener:
             delay = 0.1
             self.wake()
             try:
-                await self._check_delivery(lost)
+                await self._check_delivery(lost, recheck)
             except _Undelivered:
+                # Each recheck on a new connection: the one that missed its NOTIFY may be
+                # the one that stalled.
                 await self._drop()
-                return  # polling from now on: reconnecting would not make it deliver
+                await asyncio.sleep(recheck)  # polling meanwhile
+                recheck = min(recheck * 2, RECHECK_MAX)
+                continue
+            if self.delivers:
+                recheck = RECHECK_FIRST
             self.listening = True
             for callback in self._subscribers.values():
                 callback(None)  # what ended while nobody listened was not heard
             await self._watch(conn, lost)
             await self._drop()
             logger.warning("LISTEN connection lost; reconnecting", extra={"action": "listen_lost"})
+
+    async def _listen(self, lost: asyncio.Event) -> Any:
+        """Connect, and LISTEN on every channel; ``lost`` is set when the connection goes."""
+        conn = await self._connect()
+        self._conn = conn
+        conn.add_termination_listener(lambda _conn, event=lost: event.set())
+        # The runners' channel last: operators (and tests) find the listener by its last
+        # query in pg_stat_activity, LISTEN "batchworks_<schema>".
+        for channel, adapter in self._adapters.items():
+            await conn.add_listener(channel, adapter)
+        await conn.add_listener(self._channel, self._on_notify)
+        return conn
 
     async def _watch(self, conn: Any, lost: asyncio.Event) -> None:
         """Return when the connection is gone or stops answering."""
@@ -155,10 +178,11 @@ class Listener:
             except Exception:
                 return
 
-    async def _check_delivery(self, lost: asyncio.Event) -> None:
-        """NOTIFY ourselves through the pool; raise :class:`_Undelivered` (after a warning)
-        when it does not come back. A NOTIFY that cannot be sent (the database is down) or a
-        connection lost meanwhile proves nothing: the next connection checks again."""
+    async def _check_delivery(self, lost: asyncio.Event, recheck: float) -> None:
+        """NOTIFY ourselves through the pool; raise :class:`_Undelivered` (after a warning,
+        or at DEBUG while earlier checks failed too) when it does not come back; the next
+        check is in ``recheck`` seconds. A NOTIFY that cannot be sent (the database is down)
+        or a connection lost meanwhile proves nothing: the next connection checks again."""
         self._probe_back.clear()
         try:
             async with asyncio.timeout(PROBE_TIMEOUT):
@@ -169,17 +193,31 @@ class Listener:
             async with asyncio.timeout(DELIVERY_TIMEOUT):
                 await _first(self._probe_back, lost)
         if self._probe_back.is_set():
+            if self.delivers is False:
+                logger.info(
+                    "LISTEN hears NOTIFY again: idle runners are woken by enqueues again",
+                    extra={"action": "listen_delivered"},
+                )
             self.delivers = True
             return
         if lost.is_set():
             return
+        if self.delivers is False:
+            logger.debug(
+                "LISTEN still hears no NOTIFY; idle runners keep polling, next check in %.0fs",
+                recheck,
+                extra={"action": "listen_undelivered"},
+            )
+            raise _Undelivered
         self.delivers = False
         logger.warning(
             "LISTEN hears no NOTIFY: one sent to itself right after LISTEN did not come back "
             "within %.0fs, so idle runners are not woken by enqueues and poll instead (every "
-            "poll_interval). A connection through PgBouncer in transaction pooling mode does "
-            "this: pass PostgresBackend(listen_dsn=...) a direct connection to PostgreSQL",
+            "poll_interval); it checks again in %.0fs, then less and less often. A connection "
+            "through PgBouncer in transaction pooling mode does this: pass "
+            "PostgresBackend(listen_dsn=...) a direct connection to PostgreSQL",
             DELIVERY_TIMEOUT,
+            recheck,
             extra={"action": "listen_undelivered"},
         )
         raise _Undelivered
@@ -196,16 +234,25 @@ class Listener:
         # still finds it, to terminate it.
         conn = self._conn
         if conn is not None:
-            with contextlib.suppress(Exception):
+            try:
                 # UNLISTEN before a connection goes back to a pool: a pool created with a
-                # reset= of its own would keep it listening for its next user.
-                await conn.remove_listener(self._channel, self._on_notify)
-            for channel, adapter in self._adapters.items():
-                with contextlib.suppress(Exception):
-                    await conn.remove_listener(channel, adapter)
+                # reset= of its own would keep it listening for its next user. Bounded: a
+                # connection dropped for missing its NOTIFY may be one that stalled, and
+                # the recheck must not wait on it; cut, it is not listening any more.
+                async with asyncio.timeout(PROBE_TIMEOUT):
+                    await self._unlisten(conn)
+            except TimeoutError:
+                conn.terminate()
             with contextlib.suppress(Exception):
                 await self._release(conn)
         self._conn = None
+
+    async def _unlisten(self, conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            await conn.remove_listener(self._channel, self._on_notify)
+        for channel, adapter in self._adapters.items():
+            with contextlib.suppress(Exception):
+                await conn.remove_listener(channel, adapter)
 
 
 async def _first(*events: asyncio.Event) -> None:
