@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +113,9 @@ class Attempts:
         # Made on first use: an anyio limiter needs a running event loop, and a Runner (which
         # makes this) may be built before one runs.
         self._thread_limiter: anyio.CapacityLimiter | None = None
+        # Plain handlers running in threads, by job id (each thread adds and takes its own).
+        self._in_threads: dict[int, int] = {}
+        self._threads_lock = threading.Lock()
 
     async def run(self, held: Held) -> Outcome:
         """Run one attempt inside its telemetry: a ``process`` span and the job metrics."""
@@ -146,14 +150,55 @@ class Attempts:
             return ended(job, OutcomeKind.SUCCEEDED), None
         return self._success(job, result), None
 
+    def in_thread(self, job_id: int) -> bool:
+        """Whether a plain handler of job ``job_id`` may still run in a thread: one that a
+        timeout or a cancel abandoned goes on until it returns, after its outcome is made."""
+        return job_id in self._in_threads
+
     async def _call(self, handler: Callable[[Job], Any], job: Job) -> Any:
         if self._threads is not None and not is_async(handler):
             if self._thread_limiter is None:
                 self._thread_limiter = anyio.CapacityLimiter(self._threads)
-            return await anyio.to_thread.run_sync(
-                handler, job, abandon_on_cancel=True, limiter=self._thread_limiter
-            )
+            return await self._call_in_thread(handler, job, self._thread_limiter)
         return await handler(job)
+
+    async def _call_in_thread(
+        self, handler: Callable[[Job], Any], job: Job, limiter: anyio.CapacityLimiter
+    ) -> Any:
+        """Run a plain handler in a thread, counted in ``in_thread`` from before it may start
+        until it has returned (or until it is abandoned before it started, then it never runs):
+        a slot of a limited queue is not handed over while its handler may run (#14)."""
+        lock, state = self._threads_lock, {"started": False, "abandoned": False}
+
+        def done() -> None:
+            with lock:
+                left = self._in_threads.get(job.id, 0) - 1
+                if left > 0:
+                    self._in_threads[job.id] = left
+                else:
+                    self._in_threads.pop(job.id, None)
+
+        def call() -> Any:
+            with lock:
+                if state["abandoned"]:
+                    return None  # cut off before it started: it never runs
+                state["started"] = True
+            try:
+                return handler(job)
+            finally:
+                done()
+
+        with lock:
+            self._in_threads[job.id] = self._in_threads.get(job.id, 0) + 1
+        try:
+            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=limiter)
+        except BaseException:
+            with lock:
+                never_started = not state["started"]
+                state["abandoned"] = True
+            if never_started:
+                done()
+            raise
 
     def _failure(self, job: Job, exc: BaseException) -> Outcome:
         decision = classify(exc, job.attempt, job.max_attempts, self._policy)

@@ -57,8 +57,6 @@ class SettleBuffer:
         self._full = asyncio.Event()
         self._lock = asyncio.Lock()
         self._stopping = False
-        #: outcomes added so far (a claim that came back short compares it)
-        self.added = 0
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -78,7 +76,6 @@ class SettleBuffer:
         self._worker = worker
 
     def add(self, outcome: Outcome) -> None:
-        self.added += 1
         self._pending.append(outcome)
         self._has_items.set()
         if len(self._pending) >= self._max_size:

@@ -242,12 +242,10 @@ class Runner:
                 f"got {backend!r}"
             )
         self._backend = backend
-        # A backend written before claim(ended=...) existed gets no handover: its limited
-        # queues' slots free with the settle, as they did.
-        self._hands_over = any(
-            name == "ended" or p.kind is inspect.Parameter.VAR_KEYWORD
-            for name, p in inspect.signature(backend.claim).parameters.items()
-        )
+        # A backend whose claim does not name the keyword (one written before it existed,
+        # or a wrapper passing **kwargs on to one) gets no handover: its limited queues'
+        # slots free with the settle, as they did.
+        self._hands_over = "ended" in inspect.signature(backend.claim).parameters
         self._handlers = check_handlers(handlers, sync_in_thread)
         self._sync_in_thread = sync_in_thread
         self._queues = check_queues(queues, self._handlers)
@@ -567,13 +565,12 @@ class Runner:
                 continue
             asked, caps, bound = planned
             writes = self._writes
-            ended = self._settle.added if self._settle is not None else 0
             jobs = await self._claim(asked, caps, hand_over=bound)
             if jobs:
                 self._start_batch(jobs)
             if len(jobs) == asked:
                 continue
-            if await self._claim_again(writes, ended):
+            if await self._claim_again(writes):
                 continue
             if drain:
                 if self._held:
@@ -583,10 +580,10 @@ class Runner:
             else:
                 await self._wait_for_work()
 
-    async def _claim_again(self, writes: int, ended: int) -> bool:
+    async def _claim_again(self, writes: int) -> bool:
         """After a claim that came back short (the queue ran dry for now, or a limit of it
-        held jobs back): whether the next may go at once, given the settle writes done and
-        the outcomes added before it."""
+        held jobs back): whether the next may go at once, given the settle writes done
+        before it."""
         # Claims stay bound for a while: a claim ahead is tried again after that, so that a
         # limit raised or a queue refilled is found.
         if self._hands_over:
@@ -598,8 +595,6 @@ class Runner:
             return True
         if self._settle is None or not self._settle.job_ids():  # pending, or being written
             return False
-        if self._hands_over and self._settle.added != ended:
-            return True  # jobs ended during the claim: the next takes over their slots
         return await self._settle.flush(deadline=self._loop_time() + self._calls.timeout)
 
     def _plan_claim(
@@ -617,6 +612,7 @@ class Runner:
             # A limit held a claim back lately: a claim ahead would come back empty, so claim
             # only for handlers that can start, in the slots of the jobs that ended.
             room = min(room, self._concurrency - len(self._held))
+            claim_min = min(claim_min, max(1, self._concurrency // 2))
         caps = self._caps.room(held.job.queue for held in self._held.values())
         if (room < claim_min and (len(self._held) >= self._concurrency or unsettled)) or (
             self._caps.full(caps, self._queues)
@@ -722,7 +718,13 @@ class Runner:
         # cost the claim's encoding (a microsecond a job).
         extra: dict[str, Any] = {}
         if hand_over and self._settle is not None:
-            extra["ended"] = self._settle.outcomes()
+            # Not a job held again (claimed anew while an earlier attempt still runs), nor
+            # one whose plain handler a timeout or cancel left running in its thread.
+            extra["ended"] = [
+                outcome
+                for outcome in self._settle.outcomes()
+                if outcome.job_id not in self._held and not self._attempts.in_thread(outcome.job_id)
+            ]
         try:
             started = telemetry.claim_started()
             # A stop cuts a claim short (a black-holed one would hold the stop up to
@@ -855,8 +857,8 @@ class Runner:
         """The runner no longer holds ``job``: its place is free."""
         del self._held[job.id]
         self._room.set()
-        if self._caps.capped(job.queue) or self._loop_time() < self._bound_until:
-            self._woken.set()  # the fetch loop may claim in this job's place again
+        if self._caps.capped(job.queue):
+            self._woken.set()  # the fetch loop may claim this queue again
             self._calls.cut(self._woken)
 
     def _cancel(self, job_id: int, reason: CancelReason) -> None:

@@ -504,11 +504,11 @@ class MemoryBackend(MemoryBatchCalls, BackendBase[list[str]], MemoryReads):
                 for row in rows
             ]
         # The slots of the worker's ended attempts pass to this claim's jobs (a handover).
-        handed = {o.job_id: o.claimed_at for o in ended if o.claimed_at is not None}
+        handed = {(o.job_id, o.claimed_at) for o in ended if o.claimed_at is not None}
         running = [
             row
             for row in self._running.values()
-            if row.id not in handed or row.worker != worker or handed[row.id] != _dt(row.started_at)
+            if row.worker != worker or (row.id, _dt(row.started_at)) not in handed
         ]
         # Each queue's picks in its own order, then merged: priority first, then the queues
         # take turns (the rank within its queue), then run_at. Picks the merge leaves out go

@@ -124,6 +124,7 @@ async def test_limits_hold_across_workers_under_kills_and_stops(
     verdict.assert_ok()
     assert per_queue["q"] <= CONCURRENCY, per_queue
     assert per_queue["q"] == CONCURRENCY, "the limit never filled: the test proves nothing"
+    assert any(s.handed is not None for s in held), "no slot was handed over: nothing tested"
     assert all(v <= KEY_CONCURRENCY for (queue, _), v in per_key.items() if queue == "q")
     assert rated <= RATE[0], f"{rated} starts within {RATE[1]} s (rate {RATE})"
     assert rated == RATE[0], "the rate never filled a window: the test proves nothing"

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from batchworks import ConfigurationError, Job, JobState, MemoryBackend, Runner
-from batchworks.backends.base import Backend, ClaimedJob, QueueState
+from batchworks.backends.base import Backend, ClaimedJob, QueueState, WorkerToken
 from batchworks.outcome import Outcome, OutcomeKind
 from tests.support.calls import LEASE, POLICY_MAX_ATTEMPTS, claim, succeeded
 
@@ -267,6 +269,100 @@ class TestHandover:
         )
         assert sum(report.succeeded for report in reports) == 60
         assert most == 3, f"at most {most} handlers ran at once (limit 3)"
+
+
+def record_claims(backend: Backend) -> list[tuple[list[int], int]]:
+    """Replace ``backend.claim`` with one that records, for each call, the ids it was asked
+    to hand over and how many jobs it returned."""
+    calls: list[tuple[list[int], int]] = []
+    original = backend.claim
+
+    async def claim(
+        worker: WorkerToken,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        lease: float,
+        max_attempts: int,
+        caps: Mapping[str, int] | None = None,
+        ended: Sequence[Outcome] = (),
+    ) -> list[ClaimedJob]:
+        jobs = await original(
+            worker, queues, limit, lease=lease, max_attempts=max_attempts, caps=caps, ended=ended
+        )
+        calls.append(([o.job_id for o in ended], len(jobs)))
+        return jobs
+
+    backend.claim = claim  # type: ignore[method-assign]
+    return calls
+
+
+async def noop(job: Job) -> None:
+    pass
+
+
+class TestRunnerHandover:
+    """What a Runner hands over, and when."""
+
+    async def test_a_runner_at_its_limit_hands_its_slots_over(self, backend: Backend) -> None:
+        await backend.configure_queue("q", concurrency=5)
+        await backend.enqueue_many("q", list(range(100)))
+        calls = record_claims(backend)
+        report = await Runner(backend, {"q": noop}, concurrency=5, batch_size=5).run_until_empty()
+
+        assert report.succeeded == 100
+        assert calls[0][0] == [], "the first claim, not held back yet, handed something over"
+        taken_over = [got for ids, got in calls if ids and got]
+        assert taken_over, f"no claim took over a slot: {calls}"
+
+    async def test_an_unlimited_backlog_hands_nothing_over(self, backend: Backend) -> None:
+        await backend.enqueue_many("q", list(range(300)))
+        calls = record_claims(backend)
+        await Runner(backend, {"q": noop}, concurrency=10, batch_size=10).run_until_empty()
+
+        first_short = next(i for i, (_, got) in enumerate(calls) if got < 10)
+        assert first_short > 0
+        assert all(ids == [] for ids, _ in calls[: first_short + 1]), calls
+
+    async def test_a_handler_left_running_in_its_thread_keeps_its_slot(
+        self, backend: Backend
+    ) -> None:
+        # A plain handler that its timeout abandons runs on in its thread: its outcome is
+        # written, but its slot is not handed to the next claim while the thread runs.
+        await backend.configure_queue("q", concurrency=1)
+        stuck = await backend.enqueue("q", "stuck", timeout=0.05, max_attempts=1)
+        await backend.enqueue_many("q", ["quick"] * 3)
+        release = threading.Event()
+        in_thread: list[bool] = []
+
+        def handle(job: Job) -> None:
+            if job.payload == "stuck":
+                release.wait(30)
+            in_thread.append(release.is_set())
+
+        calls = record_claims(backend)
+        runner = Runner(backend, {"q": handle}, concurrency=2, batch_size=2, sync_in_thread=True)
+        try:
+            report = await asyncio.wait_for(runner.run_until_empty(), timeout=60)
+        finally:
+            release.set()
+        assert report.failed == 1 and report.succeeded == 3
+        assert all(stuck not in ids for ids, _ in calls), calls
+
+    async def test_a_backend_without_the_keyword_gets_no_handover(self, backend: Backend) -> None:
+        await backend.configure_queue("q", concurrency=2)
+        await backend.enqueue_many("q", list(range(20)))
+        original = backend.claim
+        seen: list[dict[str, Any]] = []
+
+        async def claim(*args: Any, **kwargs: Any) -> list[ClaimedJob]:  # a generic wrapper
+            seen.append(kwargs)
+            return await original(*args, **kwargs)
+
+        backend.claim = claim  # type: ignore[method-assign]
+        report = await Runner(backend, {"q": noop}, concurrency=2, batch_size=2).run_until_empty()
+        assert report.succeeded == 20
+        assert seen and all("ended" not in kwargs for kwargs in seen)
 
 
 class TestRate:

@@ -8,7 +8,11 @@ transaction, so before it committed). A slot is therefore exactly the span in wh
 held a valid lease on the attempt. A worker may hand a slot over earlier, once the attempt's
 handler has ended (#14): a worker run with ``audit_handovers`` records each such offer in
 ``handovers`` just before the claim that makes it, so ``Slot.freed`` is at most the moment the
-claim took it over. The checks count, over those spans, the jobs running at
+claim took it over. That is lenient where the worker was killed between the record and the
+claim (the database still counts the slot busy until the recovery, the audit free); recording
+after the claim instead would count a slot handed over by a claim that a kill cut off before
+its record as busy, and fail a run that kept the limit. The handlers' overlap, counted from
+the effects, is exact either way. The checks count, over those spans, the jobs running at
 once per queue and per concurrency key, and the starts within any rate window; and they clip
 each handler execution of the ledger's ``effects`` to its lease, to count how many ran on
 past it (a worker presumed dead that woke up).

@@ -154,14 +154,19 @@ class ChaosBackend(PostgresBackend):
             asyncio.get_running_loop().call_later(self.rng.uniform(0, 0.05), _die)
 
     async def claim(  # type: ignore[override]
-        self, worker: WorkerToken, queues: Sequence[str], limit: int, **kwargs: Any
+        self,
+        worker: WorkerToken,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        ended: Sequence[Outcome] = (),
+        **kwargs: Any,
     ) -> list[ClaimedJob]:
         self.calls["claim"] += 1
-        ended = kwargs.get("ended", ())
         if ended and self.on_handover is not None:
             await self.on_handover(ended)  # before the claim: its time bounds the handover's
         self._fault("claim", "before")
-        jobs = await super().claim(worker, queues, limit, **kwargs)
+        jobs = await super().claim(worker, queues, limit, ended=ended, **kwargs)
         if jobs:
             self._fault("claim", "after")
         return jobs
