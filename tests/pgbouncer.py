@@ -73,8 +73,14 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None
 
 
 @contextlib.contextmanager
-def pgbouncer(dsn: str) -> Iterator[str]:
-    """Run a PgBouncer (transaction pooling) in front of ``dsn``'s server; yield its DSN."""
+def pgbouncer(dsn: str, *, may_crash: bool = False) -> Iterator[str]:
+    """Run a PgBouncer (transaction pooling) in front of ``dsn``'s server; yield its DSN.
+
+    If it exited on its own meanwhile, the end says so with its log's last lines (the tests
+    that used it then fail with "connection refused", which does not tell why), unless
+    ``may_crash``: PgBouncer 1.18 (Debian 12's) can exit with "FATAL ... disconnect_client():
+    bad client state" when a cancel request's client hangs up before the cancel went through
+    (pgbouncer#801, fixed by pgbouncer#846), which asyncpg can make happen."""
     binary = find_pgbouncer()
     parts = urlsplit(dsn)
     dbname = parts.path.lstrip("/") or "postgres"
@@ -103,6 +109,12 @@ def pgbouncer(dsn: str) -> Iterator[str]:
         _wait_listening(port, proc, root / "pgbouncer.log")
         netloc = f"{user}@127.0.0.1:{port}"
         yield urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+        if proc.poll() is not None and not may_crash:
+            log = root / "pgbouncer.log"
+            text = log.read_text(errors="replace") if log.exists() else ""
+            raise RuntimeError(
+                f"pgbouncer exited with {proc.returncode} while the tests used it: {text[-2000:]}"
+            )
     finally:
         proc.terminate()
         try:
@@ -113,10 +125,10 @@ def pgbouncer(dsn: str) -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def pgbouncer_or_skip(dsn: str, *, in_ci: bool) -> Iterator[str]:
+def pgbouncer_or_skip(dsn: str, *, in_ci: bool, may_crash: bool = False) -> Iterator[str]:
     """For fixtures: :func:`pgbouncer`'s DSN; without the binary, skip, or fail under CI."""
     try:
-        with pgbouncer(dsn) as bounced:
+        with pgbouncer(dsn, may_crash=may_crash) as bounced:
             yield bounced
     except PgBouncerMissing as exc:
         if in_ci:

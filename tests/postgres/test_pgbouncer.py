@@ -34,6 +34,13 @@ def bouncer_dsn(pg_dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def crashable_bouncer_dsn(pg_dsn: str) -> Iterator[str]:
+    """A PgBouncer of one test's own, for a test whose errors and cancels can make PgBouncer
+    1.18 exit (see tests/pgbouncer.py): the module's PgBouncer stays up for the others."""
+    yield from pgbouncer_or_skip(pg_dsn, in_ci=IN_CI, may_crash=True)
+
+
+@pytest.fixture
 async def bounced(bouncer_dsn: str, pg_dsn: str, pg_schema: str) -> AsyncIterator[PostgresBackend]:
     """A backend whose pool goes through PgBouncer, LISTEN straight to PostgreSQL."""
     backend = PostgresBackend(
@@ -101,11 +108,11 @@ class TestThroughPgBouncer:
         assert problems == [], problems
 
     async def test_without_the_options_the_error_names_the_fix(
-        self, bouncer_dsn: str, pg_backend: PostgresBackend
+        self, crashable_bouncer_dsn: str, pg_backend: PostgresBackend
     ) -> None:
         # asyncpg's statement cache prepares on one server and executes on another: the
         # first statement to land elsewhere fails, and the message says what to pass.
-        async with PostgresBackend(bouncer_dsn, schema=pg_backend.schema) as backend:
+        async with PostgresBackend(crashable_bouncer_dsn, schema=pg_backend.schema) as backend:
             with pytest.raises(BackendError, match=r"connect_options=\{'statement_cache_size'"):
                 for _ in range(50):
                     await asyncio.gather(*(backend.get_job(n) for n in range(20)))
