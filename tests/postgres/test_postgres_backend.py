@@ -402,6 +402,44 @@ class TestListener:
         again = [m for level, m in said if level == logging.INFO and "hears NOTIFY again" in m]
         assert (len(warned), len(again)) == (1, 1), said
 
+    async def test_after_a_miss_a_check_that_proves_nothing_does_not_listen(
+        self,
+        pg_dsn: str,
+        pg_schema: str,
+        caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # First check: its NOTIFY is not sent, so it misses. Second: the NOTIFY cannot be
+        # sent at all, which proves nothing, and after a miss the listener must not take that
+        # connection as listening (it would never check again). Third: heard.
+        monkeypatch.setattr(_listener, "DELIVERY_TIMEOUT", 0.3)
+        monkeypatch.setattr(_listener, "RECHECK_FIRST", 0.1)
+        caplog.set_level(logging.INFO, logger="batchworks")
+        backend = PostgresBackend(pg_dsn, schema=pg_schema)
+        listener = backend._listener
+        send = listener._notify
+        listening_at: list[bool] = []
+
+        async def notify(payload: str) -> None:
+            listening_at.append(listener.listening)
+            if len(listening_at) == 2:
+                raise OSError("the pool's connection went")  # cannot be sent
+            if len(listening_at) >= 3:
+                await send(payload)
+
+        monkeypatch.setattr(listener, "_notify", notify)
+        async with backend:
+            await backend.migrate()
+            listener.start()
+            await eventually(lambda: listener.listening, what="the listener to listen")
+        assert len(listening_at) == 3, listening_at
+        assert listening_at == [False, False, False]  # listened only once heard
+        assert listener.delivers is True
+        said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name.startswith("batch")]
+        warned = [m for level, m in said if level == logging.WARNING and "hears no" in m]
+        again = [m for level, m in said if level == logging.INFO and "hears NOTIFY again" in m]
+        assert (len(warned), len(again)) == (1, 1), said
+
 
 async def _is_not_none(value: Awaitable[object]) -> bool:
     return (await value) is not None

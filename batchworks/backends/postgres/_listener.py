@@ -25,6 +25,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
+
 logger = logging.getLogger("batchworks.backends.postgres")
 
 RETRY_MAX = 5.0  # seconds between reconnects, at most
@@ -112,7 +114,10 @@ class Listener:
             self._task.cancel()
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.terminate()
+            # A pool's proxy already given back (a release that went through after a cancel)
+            # refuses: there is nothing left of it to cut.
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
 
     async def _run(self) -> None:
         delay = 0.1
@@ -133,10 +138,9 @@ class Listener:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
-            delay = 0.1
             self.wake()
             try:
-                await self._check_delivery(lost, recheck)
+                heard = await self._check_delivery(lost, recheck)
             except _Undelivered:
                 # Each recheck on a new connection: the one that missed its NOTIFY may be
                 # the one that stalled.
@@ -144,7 +148,16 @@ class Listener:
                 await asyncio.sleep(recheck)  # polling meanwhile
                 recheck = min(recheck * 2, RECHECK_MAX)
                 continue
-            if self.delivers:
+            if heard is None and self.delivers is False:
+                # The check proved nothing (its NOTIFY could not be sent, or the connection
+                # went), and the last one missed: this connection may be as deaf, so it is
+                # not listened on; checked again on the next, after the reconnect delay.
+                await self._drop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            delay = 0.1
+            if heard:
                 recheck = RECHECK_FIRST
             self.listening = True
             for callback in self._subscribers.values():
@@ -178,17 +191,18 @@ class Listener:
             except Exception:
                 return
 
-    async def _check_delivery(self, lost: asyncio.Event, recheck: float) -> None:
-        """NOTIFY ourselves through the pool; raise :class:`_Undelivered` (after a warning,
-        or at DEBUG while earlier checks failed too) when it does not come back; the next
-        check is in ``recheck`` seconds. A NOTIFY that cannot be sent (the database is down)
-        or a connection lost meanwhile proves nothing: the next connection checks again."""
+    async def _check_delivery(self, lost: asyncio.Event, recheck: float) -> bool | None:
+        """NOTIFY ourselves through the pool: True when it comes back; raise
+        :class:`_Undelivered` (after a warning, or at DEBUG while earlier checks failed too)
+        when it does not, the next check being in ``recheck`` seconds. None: a NOTIFY that
+        could not be sent (the database is down) or a connection lost meanwhile proves
+        nothing."""
         self._probe_back.clear()
         try:
             async with asyncio.timeout(PROBE_TIMEOUT):
                 await self._notify(self._probe)
         except Exception:
-            return
+            return None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(DELIVERY_TIMEOUT):
                 await _first(self._probe_back, lost)
@@ -199,9 +213,9 @@ class Listener:
                     extra={"action": "listen_delivered"},
                 )
             self.delivers = True
-            return
+            return True
         if lost.is_set():
-            return
+            return None
         if self.delivers is False:
             logger.debug(
                 "LISTEN still hears no NOTIFY; idle runners keep polling, next check in %.0fs",
