@@ -397,10 +397,7 @@ class TestListener:
                     await backend.enqueue("q", None)
                     async with asyncio.timeout(15):  # a hang net, far below the 60 s poll
                         await started.wait()
-        said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name.startswith("batch")]
-        warned = [m for level, m in said if level == logging.WARNING and "hears no" in m]
-        again = [m for level, m in said if level == logging.INFO and "hears NOTIFY again" in m]
-        assert (len(warned), len(again)) == (1, 1), said
+        _assert_warned_once_and_recovered_once(caplog)
 
     async def test_after_a_miss_a_check_that_proves_nothing_does_not_listen(
         self,
@@ -435,10 +432,14 @@ class TestListener:
         assert len(listening_at) == 3, listening_at
         assert listening_at == [False, False, False]  # listened only once heard
         assert listener.delivers is True
-        said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name.startswith("batch")]
-        warned = [m for level, m in said if level == logging.WARNING and "hears no" in m]
-        again = [m for level, m in said if level == logging.INFO and "hears NOTIFY again" in m]
-        assert (len(warned), len(again)) == (1, 1), said
+        _assert_warned_once_and_recovered_once(caplog)
+
+
+def _assert_warned_once_and_recovered_once(caplog: pytest.LogCaptureFixture) -> None:
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name.startswith("batch")]
+    warned = [m for level, m in said if level == logging.WARNING and "hears no" in m]
+    again = [m for level, m in said if level == logging.INFO and "hears NOTIFY again" in m]
+    assert (len(warned), len(again)) == (1, 1), said
 
 
 async def _is_not_none(value: Awaitable[object]) -> bool:
