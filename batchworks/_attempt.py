@@ -113,7 +113,7 @@ class Attempts:
         # Made on first use: an anyio limiter needs a running event loop, and a Runner (which
         # makes this) may be built before one runs.
         self._thread_limiter: anyio.CapacityLimiter | None = None
-        # Plain handlers running in threads, by job id (each thread adds and takes its own).
+        # Plain handlers running in threads: how many, by job id (each thread counts itself).
         self._in_threads: dict[int, int] = {}
         self._threads_lock = threading.Lock()
 
@@ -165,39 +165,31 @@ class Attempts:
     async def _call_in_thread(
         self, handler: Callable[[Job], Any], job: Job, limiter: anyio.CapacityLimiter
     ) -> Any:
-        """Run a plain handler in a thread, counted in ``in_thread`` from before it may start
-        until it has returned (or until it is abandoned before it started, then it never runs):
-        a slot of a limited queue is not handed over while its handler may run (#14)."""
-        lock, state = self._threads_lock, {"started": False, "abandoned": False}
-
-        def done() -> None:
-            with lock:
-                left = self._in_threads.get(job.id, 0) - 1
-                if left > 0:
-                    self._in_threads[job.id] = left
-                else:
-                    self._in_threads.pop(job.id, None)
+        """Run a plain handler in a thread, counted in ``in_thread`` while it runs: a slot of a
+        limited queue is not handed over while its handler may run (#14). A thread that starts
+        only after its call was abandoned does not run the handler, so what is not counted when
+        the outcome is made never runs."""
+        lock, counts = self._threads_lock, self._in_threads
+        abandoned = False
 
         def call() -> Any:
             with lock:
-                if state["abandoned"]:
-                    return None  # cut off before it started: it never runs
-                state["started"] = True
+                if abandoned:
+                    return None
+                counts[job.id] = counts.get(job.id, 0) + 1
             try:
                 return handler(job)
             finally:
-                done()
+                with lock:
+                    counts[job.id] -= 1
+                    if not counts[job.id]:
+                        del counts[job.id]
 
-        with lock:
-            self._in_threads[job.id] = self._in_threads.get(job.id, 0) + 1
         try:
             return await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=limiter)
         except BaseException:
             with lock:
-                never_started = not state["started"]
-                state["abandoned"] = True
-            if never_started:
-                done()
+                abandoned = True
             raise
 
     def _failure(self, job: Job, exc: BaseException) -> Outcome:

@@ -64,7 +64,7 @@ class SettleBuffer:
     def job_ids(self) -> list[int]:
         """The jobs whose outcome waits to be written: the worker still holds them, so its
         heartbeats keep extending their leases until it is."""
-        return [outcome.job_id for outcome in (*self._writing, *self._pending)]
+        return [outcome.job_id for outcome in self.outcomes()]
 
     def outcomes(self) -> list[Outcome]:
         """The outcomes not written yet: pending, or being written."""
