@@ -5,6 +5,13 @@ Python per job (#18). Here a job waits in a FIFO until one of the pool's tasks i
 is what the semaphore's queue did; the tasks are started as jobs come, up to the pool's size,
 and stay, idle, between batches.
 
+Tasks are woken one at a time. A task that takes a job while more wait asks for one more
+task, at the event loop's next turn (``_spread``): if its handler suspends, that turn comes
+and another task takes the next job; if the handler returns without suspending, as a no-op or
+a cached look-up does, the same task goes on to the next job, and no task is woken for nothing.
+(Waking one task per job put made 99 of 100 wake-ups find no job left: the first woken task
+ran the whole batch. #18, ``bench/overhead.py``.)
+
 A job is cancelled by cancelling the task that runs it, only while that task is inside the
 job's attempt (:class:`~batchworks._attempt.Held` knows the task only then); the Runner's
 ``run`` callback takes the cancellation back (``Task.uncancel``) once the attempt ended, so the
@@ -34,6 +41,7 @@ class Pool:
         self._ready: collections.deque[Held] = collections.deque()
         self._idle: list[asyncio.Future[None]] = []  # one per idle task, waiting for a job
         self._closed = False
+        self._spreading = False  # a _spread is due at the loop's next turn
         #: the pool's tasks (the Runner waits for them at shutdown)
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -43,19 +51,29 @@ class Pool:
 
     def put(self, helds: Iterable[Held]) -> None:
         """Run these jobs after those already waiting."""
-        before = len(self._ready)
         self._ready.extend(helds)
-        waiting = len(self._ready) - before
-        while waiting and self._idle:
-            woken = self._idle.pop()  # the most recently idle task: the warmest
-            if not woken.done():
+        if not self._spreading:  # else the turn that is due wakes one
+            self._one_more()
+
+    def _spread(self) -> None:
+        """The loop's turn that a task taking a job asked for (see the module docstring)."""
+        self._spreading = False
+        self._one_more()
+
+    def _one_more(self) -> None:
+        """One more task for the jobs that wait, if any wait: the most recently idle task (the
+        warmest), else a new one while the pool has fewer than ``size``."""
+        if not self._ready:
+            return
+        while self._idle:
+            woken = self._idle.pop()
+            if not woken.done():  # not a task cancelled while idle
                 woken.set_result(None)
-                waiting -= 1
-        while waiting > 0 and len(self.tasks) < self._size and not self._closed:
+                return
+        if len(self.tasks) < self._size and not self._closed:
             task = asyncio.create_task(self._work(), name="batchworks:job")
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-            waiting -= 1
 
     def remove(self, held: Held) -> bool:
         """Take a job that waits for a task out of the pool (False: it was not waiting)."""
@@ -80,7 +98,13 @@ class Pool:
         ready = self._ready
         while True:
             if ready:
-                await self._run(ready.popleft(), task)
+                held = ready.popleft()
+                if ready and not self._spreading:
+                    # More wait: one more task at the next turn, which comes as soon as
+                    # this job's handler suspends (see the module docstring).
+                    self._spreading = True
+                    loop.call_soon(self._spread)
+                await self._run(held, task)
                 continue
             if self._closed:
                 return

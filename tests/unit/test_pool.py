@@ -99,3 +99,27 @@ async def test_a_waiting_job_can_be_taken_out() -> None:
     async with asyncio.timeout(5):
         await asyncio.gather(*pool.tasks)
     assert ran == [1]
+
+
+async def test_jobs_that_never_suspend_run_on_one_task_waking_no_other() -> None:
+    ran: list[int] = []
+    done = asyncio.Event()
+
+    async def run(held: Held, task: asyncio.Task[None]) -> None:
+        ran.append(held.job.id)  # returns without suspending, as a no-op handler does
+        if len(ran) == 20:
+            done.set()
+
+    pool = Pool(10, run)
+    pool.put([_held(i) for i in range(10)])
+    # One turn of the loop (the property under test, not a wait for something): the task
+    # started runs the whole batch in it, and no other task is started for nothing.
+    await asyncio.sleep(0)
+    assert len(ran) == 10 and len(pool.tasks) == 1
+    pool.put([_held(i) for i in range(10, 20)])
+    async with asyncio.timeout(5):
+        await done.wait()
+    assert ran == list(range(20)) and len(pool.tasks) == 1
+    pool.close()
+    async with asyncio.timeout(5):
+        await asyncio.gather(*pool.tasks)
