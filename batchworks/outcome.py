@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
+from batchworks._quick import quick_init
 from batchworks.job import ErrorEntry, JobState
 
 __all__ = ["Decision", "Outcome", "OutcomeKind"]
@@ -71,6 +72,7 @@ class Decision:
     delay: float = 0.0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """One settled attempt, as handed to :meth:`Backend.settle`."""

@@ -826,7 +826,7 @@ class Runner:
         try:
             if held.cancel_reason is not None:  # cancelled before a task took it
                 outcome = self._attempts.cancelled_outcome(job, held.cancel_reason)
-            elif self._stop_requested or not self._lease.holds(self._loop_time()):
+            elif self._stop_requested or not self._lease.holds(task.get_loop().time()):
                 # A stop, or leases this worker no longer holds by its own clock (it was
                 # stopped or cut off while the job waited for a task; the database may have
                 # given the job to another worker): back unstarted, fenced, no attempt used.

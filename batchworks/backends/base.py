@@ -31,6 +31,7 @@ from batchworks._checks import (
     check_timeout,
     seconds,
 )
+from batchworks._quick import quick_init
 from batchworks.batch import Batch, BatchFailure, BatchRecord, Callback
 from batchworks.job import JobRecord, JobState
 from batchworks.outcome import Outcome
@@ -61,6 +62,7 @@ __all__ = [
 WorkerToken = uuid.UUID
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
     """A job as a claim hands it to a worker (the worker wraps it into a :class:`Job`)."""
