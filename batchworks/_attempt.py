@@ -7,7 +7,7 @@ import asyncio
 import enum
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,12 +155,14 @@ class Attempts:
         timeout or a cancel abandoned goes on until it returns, after its outcome is made."""
         return job_id in self._in_threads
 
-    async def _call(self, handler: Callable[[Job], Any], job: Job) -> Any:
+    def _call(self, handler: Callable[[Job], Any], job: Job) -> Awaitable[Any]:
+        """The handler's call, to await (not a coroutine of its own: one frame less a job)."""
         if self._threads is not None and not is_async(handler):
             if self._thread_limiter is None:
                 self._thread_limiter = anyio.CapacityLimiter(self._threads)
-            return await self._call_in_thread(handler, job, self._thread_limiter)
-        return await handler(job)
+            return self._call_in_thread(handler, job, self._thread_limiter)
+        call: Awaitable[Any] = handler(job)
+        return call
 
     async def _call_in_thread(
         self, handler: Callable[[Job], Any], job: Job, limiter: anyio.CapacityLimiter
