@@ -119,6 +119,8 @@ async def test_second_sigterm_exits_at_once_on_a_blackholed_network(
     cut = await _partitioned(
         fleet, proxy, ledger, runner=_runner(shutdown_timeout=60.0), ms_scale=1000
     )
+    # What the harness reports of a worker that does not exit (where its tasks wait) works:
+    assert "Runner._fetch_loop" in await cut.task_stacks()
     cut.send(signal.SIGTERM)
     await asyncio.sleep(1.0)
     assert cut.alive, "the first SIGTERM must wait for the running jobs"

@@ -33,6 +33,9 @@ FULL = SCALE == "full"
 
 T = TypeVar("T")
 
+#: the line a worker ends its dump of asyncio tasks with (tests/support/worker.py)
+TASKS_END = "-- end of tasks --"
+
 
 def pick(ci: T, full: T) -> T:
     """The value for this run's scale."""
@@ -115,10 +118,27 @@ class WorkerProcess:
             async with asyncio.timeout(within):
                 code = await self.proc.wait()
         except TimeoutError:
-            pytest.fail(f"worker {self.name} (pid {self.pid}) did not exit within {within}s")
+            pytest.fail(
+                f"worker {self.name} (pid {self.pid}) did not exit within {within}s; where its "
+                f"tasks wait:\n{await self.task_stacks()}"
+            )
         if self.reader is not None:
             await self.reader
         return code
+
+    async def task_stacks(self, within: float = 5.0) -> str:
+        """The worker's asyncio tasks and where each waits, which it writes to its log on
+        SIGUSR1 (``tasks_on_sigusr1`` in tests/support/worker.py): for a worker that hangs,
+        what it hangs on."""
+        before = len(self.stderr())
+        self.send(signal.SIGUSR1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while TASKS_END not in self.stderr()[before:]:  # a file: nothing to await but a poll
+            if loop.time() > deadline:
+                return f"(no answer to SIGUSR1 within {within}s: is its event loop blocked?)"
+            await asyncio.sleep(0.1)
+        return self.stderr()[before:]
 
     async def wait_line(self, prefix: str, *, after: int = 0, within: float = 20.0) -> str:
         """The first line starting with ``prefix`` among the lines printed after the first

@@ -117,6 +117,34 @@ def wall_clock() -> float:
     return time.clock_gettime(time.CLOCK_REALTIME)
 
 
+def tasks_on_sigusr1() -> None:
+    """On SIGUSR1, write every asyncio task and its chain of awaits to stderr (the worker's
+    log), then the line the harness waits for (tests/support/harness.py: a hung worker's
+    stacks)."""
+    loop = asyncio.get_running_loop()
+
+    def chain(awaited: Any) -> list[str]:
+        lines = []
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is None:  # a future, or a coroutine that ended: where the chain stops
+                lines.append(f"    waits on {awaited!r:.300}")
+                break
+            code = frame.f_code
+            lines.append(f"    {code.co_filename}:{frame.f_lineno} {code.co_qualname}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        return lines
+
+    def dump() -> None:
+        for task in asyncio.all_tasks(loop):
+            lines = [f"task {task.get_name()}:", *chain(task.get_coro())]
+            sys.stderr.write("\n".join(lines) + "\n")
+        sys.stderr.write("-- end of tasks --\n")
+        sys.stderr.flush()
+
+    loop.add_signal_handler(signal.SIGUSR1, dump)
+
+
 def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -220,6 +248,7 @@ async def main(config: dict[str, Any]) -> None:
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
+    tasks_on_sigusr1()
     dsn, schema, name = config["dsn"], config["schema"], config["name"]
     pid = os.getpid()
     effects = await asyncpg.create_pool(  # the ledger's own: straight to PostgreSQL
