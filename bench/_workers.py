@@ -2,8 +2,9 @@
 
 It connects and sets up everything it needs, prints ``ready``, waits for ``go`` on its standard
 input, drains the queue to empty with SYSTEM's own API, and prints one line
-``result {"start": t0, "end": t1, "done": n}``, where t0 and t1 are ``time.monotonic()``
-(one clock for every process of this machine) and n the jobs its handler ran. The jobs were
+``result {"start": t0, "end": t1, "done": n, "cpu": s}``, where t0 and t1 are
+``time.monotonic()`` (one clock for every process of this machine), n the jobs its handler
+ran and s the CPU seconds the process used from go to the report. The jobs were
 enqueued beforehand by the benchmark, which also checks afterwards that all of them ended.
 
 SYSTEM is one of:
@@ -39,15 +40,24 @@ from typing import Any
 QUEUE = "bench"
 
 
+_cpu_at_go = 0.0
+
+
 async def wait_for_go() -> None:
+    global _cpu_at_go
     print("ready", flush=True)
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     if line.strip() != "go":
         sys.exit(f"worker: expected 'go', got {line!r}")
+    _cpu_at_go = time.process_time()
 
 
 def report(start: float, end: float, done: int, **extra: Any) -> None:
-    print("result " + json.dumps({"start": start, "end": end, "done": done, **extra}), flush=True)
+    """The result line; ``cpu`` is this process's CPU seconds since go (its imports and
+    connections, made before, are not the drain's)."""
+    cpu = time.process_time() - _cpu_at_go
+    line = {"start": start, "end": end, "done": done, "cpu": cpu, **extra}
+    print("result " + json.dumps(line), flush=True)
 
 
 async def floor(args: argparse.Namespace) -> None:

@@ -5,7 +5,11 @@ For each process count, batchworks and the naive floor alternate (round after ro
 counts), each draining ``--jobs`` queued no-op jobs (B=100, C=100), as in ``drain.py``. Around
 each drain the benchmark reads:
 
-- the CPU time of the worker processes (``getrusage`` of its children, which have exited);
+- the CPU time of the worker processes from "go" to the end of the drain, as each reports it
+  (``worker``), and over their whole lives (``getrusage`` of its children, which have exited:
+  ``+start``, their imports and connections on top, about 0.18 s for a batchworks worker and
+  0.06 s for the floor's: 6 and 2 us a job of a drain of 30,000, which the figures before
+  2026-12-06 counted in);
 - the CPU time of PostgreSQL's processes (children of the postmaster, from ``/proc``: on a
   shared server this includes other sessions' work, so it is an upper bound);
 - the WAL written (``pg_current_wal_insert_lsn()``, the whole server's: an upper bound too).
@@ -146,7 +150,8 @@ async def _main(args: Any) -> int:
     for key, got in best.items():
         busy = (got["worker_us"] + got["server_us"]) * got["rate"] / 1e6
         print(
-            f"  {key:<14} {got['rate']:>8,.0f} jobs/s  worker {got['worker_us']:5.1f} us/job  "
+            f"  {key:<14} {got['rate']:>8,.0f} jobs/s  worker {got['worker_us']:5.1f} us/job "
+            f"(+start {got['worker_life_us'] - got['worker_us']:4.1f})  "
             f"server {got['server_us']:5.1f} us/job  WAL {got['wal_bytes']:6.0f} B/job "
             f"({got['wal_bytes'] * got['rate'] / 1e6:5.1f} MB/s)  CPU busy {busy:.2f} of {cores}"
         )
@@ -198,7 +203,8 @@ async def measure(
         raise NotAllRun(f"{system.name}: {problem}")
     return {
         "rate": drain.rate,
-        "worker_us": (worker1 - worker0) / jobs * 1e6,
+        "worker_us": sum(float(r.extra.get("cpu", "nan")) for r in results) / jobs * 1e6,
+        "worker_life_us": (worker1 - worker0) / jobs * 1e6,
         "server_us": (server1 - server0) / jobs * 1e6,
         "wal_bytes": float(wal1 - wal0) / jobs,
         "statements": statements,
