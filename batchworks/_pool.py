@@ -5,12 +5,13 @@ Python per job (#18). Here a job waits in a FIFO until one of the pool's tasks i
 is what the semaphore's queue did; the tasks are started as jobs come, up to the pool's size,
 and stay, idle, between batches.
 
-Tasks are woken one at a time. A task that takes a job while more wait asks for one more
-task, at the event loop's next turn (``_spread``): if its handler suspends, that turn comes
-and another task takes the next job; if the handler returns without suspending, as a no-op or
-a cached look-up does, the same task goes on to the next job, and no task is woken for nothing.
-(Waking one task per job put made 99 of 100 wake-ups find no job left: the first woken task
-ran the whole batch. #18, ``bench/overhead.py``.)
+Jobs put wake one task. A task that takes a job while more wait asks for the others at the
+event loop's next turn (``_spread``): that turn comes once its handler suspends, and then wakes
+a task for each job still waiting, so handlers that wait on I/O all start within three turns;
+if the handler returns without suspending, as a no-op or a cached look-up does, the same task
+goes on to the next job, and the turn finds none left. (Waking one task per job put made 99 of
+100 wake-ups find no job left: the first woken task ran the whole batch. #18,
+``bench/overhead.py``.)
 
 A job is cancelled by cancelling the task that runs it, only while that task is inside the
 job's attempt (:class:`~batchworks._attempt.Held` knows the task only then); the Runner's
@@ -39,7 +40,11 @@ class Pool:
         self._size = size
         self._run = run
         self._ready: collections.deque[Held] = collections.deque()
-        self._idle: list[asyncio.Future[None]] = []  # one per idle task, waiting for a job
+        # The idle tasks, each waiting on its future for a job; the tasks woken or started
+        # that have not taken a job yet; and how many tasks are inside a job.
+        self._idle: list[tuple[asyncio.Future[None], asyncio.Task[None]]] = []
+        self._coming: set[asyncio.Task[None]] = set()
+        self._busy = 0
         self._closed = False
         self._spreading = False  # a _spread is due at the loop's next turn
         #: the pool's tasks (the Runner waits for them at shutdown)
@@ -52,28 +57,36 @@ class Pool:
     def put(self, helds: Iterable[Held]) -> None:
         """Run these jobs after those already waiting."""
         self._ready.extend(helds)
-        if not self._spreading:  # else the turn that is due wakes one
-            self._one_more()
+        if not self._spreading:  # else the turn that is due sees to them
+            self._wake(1)
 
     def _spread(self) -> None:
-        """The loop's turn that a task taking a job asked for (see the module docstring)."""
+        """The loop's turn that a task taking a job asked for. A task still inside a job now
+        has suspended in its handler: then a task for each job that waits; else one."""
         self._spreading = False
-        self._one_more()
+        self._wake(len(self._ready) if self._busy else 1)
 
-    def _one_more(self) -> None:
-        """One more task for the jobs that wait, if any wait: the most recently idle task (the
-        warmest), else a new one while the pool has fewer than ``size``."""
-        if not self._ready:
-            return
-        while self._idle:
-            woken = self._idle.pop()
+    def _wake(self, wanted: int) -> None:
+        """Tasks for the jobs that wait, ``wanted`` of them counting those already coming: the
+        most recently idle first (the warmest), then new ones while there are fewer than
+        ``size``."""
+        wanted = min(wanted, len(self._ready)) - len(self._coming)
+        while wanted > 0 and self._idle:
+            woken, task = self._idle.pop()
             if not woken.done():  # not a task cancelled while idle
                 woken.set_result(None)
-                return
-        if len(self.tasks) < self._size and not self._closed:
+                self._coming.add(task)
+                wanted -= 1
+        while wanted > 0 and len(self.tasks) < self._size and not self._closed:
             task = asyncio.create_task(self._work(), name="batchworks:job")
             self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._coming.add(task)
+            task.add_done_callback(self._ended)
+            wanted -= 1
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self._coming.discard(task)  # one cancelled before it ran is not coming
 
     def remove(self, held: Held) -> bool:
         """Take a job that waits for a task out of the pool (False: it was not waiting)."""
@@ -86,7 +99,7 @@ class Pool:
     def close(self) -> None:
         """Let the tasks end once nothing is left waiting."""
         self._closed = True
-        for woken in self._idle:
+        for woken, _ in self._idle:
             if not woken.done():
                 woken.set_result(None)
         self._idle.clear()
@@ -95,24 +108,31 @@ class Pool:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
+        self._coming.discard(task)
         ready = self._ready
         while True:
             if ready:
                 held = ready.popleft()
                 if ready and not self._spreading:
-                    # More wait: one more task at the next turn, which comes as soon as
+                    # More wait: tasks for them at the next turn, which comes as soon as
                     # this job's handler suspends (see the module docstring).
                     self._spreading = True
                     loop.call_soon(self._spread)
-                await self._run(held, task)
+                self._busy += 1
+                try:
+                    await self._run(held, task)
+                finally:
+                    self._busy -= 1
                 continue
             if self._closed:
                 return
             woken = loop.create_future()
-            self._idle.append(woken)
+            entry = (woken, task)
+            self._idle.append(entry)
             try:
                 await woken
             finally:
+                self._coming.discard(task)
                 if woken.cancelled():  # the task was cancelled while idle
                     with contextlib.suppress(ValueError):
-                        self._idle.remove(woken)
+                        self._idle.remove(entry)

@@ -123,3 +123,27 @@ async def test_jobs_that_never_suspend_run_on_one_task_waking_no_other() -> None
     pool.close()
     async with asyncio.timeout(5):
         await asyncio.gather(*pool.tasks)
+
+
+async def test_jobs_that_suspend_all_start_within_three_turns() -> None:
+    started: list[int] = []
+    release = asyncio.Event()
+
+    async def run(held: Held, task: asyncio.Task[None]) -> None:
+        started.append(held.job.id)
+        await release.wait()  # suspends, as a handler waiting on I/O does
+
+    pool = Pool(10, run)
+    pool.put([_held(i) for i in range(10)])
+    turns = 0
+    # Turns of the loop, counted (the property under test, not a wait for something): the
+    # first task starts, the turn its suspension lets through wakes the rest, which start.
+    while len(started) < 10 and turns < 50:
+        await asyncio.sleep(0)
+        turns += 1
+    assert started == list(range(10)) and turns <= 3, f"{len(started)} started in {turns} turns"
+    assert len(pool.tasks) == 10
+    release.set()
+    pool.close()
+    async with asyncio.timeout(5):
+        await asyncio.gather(*pool.tasks)
