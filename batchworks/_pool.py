@@ -57,8 +57,7 @@ class Pool:
     def put(self, helds: Iterable[Held]) -> None:
         """Run these jobs after those already waiting."""
         self._ready.extend(helds)
-        if not self._spreading:  # else the turn that is due sees to them
-            self._wake(1)
+        self._wake(1)  # none if a task woken earlier has not taken a job yet
 
     def _spread(self) -> None:
         """The loop's turn that a task taking a job asked for. A task still inside a job now
