@@ -203,7 +203,7 @@ async def measure(
         raise NotAllRun(f"{system.name}: {problem}")
     return {
         "rate": drain.rate,
-        "worker_us": sum(float(r.extra.get("cpu", "nan")) for r in results) / jobs * 1e6,
+        "worker_us": sum(r.extra["cpu"] for r in results) / jobs * 1e6,
         "worker_life_us": (worker1 - worker0) / jobs * 1e6,
         "server_us": (server1 - server0) / jobs * 1e6,
         "wal_bytes": float(wal1 - wal0) / jobs,
